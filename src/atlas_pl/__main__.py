@@ -1,0 +1,48 @@
+"""`python -m atlas_pl`: the Hydra app.
+
+Only hydra/omegaconf are imported at module level, so `--help`, `--cfg job` and config errors answer in
+about a second; torch, transformers and Lightning are imported after the config is validated.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CONFIG_DIR = REPO_ROOT / "conf"
+
+if not OmegaConf.has_resolver("atlas_root"):
+    OmegaConf.register_new_resolver("atlas_root", lambda: str(REPO_ROOT))
+
+log = logging.getLogger("atlas_pl")
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
+def app(cfg: DictConfig) -> float | None:
+    """Validate, then run one job; returns the final mean primary metric (for sweepers)."""
+    from atlas_pl.config_validation import ConfigError, validate_config
+
+    try:
+        validate_config(cfg)
+    except ConfigError as err:
+        print("atlas_pl: invalid configuration:", file=sys.stderr)
+        for problem in err.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        sys.exit(2)
+
+    from atlas_pl.run import run_job
+
+    return run_job(cfg)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,217 @@
+"""Validate a composed config before any model or data is touched.
+
+A typo in a sweep should cost a second, not the minutes of loading a model and tokenizing GLUE, so
+every check here reads only the config, the registry metadata and the file system. All problems are
+collected and reported together, each naming the key, the bad value and what is valid.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from atlas_pl.models.catalog import ModelNotFound, known_models, resolve_model_spec
+
+GLUE_TASK_NAMES = ("sst2", "cola", "mrpc", "rte", "qnli", "qqp", "mnli", "stsb")
+LOCAL_GLUE_TASKS = ("sst2", "cola", "mrpc", "rte", "qnli")
+SYNTHETIC_PATTERN = re.compile(r"^synthetic\d+$")
+ABLATIONS = ("local_only", "fedavg", "fedavg_cluster", "atlas", "splitlora", "hsplitlora", "centralized")
+LOGGERS = ("wandb", "csv", "none")
+ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
+
+
+class ConfigError(ValueError):
+    """One or more config values are invalid; the message lists each key with its valid values."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class _Checker:
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg = cfg
+        self.problems: list[str] = []
+
+    def get(self, key: str) -> Any:
+        return OmegaConf.select(self.cfg, key, default=None)
+
+    def fail(self, key: str, value: Any, valid: str) -> None:
+        self.problems.append(f"{key}={value!r} is invalid; valid: {valid}")
+
+    def one_of(self, key: str, choices: Iterable[str]) -> None:
+        value = self.get(key)
+        choices = tuple(choices)
+        if value not in choices:
+            self.fail(key, value, ", ".join(choices))
+
+    def number(
+        self,
+        key: str,
+        *,
+        low: float | None = None,
+        high: float | None = None,
+        integer: bool = False,
+        strict_low: bool = False,
+        optional: bool = False,
+    ) -> None:
+        value = self.get(key)
+        if value is None and optional:
+            return
+        kind = int if integer else (int, float)
+        ok = isinstance(value, kind) and not isinstance(value, bool)
+        if ok and low is not None:
+            ok = value > low if strict_low else value >= low
+        if ok and high is not None:
+            ok = value <= high
+        if not ok:
+            what = "an integer" if integer else "a number"
+            lo = "" if low is None else (f" > {low}" if strict_low else f" >= {low}")
+            hi = "" if high is None else f" and <= {high}"
+            self.fail(key, value, f"{what}{lo}{hi}" + (" (or null)" if optional else ""))
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Raise ConfigError listing every invalid value in `cfg`."""
+    c = _Checker(cfg)
+
+    # model and split point
+    name = c.get("model.name")
+    spec = None
+    try:
+        spec = resolve_model_spec(str(name))
+    except ModelNotFound as err:
+        c.problems.append(
+            f"model.name={name!r} is invalid; valid: {', '.join(known_models())}, "
+            f"or a local model directory ({err})"
+        )
+    split = c.get("model.split_point")
+    if spec is not None:
+        if not (isinstance(split, int) and 1 <= split < spec.num_layers):
+            c.fail(
+                "model.split_point",
+                split,
+                f"an integer in 1..{spec.num_layers - 1} ({spec.name} has {spec.num_layers} blocks)",
+            )
+    c.one_of("model.pooling", ("cls", "mean", "last"))
+    c.one_of("model.attn_implementation", ("eager", "sdpa"))
+    c.one_of("model.dtype", ("float32", "bfloat16", "float16"))
+
+    # tasks
+    names = c.get("task.names")
+    valid_tasks = f"{', '.join(GLUE_TASK_NAMES)}, synthetic<N> (e.g. synthetic0)"
+    if not names or isinstance(names, str):
+        c.fail("task.names", names, f"a non-empty list of task names from {valid_tasks}")
+        names = []
+    else:
+        names = list(names)
+        for task in names:
+            if task not in GLUE_TASK_NAMES and not SYNTHETIC_PATTERN.match(str(task)):
+                c.fail("task.names", task, valid_tasks)
+        if len(set(names)) != len(names):
+            c.fail("task.names", names, "a list without duplicates")
+
+    # devices
+    profiles = c.get("devices.profiles") or {}
+    mix = c.get("devices.mix")
+    if not mix:
+        c.fail(
+            "devices.mix",
+            None if mix is None else list(mix),
+            f"a non-empty list of device profiles from {sorted(profiles) or 'devices.profiles'}",
+        )
+    else:
+        for device in mix:
+            if device not in profiles:
+                c.fail("devices.mix", device, ", ".join(sorted(profiles)))
+    for device in profiles:
+        c.number(f"devices.profiles.{device}.memory_gb", low=0, strict_low=True)
+    c.one_of("devices.assignment", ("seeded", "round_robin"))
+
+    # ablation, federation, LoRA, allocation
+    c.one_of("ablation.name", ABLATIONS)
+    c.number("fed.eta", low=0.0, high=1.0)
+    c.number("fed.rounds", low=1, integer=True)
+    c.number("fed.local_epochs", low=1, integer=True)
+    c.number("fed.clients_per_task", low=1, integer=True)
+    c.number("fed.batch_size", low=1, integer=True)
+    c.number("fed.lr", low=0, strict_low=True)
+    c.number("lora.rank", low=1, integer=True)
+    c.number("lora.alpha", low=0, strict_low=True)
+    c.number("lora.dropout", low=0.0, high=0.99)
+    candidates = c.get("allocation.rank_candidates")
+    if not candidates or not all(
+        isinstance(r, int) and not isinstance(r, bool) and r > 0 for r in candidates
+    ):
+        c.fail(
+            "allocation.rank_candidates",
+            None if candidates is None else list(candidates),
+            "a non-empty list of positive integer ranks, e.g. [4, 8, 16, 32, 64]",
+        )
+    c.one_of("allocation.mode", ("importance", "uniform"))
+
+    # fingerprint / clustering
+    c.number("fingerprint.batches", low=1, integer=True)
+    c.number("fingerprint.layers", low=1, integer=True)
+    c.number("fingerprint.sketch_dim", low=1, integer=True)
+    c.number("fingerprint.dim", low=1, integer=True)
+    c.one_of("fingerprint.compression", ("sketch", "raw_pca"))
+    c.number("clustering.k_min", low=1, integer=True)
+    c.number("clustering.k_max", low=1, integer=True)
+    c.number("clustering.singleton_penalty", low=0.0)
+
+    # data
+    c.one_of("data.source", ("auto", "local", "hub"))
+    c.one_of("data.partition", ("iid", "dirichlet"))
+    c.number("data.dirichlet_alpha", low=0, strict_low=True)
+    c.number("data.samples_per_client", low=1, integer=True, optional=True)
+    c.number("data.eval_samples", low=1, integer=True, optional=True)
+    c.number("data.max_len", low=8, integer=True)
+    _check_glue_files(c, names)
+
+    # run plumbing
+    c.one_of("logger.name", LOGGERS)
+    c.one_of("trainer.accelerator", ACCELERATORS)
+    c.number("seed", low=0, integer=True)
+
+    if c.problems:
+        raise ConfigError(c.problems)
+
+
+def _check_glue_files(c: _Checker, tasks: list[str]) -> None:
+    """Local GLUE files must exist when they are the only source (offline), before any loading."""
+    source = c.get("data.source")
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    if source == "hub" or (source == "auto" and not offline):
+        return
+    glue_dir = c.get("data.glue_dir")
+    for task in tasks:
+        if task not in GLUE_TASK_NAMES:
+            continue
+        if task not in LOCAL_GLUE_TASKS:
+            c.fail("task.names", task, f"{', '.join(LOCAL_GLUE_TASKS)} offline ({task} needs the hub)")
+            continue
+        splits = ("validation",) if task == "qnli" else ("train", "validation")
+        for split in splits:
+            path = Path(str(glue_dir)) / task / f"{split}.tsv"
+            if not path.is_file():
+                c.fail(
+                    "data.glue_dir",
+                    str(glue_dir),
+                    f"a directory holding <task>/{{train,validation}}.tsv; {path} is missing",
+                )
+                return
+    if "qnli" in tasks:
+        train = Path(str(glue_dir)) / "qnli" / "train.tsv"
+        if not train.is_file():
+            c.fail(
+                "task.names",
+                "qnli",
+                "qnli needs qnli/train.tsv for training, which the local GLUE "
+                "copy lacks (validation only); use the hub or other tasks",
+            )

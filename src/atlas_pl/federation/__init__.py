@@ -1,0 +1,1 @@
+"""Building and running the simulated federation (the thin layer over the pure phase functions)."""

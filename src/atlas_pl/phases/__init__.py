@@ -1,0 +1,1 @@
+"""Pure phase functions (no Lightning): fingerprinting, clustering, allocation, aggregation, Laplacian."""

@@ -1,0 +1,135 @@
+"""Config composition and validation: bad values fail fast, naming the key and the valid values."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+import atlas_pl.__main__  # noqa: F401  (registers the atlas_root resolver)
+from atlas_pl.config_validation import ConfigError, validate_config
+
+from .conftest import GLUE_DIR, REPO_ROOT
+
+CONF = str(REPO_ROOT / "conf")
+
+
+def _compose(*overrides: str):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose(
+            config_name="config",
+            overrides=[f"data.glue_dir={GLUE_DIR}", *overrides],
+            return_hydra_config=False,
+        )
+    OmegaConf.set_struct(cfg, False)
+    cfg.paths.output_dir = "unused"
+    return cfg
+
+
+@pytest.mark.parametrize("experiment", ["smoke", "quick", "full"])
+def test_every_experiment_composes_and_validates(experiment: str) -> None:
+    cfg = _compose(f"+experiment={experiment}")
+    validate_config(cfg)
+    for key in (
+        "seed",
+        "model",
+        "task",
+        "devices",
+        "ablation",
+        "logger",
+        "resume",
+        "fed.rounds",
+        "fed.local_epochs",
+        "fed.clients_per_task",
+        "fed.eta",
+        "fed.batch_size",
+        "data.samples_per_client",
+        "data.eval_samples",
+        "data.glue_dir",
+        "fingerprint.batches",
+        "allocation.rank_candidates",
+        "trainer.accelerator",
+    ):
+        assert OmegaConf.select(cfg, key, default="MISSING") != "MISSING", key
+
+
+@pytest.mark.parametrize(
+    "ablation", ["local_only", "fedavg", "fedavg_cluster", "atlas", "splitlora", "hsplitlora", "centralized"]
+)
+def test_every_ablation_composes(ablation: str) -> None:
+    validate_config(_compose(f"ablation={ablation}"))
+
+
+BAD = [
+    (["model.name=gpt5"], "model.name='gpt5'", "minilm"),
+    (["task.names=[sst2,imdb]"], "task.names='imdb'", "sst2, cola, mrpc"),
+    (["devices.mix=[cpu_2gb,phone_1gb]"], "devices.mix='phone_1gb'", "cpu_2gb, gpu_16gb, laptop_8gb"),
+    (["devices.mix=[]"], "devices.mix=", "non-empty list"),
+    (["model.split_point=6"], "model.split_point=6", "1..5"),
+    (["model.split_point=0"], "model.split_point=0", "1..5"),
+    (["lora.rank=0"], "lora.rank=0", ">= 1"),
+    (["allocation.rank_candidates=[4,0,16]"], "allocation.rank_candidates", "positive integer"),
+    (["fed.eta=1.5"], "fed.eta=1.5", "<= 1.0"),
+    (["fed.eta=-0.1"], "fed.eta=-0.1", ">= 0.0"),
+    (["data.glue_dir=/nonexistent/glue"], "data.glue_dir='/nonexistent/glue'", "train,validation"),
+    (["ablation.name=magic"], "ablation.name='magic'", "local_only"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "key", "valid"), BAD, ids=[b[0][0] for b in BAD])
+def test_bad_values_are_named_with_their_valid_values(overrides, key, valid, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = _compose(*overrides)
+    with pytest.raises(ConfigError) as info:
+        validate_config(cfg)
+    message = str(info.value)
+    assert key in message and valid in message, message
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "atlas_pl", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO_ROOT,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("fed.eta=2", "fed.eta=2 is invalid"),
+        ("devices.mix=[]", "devices.mix"),
+        ("model.split_point=9", "1..5"),
+        ("model=gpt5", "Available options in 'model'"),
+    ],
+)
+def test_cli_reports_bad_config_cleanly(override: str, expected: str, tmp_path) -> None:
+    result = _cli(override, f"hydra.run.dir={tmp_path}")
+    assert result.returncode != 0
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "torch" not in result.stderr  # failed before any heavy work
+
+
+def test_help_and_cfg_answer_without_heavy_imports() -> None:
+    code = (
+        "import sys, runpy; sys.argv=['atlas_pl','--cfg','job'];\n"
+        "try:\n  runpy.run_module('atlas_pl', run_name='__main__')\nexcept SystemExit: pass\n"
+        "print('HEAVY', sorted(m for m in ('torch','transformers','lightning') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120
+    )
+    assert "fed:" in result.stdout and "HEAVY []" in result.stdout, result.stdout + result.stderr
+    help_out = _cli("--help")
+    assert help_out.returncode == 0
+    for group in ("ablation:", "devices:", "experiment:", "model:", "task:", "logger:", "trainer:"):
+        assert group in help_out.stdout
