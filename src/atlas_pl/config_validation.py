@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from atlas_pl.models.catalog import ModelNotFound, known_models, resolve_model_spec
 
-GLUE_TASK_NAMES = ("sst2", "cola", "mrpc", "rte", "qnli", "qqp", "mnli", "stsb")
+GLUE_TASK_NAMES = ("sst2", "cola", "mrpc", "rte", "qnli", "qqp", "mnli")
 LOCAL_GLUE_TASKS = ("sst2", "cola", "mrpc", "rte", "qnli")
 SYNTHETIC_PATTERN = re.compile(r"^synthetic\d+$")
 ABLATIONS = ("local_only", "fedavg", "fedavg_cluster", "atlas", "splitlora", "hsplitlora", "centralized")

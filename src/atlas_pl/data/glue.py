@@ -91,7 +91,9 @@ def read_glue_tsv(path: Path, spec: TaskSpec) -> TextExamples:
                     )
                 for name, text in zip(columns[:-1], row[:-1]):
                     if not text.strip():
-                        raise DataError(f"{path}:{line}: empty text in column {name!r}; expected non-empty text")
+                        raise DataError(
+                            f"{path}:{line}: empty text in column {name!r}; expected non-empty text"
+                        )
                 raw = row[-1]
                 if not (raw.isascii() and raw.isdigit()):
                     raise DataError(f"{path}:{line}: label {raw!r} is not an integer; expected {valid}")
@@ -120,7 +122,9 @@ def load_glue_split(task: str, split: str, glue_dir: str | Path | None, source: 
     """Load one split; `auto` prefers the local copy (offline machines) and falls back to the hub."""
     spec = task_spec(task)
     if is_synthetic(task):
-        raise DataError(f"task {task!r} is synthetic: generate it with make_synthetic_split, not load_glue_split")
+        raise DataError(
+            f"task {task!r} is synthetic: generate it with make_synthetic_split, not load_glue_split"
+        )
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r} for task {task!r}; valid splits: {', '.join(SPLITS)}")
     if source not in SOURCES:
@@ -133,14 +137,15 @@ def load_glue_split(task: str, split: str, glue_dir: str | Path | None, source: 
     )
 
     if source == "local" or (source == "auto" and path is not None and path.is_file()):
-        if task not in LOCAL_TASKS:
-            raise DataError(
-                f"task {task!r} has no local copy (local tasks: {', '.join(LOCAL_TASKS)}); use data.source=hub"
-            )
         if path is None:
             raise DataError(f"data.source=local needs a glue_dir holding {LAYOUT}; got glue_dir=None")
         if missing_qnli_train:
             raise DataError(f"{path} not found: {qnli_hint}")
+        if task not in LOCAL_TASKS and not path.is_file():
+            raise DataError(
+                f"{path} not found: task {task!r} has no local copy (local tasks: {', '.join(LOCAL_TASKS)}); "
+                "use data.source=hub"
+            )
         return read_glue_tsv(path, spec)
 
     try:
@@ -148,7 +153,10 @@ def load_glue_split(task: str, split: str, glue_dir: str | Path | None, source: 
     except DataError:
         raise
     except Exception as err:  # network, offline mode, missing package: all mean "no hub data"
-        where = f"no local file {path}" if path is not None else "no glue_dir given"
+        if source == "hub":
+            where = "hub requested"
+        else:
+            where = f"no local file {path}" if path is not None else "no glue_dir given"
         hint = qnli_hint if missing_qnli_train else f"provide {LAYOUT} locally or enable hub access"
         raise DataError(
             f"cannot load {task}/{split} ({where}; source={source}) from the hub "
@@ -174,7 +182,7 @@ def _load_hub(spec: TaskSpec, split: str) -> TextExamples:
     bad = np.flatnonzero((labels < 0) | (labels >= spec.num_labels))
     if bad.size:
         raise DataError(
-            f"hub dataset {HUB_DATASET}/{spec.name}[{hub_split}] row {int(bad[0])}: label {int(labels[bad[0]])} "
-            f"out of range; expected an integer in 0..{spec.num_labels - 1}"
+            f"hub dataset {HUB_DATASET}/{spec.name}[{hub_split}] row {int(bad[0])}: "
+            f"label {int(labels[bad[0]])} out of range; expected an integer in 0..{spec.num_labels - 1}"
         )
     return TextExamples(text_a, text_b, labels)

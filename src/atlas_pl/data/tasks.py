@@ -45,7 +45,9 @@ GLUE_TASKS: dict[str, TaskSpec] = {
     "rte": TaskSpec("rte", ("sentence1", "sentence2"), 2, _ENTAIL, "accuracy"),
     "qnli": TaskSpec("qnli", ("question", "sentence"), 2, _ENTAIL, "accuracy"),
     "qqp": TaskSpec("qqp", ("question1", "question2"), 2, ("not_duplicate", "duplicate"), "f1"),
-    "mnli": TaskSpec("mnli", ("premise", "hypothesis"), 3, ("entailment", "neutral", "contradiction"), "accuracy"),
+    "mnli": TaskSpec(
+        "mnli", ("premise", "hypothesis"), 3, ("entailment", "neutral", "contradiction"), "accuracy"
+    ),
 }
 
 # Tasks with a local TSV copy (qnli: validation split only); the others need the hub.
@@ -70,7 +72,9 @@ def synthetic_index(name: str) -> int:
     """The task index N of `syntheticN`; each index is a different generated task."""
     match = _SYNTHETIC_RE.fullmatch(name) if isinstance(name, str) else None
     if match is None:
-        raise DataError(f"{name!r} is not a synthetic task name; expected {SYNTHETIC_PREFIX}<N>, e.g. synthetic0")
+        raise DataError(
+            f"{name!r} is not a synthetic task name; expected {SYNTHETIC_PREFIX}<N>, e.g. synthetic0"
+        )
     return int(match.group(1))
 
 
@@ -81,5 +85,7 @@ def task_spec(name: str) -> TaskSpec:
     if is_synthetic(name):
         return TaskSpec(name, (), 2, ("negative", "positive"), "accuracy")
     if name == "stsb":
-        raise DataError(f"task 'stsb' is a regression task and is not supported; valid tasks: {valid_task_names()}")
+        raise DataError(
+            f"task 'stsb' is a regression task and is not supported; valid tasks: {valid_task_names()}"
+        )
     raise DataError(f"unknown task {name!r}; valid tasks: {valid_task_names()}")

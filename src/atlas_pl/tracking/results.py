@@ -36,27 +36,27 @@ def _default(obj: Any) -> Any:
 
 
 def versions() -> dict[str, str]:
-    """Versions of everything that can change a result, for summary.json."""
+    """Versions of everything that can change a result, for summary.json (read from metadata, no imports)."""
+    from importlib import metadata
+
     out = {"python": sys.version.split()[0], "platform": platform.platform()}
-    for name in (
-        "atlas_pl",
+    for dist in (
+        "atlas-pl",
         "torch",
         "transformers",
         "lightning",
-        "hydra",
+        "hydra-core",
         "omegaconf",
         "peft",
         "numpy",
-        "sklearn",
+        "scikit-learn",
         "wandb",
+        "safetensors",
     ):
-        module = sys.modules.get(name)
-        if module is None:
-            try:
-                module = __import__(name)
-            except ImportError:
-                continue
-        out[name] = str(getattr(module, "__version__", "unknown"))
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
     return out
 
 

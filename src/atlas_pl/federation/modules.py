@@ -1,0 +1,93 @@
+"""Client and server LightningModules of split learning (manual optimization, SFL-V1).
+
+The server module keeps, for one client, the server half (blocks [s, L), that client's server-side
+adapter and task head) and its own optimizer. The client module runs the bottom half, sends the detached
+activations (+ mask, labels) to its server module, gets back dL/dh and finishes its own backward with
+`manual_backward(h, gradient=g)`. Both optimizers are created once and returned by every
+`configure_optimizers` call, so their state survives the repeated `fit` calls of later rounds.
+"""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from atlas_pl.federation.comm import CommMeter
+from atlas_pl.models.split import ClientHalf, ServerHalf
+
+
+def _adamw(params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    return torch.optim.AdamW([p for p in params if p.requires_grad], lr=lr, weight_decay=weight_decay)
+
+
+class ServerModule(pl.LightningModule):
+    """The server's side of one client: its half, loss, backward and optimizer step."""
+
+    def __init__(self, half: ServerHalf, *, lr: float, weight_decay: float = 0.0) -> None:
+        super().__init__()
+        self.half = half
+        self.automatic_optimization = False
+        self.optimizer = _adamw(self.half.parameters(), lr, weight_decay)
+        self.last_loss = float("nan")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer
+
+    def forward(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
+        return self.half(hidden, attention_mask)
+
+    def process(self, hidden: Tensor, attention_mask: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """One server step on received activations; returns (loss, dL/dh) for the client."""
+        received = hidden.detach().requires_grad_(True)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(self.half(received, attention_mask), labels)
+        loss.backward()
+        self.optimizer.step()
+        self.last_loss = float(loss)
+        return loss.detach(), received.grad
+
+
+class ClientModule(pl.LightningModule):
+    """The client's side: bottom half + its adapter; trains through its server module each step."""
+
+    def __init__(
+        self,
+        client_id: int,
+        half: ClientHalf,
+        server: ServerModule,
+        comm: CommMeter,
+        *,
+        lr: float,
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.client_id = client_id
+        self.half = half
+        self.automatic_optimization = False
+        object.__setattr__(self, "server", server)  # its own module, not a child: separate state/optim
+        object.__setattr__(self, "comm", comm)
+        self.optimizer = _adamw(self.half.parameters(), lr, weight_decay)
+        self.losses: list[float] = []
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer
+
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None
+    ) -> Tensor:
+        return self.half(input_ids, attention_mask, token_type_ids)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        hidden = self.half(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+        sent = hidden.detach()
+        self.comm.upload(self.client_id, "activations", (sent, batch["attention_mask"], batch["labels"]))
+        loss, grad = self.server.process(sent, batch["attention_mask"], batch["labels"])
+        self.comm.download(self.client_id, "activation_grads", (grad,))
+        self.manual_backward(hidden, gradient=grad)
+        optimizer.step()
+        self.losses.append(float(loss))
+        return loss

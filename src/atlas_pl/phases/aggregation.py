@@ -1,0 +1,85 @@
+"""Exact aggregation of heterogeneous-rank LoRA updates (pure functions, no Lightning).
+
+Averaging A and B separately (FedIT) is wrong as soon as clients differ: mean(B) @ mean(A) is not
+mean(B @ A). Stacking the factors is exact for any ranks: sum_k w_k s_k B_k A_k = [s_1 B_1 ... s_K B_K]
+@ [w_1 A_1; ...; w_K A_K]. Each client then gets back its own rank by a truncated SVD of that product,
+computed from the stacked factors (QR of each side + SVD of the small core), so the d x d matrix is
+never formed when the stacked rank is small.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class LowRank:
+    """One client's update of one module: dW = scale * B @ A."""
+
+    a: Tensor  # [r, in]
+    b: Tensor  # [out, r]
+    scale: float
+
+    def dense(self) -> Tensor:
+        return self.scale * (self.b @ self.a)
+
+
+def normalized_weights(counts: Sequence[float]) -> list[float]:
+    """Weights proportional to client sample counts, summing to 1."""
+    total = float(sum(counts))
+    if total <= 0:
+        raise ValueError(f"aggregation weights must have a positive sum, got {list(counts)}")
+    return [float(c) / total for c in counts]
+
+
+def stack(updates: Sequence[LowRank], weights: Sequence[float]) -> tuple[Tensor, Tensor]:
+    """Stacked factors (B_cat [out, R], A_cat [R, in]) with B_cat @ A_cat = sum_k w_k dW_k exactly."""
+    if len(updates) != len(weights) or not updates:
+        raise ValueError(f"need one weight per update, got {len(updates)} updates and {len(weights)} weights")
+    b_cat = torch.cat([u.scale * u.b for u in updates], dim=1)
+    a_cat = torch.cat([w * u.a for u, w in zip(updates, weights)], dim=0)
+    return b_cat, a_cat
+
+
+def svd_from_factors(b_cat: Tensor, a_cat: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """SVD (U, S, Vh) of B_cat @ A_cat via QR of both factors and an R x R core SVD, in float64."""
+    b64, a64 = b_cat.to(torch.float64), a_cat.to(torch.float64)
+    inner = b64.shape[1]
+    if inner >= min(b64.shape[0], a64.shape[1]):  # stacked rank not smaller than dW: dense is cheaper
+        return torch.linalg.svd(b64 @ a64, full_matrices=False)
+    q_b, r_b = torch.linalg.qr(b64)  # [out, R], [R, R]
+    q_a, r_a = torch.linalg.qr(a64.T)  # [in, R], [R, R]
+    u_core, s, vh_core = torch.linalg.svd(r_b @ r_a.T)
+    return q_b @ u_core, s, vh_core @ q_a.T
+
+
+def truncate(u: Tensor, s: Tensor, vh: Tensor, rank: int, scale: float) -> tuple[Tensor, Tensor, float]:
+    """Rank-r factors (A [r, in], B [out, r]) for a client with LoRA scale s_k, and the relative error.
+
+    Singular values are split evenly (sqrt on each side) and B is divided by s_k, so that
+    s_k * B @ A is the best rank-r approximation.
+    """
+    keep = min(rank, s.shape[0])
+    root = torch.sqrt(s[:keep])
+    b = u[:, :keep] * root / scale
+    a = root[:, None] * vh[:keep]
+    if keep < rank:
+        a = torch.cat([a, a.new_zeros(rank - keep, a.shape[1])])
+        b = torch.cat([b, b.new_zeros(b.shape[0], rank - keep)], dim=1)
+    total = torch.linalg.norm(s)
+    error = float(torch.linalg.norm(s[keep:]) / total) if total > 0 else 0.0
+    return a, b, error
+
+
+def fedavg_factors(updates: Sequence[LowRank], weights: Sequence[float]) -> tuple[Tensor, Tensor]:
+    """FedIT baseline: weighted average of A and of B separately (equal ranks), zero-padded otherwise."""
+    rank = max(u.a.shape[0] for u in updates)
+    a = sum(
+        w * torch.nn.functional.pad(u.a, (0, 0, 0, rank - u.a.shape[0])) for u, w in zip(updates, weights)
+    )
+    b = sum(w * torch.nn.functional.pad(u.b, (0, rank - u.b.shape[1])) for u, w in zip(updates, weights))
+    return a, b
