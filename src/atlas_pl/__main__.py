@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 import hydra
@@ -35,6 +36,15 @@ def app(cfg: DictConfig) -> float | None:
             print(f"  - {problem}", file=sys.stderr)
         sys.exit(2)
 
+    for noisy in (
+        "lightning.pytorch",
+        "lightning.fabric",
+        "lightning",
+        "lightning.pytorch.utilities.rank_zero",
+        "lightning.fabric.utilities.rank_zero",
+    ):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*treespec.*", category=Warning)  # Lightning vs torch 2.13
     from atlas_pl.run import run_job
 
     return run_job(cfg)

@@ -9,6 +9,8 @@ activations (+ mask, labels) to its server module, gets back dL/dh and finishes 
 
 from __future__ import annotations
 
+import time
+
 import lightning.pytorch as pl
 import torch
 from torch import Tensor
@@ -27,25 +29,25 @@ class ServerModule(pl.LightningModule):
 
     def __init__(self, half: ServerHalf, *, lr: float, weight_decay: float = 0.0) -> None:
         super().__init__()
-        self.half = half
+        self.server_half = half
         self.automatic_optimization = False
-        self.optimizer = _adamw(self.half.parameters(), lr, weight_decay)
+        self.optimizer = _adamw(self.server_half.parameters(), lr, weight_decay)
         self.last_loss = float("nan")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer
 
     def forward(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
-        return self.half(hidden, attention_mask)
+        return self.server_half(hidden, attention_mask)
 
     def process(self, hidden: Tensor, attention_mask: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         """One server step on received activations; returns (loss, dL/dh) for the client."""
         received = hidden.detach().requires_grad_(True)
         self.optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(self.half(received, attention_mask), labels)
+        loss = F.cross_entropy(self.server_half(received, attention_mask), labels)
         loss.backward()
         self.optimizer.step()
-        self.last_loss = float(loss)
+        self.last_loss = float(loss.detach())
         return loss.detach(), received.grad
 
 
@@ -64,12 +66,13 @@ class ClientModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.client_id = client_id
-        self.half = half
+        self.client_half = half
         self.automatic_optimization = False
         object.__setattr__(self, "server", server)  # its own module, not a child: separate state/optim
         object.__setattr__(self, "comm", comm)
-        self.optimizer = _adamw(self.half.parameters(), lr, weight_decay)
+        self.optimizer = _adamw(self.client_half.parameters(), lr, weight_decay)
         self.losses: list[float] = []
+        self.step_seconds = 0.0  # time inside training_step: the bare compute, to measure overhead
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer
@@ -77,12 +80,13 @@ class ClientModule(pl.LightningModule):
     def forward(
         self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None
     ) -> Tensor:
-        return self.half(input_ids, attention_mask, token_type_ids)
+        return self.client_half(input_ids, attention_mask, token_type_ids)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        started = time.perf_counter()
         optimizer = self.optimizers()
         optimizer.zero_grad()
-        hidden = self.half(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+        hidden = self.client_half(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
         sent = hidden.detach()
         self.comm.upload(self.client_id, "activations", (sent, batch["attention_mask"], batch["labels"]))
         loss, grad = self.server.process(sent, batch["attention_mask"], batch["labels"])
@@ -90,4 +94,5 @@ class ClientModule(pl.LightningModule):
         self.manual_backward(hidden, gradient=grad)
         optimizer.step()
         self.losses.append(float(loss))
+        self.step_seconds += time.perf_counter() - started
         return loss

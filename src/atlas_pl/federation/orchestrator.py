@@ -32,11 +32,13 @@ class Orchestrator(pl.Callback):
         *,
         aggregation: str,
         groups: Sequence[Sequence[int]] | None,
+        head_aggregation: str = "local",
     ) -> None:
         self.models = list(models)
         self.sample_counts = list(sample_counts)
         self.comm = comm
         self.aggregation = aggregation
+        self.head_aggregation = head_aggregation
         self.groups = [list(g) for g in groups] if groups else []
         self.pending: set[int] = set()
         self.round = 0
@@ -83,7 +85,8 @@ class Orchestrator(pl.Callback):
                 a.copy_(new_a.to(a.dtype))
                 b.copy_(new_b.to(b.dtype))
                 errors[k].append(err)
-        self._average_heads(group, weights)
+        if self.head_aggregation == "group":
+            self._average_heads(group, weights)
         for k in group:
             self.comm.download(k, "adapter", self.models[k].client.adapter.parameters())
             self.truncation_errors[k] = max(errors[k]) if errors[k] else 0.0

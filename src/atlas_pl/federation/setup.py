@@ -69,7 +69,9 @@ def build_federation(cfg: DictConfig) -> Federation:
         cache_dir=Path(str(cfg.paths.cache_dir)) / "models",
     )
     targets = OmegaConf.to_container(cfg.model.lora_targets) if cfg.model.lora_targets else None
-    backbone = SharedBackbone(spec, base, targets=targets, pooling=str(cfg.model.pooling)).to(device)
+    backbone = SharedBackbone(
+        spec, base, targets=targets, pooling=str(cfg.model.pooling), head=str(cfg.model.get("head", "linear"))
+    ).to(device)
     tasks = list(cfg.task.names)
     data = build_federated_data(
         tasks=tasks,

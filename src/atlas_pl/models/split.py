@@ -28,6 +28,7 @@ class SharedBackbone:
         *,
         targets: Sequence[str] | None = None,
         pooling: str | None = None,
+        head: str = "linear",
     ) -> None:
         self.spec = spec
         self.model = model
@@ -35,6 +36,7 @@ class SharedBackbone:
         self.pooling = pooling or spec.default_pooling
         if self.pooling not in ("cls", "mean", "last"):
             raise ValueError(f"model.pooling={self.pooling!r}; valid: cls, mean, last")
+        self.head = head
         self.targets = tuple(targets or DEFAULT_TARGETS[spec.family])
         self.hosts: dict[ModuleKey, LoRAHost] = {}
         blocks = self.ops.blocks()
@@ -92,15 +94,23 @@ def _masked_pool(hidden: Tensor, attention_mask: Tensor, how: str) -> Tensor:
 
 
 class ClassificationHead(nn.Module):
-    """Pooling + task head: dense/tanh/classifier for encoders, a score layer for decoders."""
+    """Pooling + task head: a linear score layer, or BERT's dense/tanh/classifier (`kind="mlp"`).
 
-    def __init__(self, hidden: int, num_labels: int, *, pooling: str, decoder: bool, seed: int = 0) -> None:
+    Linear is the default: with a few hundred samples per client a fresh hidden x hidden layer mostly
+    memorises, and the pooled features of a pretrained encoder are already linearly informative.
+    """
+
+    def __init__(
+        self, hidden: int, num_labels: int, *, pooling: str, kind: str = "linear", seed: int = 0
+    ) -> None:
         super().__init__()
+        if kind not in ("linear", "mlp"):
+            raise ValueError(f"model.head={kind!r}; valid: linear, mlp")
         self.pooling = pooling
         self.num_labels = num_labels
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            if decoder:
+            if kind == "linear":
                 self.net = nn.Linear(hidden, num_labels)
             else:
                 self.net = nn.Sequential(nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, num_labels))
@@ -167,11 +177,7 @@ class ServerHalf(nn.Module):
             backbone.shapes(blocks), {b: ranks[b] for b in blocks}, alpha=alpha, dropout=dropout, seed=seed
         )
         self.head = ClassificationHead(
-            backbone.hidden_size,
-            num_labels,
-            pooling=backbone.pooling,
-            decoder=backbone.spec.is_decoder,
-            seed=seed,
+            backbone.hidden_size, num_labels, pooling=backbone.pooling, kind=backbone.head, seed=seed
         )
 
     def forward(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:

@@ -1,0 +1,113 @@
+"""Benchmark: wall time of federated rounds through Lightning vs a bare PyTorch loop doing the same steps.
+
+Builds the federation of an experiment (default: smoke), runs `--rounds` rounds of local training via
+the real round loop (persistent Trainers, Client/Server LightningModules, orchestrator callback), then
+repeats the same number of split steps per client with plain torch code on the same loaders, and
+reports both, per client per round. Prints and writes JSON to benchmarks/results/round_overhead_<exp>.json.
+
+    .venv/bin/python benchmarks/bench_round_overhead.py --experiment smoke
+    .venv/bin/python benchmarks/bench_round_overhead.py --experiment quick --rounds 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+import atlas_pl.__main__ as app
+from atlas_pl.data import TokenDataset, collate_trim
+from atlas_pl.federation.loop import run_federation
+from atlas_pl.federation.setup import build_federation
+from atlas_pl.models.split import split_step
+from atlas_pl.tracking.tracker import Tracker
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--experiment", default="smoke")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--ablation", default="local_only")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    with initialize_config_dir(config_dir=str(app.CONFIG_DIR), version_base="1.3"):
+        cfg = compose(
+            config_name="config",
+            overrides=[
+                f"+experiment={args.experiment}",
+                "logger=none",
+                f"fed.rounds={args.rounds}",
+                f"ablation={args.ablation}",
+            ],
+        )
+    OmegaConf.set_struct(cfg, False)
+    tmp = Path(tempfile.mkdtemp())
+    cfg.paths.output_dir = str(tmp)
+
+    fed = build_federation(cfg)
+    n = len(fed.models)
+    fed.meta.update(devices=["bench"] * n, clusters=list(range(n)))
+    start = time.perf_counter()
+    result = run_federation(cfg, fed, Tracker(cfg, tmp))
+    lightning_total = time.perf_counter() - start
+    eval_seconds = lightning_total - result.overhead["fit_seconds"]
+
+    # the same steps, bare: same models (now trained further, which does not change the cost), same loaders
+    bare = 0.0
+    for client, model in zip(fed.data.clients, fed.models):
+        loader = torch.utils.data.DataLoader(
+            TokenDataset(client.train),
+            batch_size=int(cfg.fed.batch_size),
+            shuffle=True,
+            collate_fn=collate_trim,
+        )
+        opt_c = torch.optim.AdamW(model.client.parameters(), lr=float(cfg.fed.lr))
+        opt_s = torch.optim.AdamW(model.server.parameters(), lr=float(cfg.fed.lr))
+        t0 = time.perf_counter()
+        for _ in range(args.rounds * int(cfg.fed.local_epochs)):
+            for batch in loader:
+                batch = {k: v.to(fed.device) for k, v in batch.items()}
+                opt_c.zero_grad()
+                opt_s.zero_grad()
+                split_step(model, batch)
+                opt_c.step()
+                opt_s.step()
+        bare += time.perf_counter() - t0
+
+    fit = result.overhead["fit_seconds"]
+    per = args.rounds * n
+    report = {
+        "experiment": args.experiment,
+        "model": fed.spec.name,
+        "clients": n,
+        "rounds": args.rounds,
+        "lightning_fit_seconds": fit,
+        "bare_loop_seconds": bare,
+        "fit_over_bare": fit / bare,
+        "per_client_round_fit_seconds": fit / per,
+        "per_client_round_bare_seconds": bare / per,
+        "per_client_round_overhead_seconds": (fit - bare) / per,
+        "in_step_seconds": result.overhead["step_seconds"],
+        "eval_and_orchestration_seconds": eval_seconds,
+        "torch_threads": torch.get_num_threads(),
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"round_overhead_{args.experiment}.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

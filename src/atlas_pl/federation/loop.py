@@ -1,0 +1,216 @@
+"""The federation round loop: local split training per client, between-round work, evaluation.
+
+Each client has one persistent Trainer and one Client/Server LightningModule pair built before round 1.
+A round raises each Trainer's `max_epochs` by `fed.local_epochs` and calls `fit` again, so Lightning
+resumes the same loop with the same optimizers instead of being rebuilt every round.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+
+from atlas_pl.data import TokenDataset, collate_trim
+from atlas_pl.federation.comm import CommMeter
+from atlas_pl.federation.evaluation import evaluate
+from atlas_pl.federation.modules import ClientModule, ServerModule
+from atlas_pl.federation.orchestrator import Orchestrator
+from atlas_pl.federation.setup import Federation
+from atlas_pl.tracking.tracker import Tracker
+
+log = logging.getLogger(__name__)
+
+# which ablations have their full pipeline wired, and how they aggregate
+AGGREGATION = {"local_only": "none", "fedavg": "stack"}
+
+
+@dataclass
+class FederationResult:
+    records: list[dict[str, Any]] = field(default_factory=list)
+    comm: CommMeter = field(default_factory=CommMeter)
+    overhead: dict[str, float] = field(default_factory=dict)
+    client_modules: list[ClientModule] = field(default_factory=list)
+    server_modules: list[ServerModule] = field(default_factory=list)
+    trainers: list[pl.Trainer] = field(default_factory=list)
+
+
+def _trainer(cfg: DictConfig, orchestrator: Orchestrator) -> pl.Trainer:
+    accelerator = str(cfg.trainer.accelerator)
+    return pl.Trainer(
+        accelerator="gpu" if accelerator == "cuda" else accelerator,
+        devices=int(cfg.trainer.devices),
+        precision=str(cfg.trainer.precision),
+        max_epochs=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        deterministic=bool(cfg.trainer.deterministic),
+        callbacks=[orchestrator],
+    )
+
+
+def _groups(ablation: str, n_clients: int) -> list[list[int]]:
+    return [list(range(n_clients))] if AGGREGATION[ablation] != "none" else []
+
+
+def run_federation(cfg: DictConfig, fed: Federation, tracker: Tracker) -> FederationResult:
+    """Run `fed.rounds` rounds; every round is logged through `tracker` as one metrics.jsonl record."""
+    ablation = str(cfg.ablation.name)
+    n_clients = len(fed.models)
+    result = FederationResult()
+    comm = result.comm
+    orchestrator = Orchestrator(
+        fed.models,
+        [c.num_samples for c in fed.data.clients],
+        comm,
+        aggregation=AGGREGATION[ablation],
+        groups=_groups(ablation, n_clients),
+        head_aggregation=str(cfg.ablation.get("head_aggregation", "local")),
+    )
+    lr, wd = float(cfg.fed.lr), float(cfg.fed.get("weight_decay", 0.0))
+    servers = [ServerModule(m.server, lr=lr, weight_decay=wd) for m in fed.models]
+    clients = [
+        ClientModule(c.client_id, m.client, s, comm, lr=lr, weight_decay=wd)
+        for c, m, s in zip(fed.data.clients, fed.models, servers)
+    ]
+    loaders = []
+    for client in fed.data.clients:
+        generator = torch.Generator().manual_seed(int(cfg.seed) * 7919 + client.client_id)
+        loaders.append(
+            torch.utils.data.DataLoader(
+                TokenDataset(client.train),
+                batch_size=int(cfg.fed.batch_size),
+                shuffle=True,
+                collate_fn=collate_trim,
+                generator=generator,
+            )
+        )
+    trainers = [_trainer(cfg, orchestrator) for _ in range(n_clients)]
+    result.client_modules, result.server_modules, result.trainers = clients, servers, trainers
+    local_epochs = int(cfg.fed.local_epochs)
+    rounds = int(cfg.fed.rounds)
+    participants = list(range(n_clients))
+    fit_seconds = 0.0
+    cumulative = {"upload": 0, "download": 0}
+
+    progress = tqdm(
+        total=rounds * n_clients, desc="rounds x clients", unit="client", leave=False, disable=None
+    )
+    for round_index in range(1, rounds + 1):
+        round_start = time.perf_counter()
+        comm.start_round(round_index)
+        orchestrator.begin_round(round_index, participants)
+        train_seconds: dict[int, float] = {}
+        train_loss: dict[int, float] = {}
+        for k in participants:
+            progress.set_postfix(round=round_index, client=k)
+            trainers[k].fit_loop.max_epochs = round_index * local_epochs
+            clients[k].losses = []
+            start = time.perf_counter()
+            trainers[k].fit(clients[k], loaders[k])
+            train_seconds[k] = time.perf_counter() - start
+            train_loss[k] = statistics.fmean(clients[k].losses) if clients[k].losses else float("nan")
+            progress.update(1)
+        fit_seconds += sum(train_seconds.values())
+
+        evals = {}
+        for k, (client, model) in enumerate(zip(fed.data.clients, fed.models)):
+            evals[k] = evaluate(
+                model,
+                client.task,
+                fed.data.eval[client.task],
+                batch_size=max(32, int(cfg.fed.batch_size)),
+                device=fed.device,
+            )
+        record = _round_record(round_index, fed, evals, train_loss, train_seconds, comm, orchestrator)
+        for key in ("upload", "download"):
+            cumulative[key] += record[f"{key}_bytes"]
+            record[f"cumulative_{key}_bytes"] = cumulative[key]
+        record["round_seconds"] = time.perf_counter() - round_start
+        result.records.append(record)
+        tracker.log_round(record)
+        log.info(
+            "round %d/%d: mean acc %.4f, worst %.4f, per task %s (%.1fs)",
+            round_index,
+            rounds,
+            record["mean_accuracy"],
+            record["worst_accuracy"],
+            {t: round(v["primary"], 4) for t, v in record["per_task"].items()},
+            record["round_seconds"],
+        )
+    progress.close()
+    step_seconds = sum(c.step_seconds for c in clients)
+    result.overhead = {
+        "fit_seconds": fit_seconds,
+        "step_seconds": step_seconds,
+        "lightning_overhead_seconds": fit_seconds - step_seconds,
+        "overhead_fraction": (fit_seconds - step_seconds) / step_seconds if step_seconds else 0.0,
+        "fit_calls": rounds * len(participants),
+    }
+    return result
+
+
+def _round_record(
+    round_index: int,
+    fed: Federation,
+    evals: dict[int, dict[str, float]],
+    train_loss: dict[int, float],
+    train_seconds: dict[int, float],
+    comm: CommMeter,
+    orchestrator: Orchestrator,
+) -> dict[str, Any]:
+    clients: dict[str, dict[str, Any]] = {}
+    for k, (client, model) in enumerate(zip(fed.data.clients, fed.models)):
+        metrics = evals[k]
+        entry: dict[str, Any] = {
+            "task": client.task,
+            "cluster": fed.meta["clusters"][k],
+            "device": fed.meta["devices"][k],
+            "split": model.split,
+            "ranks": [model.ranks[b] for b in range(fed.backbone.num_layers)],
+            "accuracy": metrics["accuracy"],
+            "primary": metrics["primary"],
+            "loss": metrics["loss"],
+            "train_loss": train_loss.get(k, float("nan")),
+            "upload_bytes": comm.upload_bytes(round_index, k),
+            "download_bytes": comm.download_bytes(round_index, k),
+            "dropped": k not in train_seconds,
+            "train_seconds": train_seconds.get(k, 0.0),
+        }
+        for extra in ("f1", "mcc"):
+            if extra in metrics:
+                entry[extra] = metrics[extra]
+        if k in orchestrator.truncation_errors:
+            entry["truncation_error"] = orchestrator.truncation_errors[k]
+        clients[str(client.client_id)] = entry
+    accuracies = [c["accuracy"] for c in clients.values()]
+    per_task: dict[str, dict[str, float]] = {}
+    for task in fed.data.specs:
+        members = [c for c in clients.values() if c["task"] == task]
+        per_task[task] = {
+            "accuracy": statistics.fmean(c["accuracy"] for c in members),
+            "primary": statistics.fmean(c["primary"] for c in members),
+            "worst_primary": min(c["primary"] for c in members),
+        }
+    return {
+        "round": round_index,
+        "clients": clients,
+        "mean_accuracy": statistics.fmean(accuracies),
+        "worst_accuracy": min(accuracies),
+        "std_accuracy": statistics.pstdev(accuracies),
+        "mean_primary": statistics.fmean(c["primary"] for c in clients.values()),
+        "per_task": per_task,
+        "upload_bytes": sum(c["upload_bytes"] for c in clients.values()),
+        "download_bytes": sum(c["download_bytes"] for c in clients.values()),
+    }

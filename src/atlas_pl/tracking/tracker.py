@@ -1,0 +1,113 @@
+"""Per-round tracking: metrics.jsonl always, plus W&B (offline by default), CSV, or nothing.
+
+W&B runs go through Lightning's WandbLogger so users get the usual integration; one job is one W&B run
+(group = experiment, job_type = ablation, tags with eta and seed) and `round` is the step metric.
+`close()` always finishes the run, also when the job fails, so multirun jobs never merge.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from atlas_pl.tracking.results import append_jsonl
+
+log = logging.getLogger(__name__)
+
+
+def flatten_round(record: dict[str, Any]) -> dict[str, float]:
+    """One metrics.jsonl record -> flat scalar keys (client/<id>/..., task/<task>/...)."""
+    flat: dict[str, float] = {"round": record["round"]}
+    for key in (
+        "mean_accuracy",
+        "worst_accuracy",
+        "std_accuracy",
+        "mean_primary",
+        "round_seconds",
+        "upload_bytes",
+        "download_bytes",
+        "cumulative_upload_bytes",
+        "cumulative_download_bytes",
+    ):
+        if key in record:
+            flat[key] = record[key]
+    for task, values in record.get("per_task", {}).items():
+        for name, value in values.items():
+            flat[f"task/{task}/{name}"] = value
+    for cid, values in record.get("clients", {}).items():
+        for name, value in values.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                flat[f"client/{cid}/{name}"] = value
+    return flat
+
+
+class Tracker:
+    """Writes metrics.jsonl and forwards each round to the configured logger."""
+
+    def __init__(self, cfg: DictConfig, out_dir: Path) -> None:
+        self.out_dir = out_dir
+        self.metrics_path = out_dir / "metrics.jsonl"
+        self.kind = str(cfg.logger.name)
+        self.logger: Any = None
+        if self.metrics_path.exists() and not cfg.get("resume", False):
+            self.metrics_path.unlink()  # a fresh job in a reused directory starts a fresh history
+        if self.kind == "wandb":
+            self._start_wandb(cfg)
+        elif self.kind == "csv":
+            from lightning.pytorch.loggers import CSVLogger
+
+            self.logger = CSVLogger(save_dir=str(out_dir), name="csv", version="")
+
+    def _start_wandb(self, cfg: DictConfig) -> None:
+        from lightning.pytorch.loggers import WandbLogger
+
+        mode = str(cfg.logger.get("mode") or os.environ.get("WANDB_MODE", "offline"))
+        tags = [
+            f"eta={cfg.fed.eta}",
+            f"seed={cfg.seed}",
+            f"model={cfg.model.name}",
+            *cfg.logger.get("tags", []),
+        ]
+        self.logger = WandbLogger(
+            project=str(cfg.logger.project),
+            entity=cfg.logger.get("entity"),
+            group=str(cfg.get("experiment_name", "default")),
+            job_type=str(cfg.ablation.name),
+            tags=tags,
+            save_dir=str(self.out_dir),
+            mode=mode,
+            config=OmegaConf.to_container(cfg, resolve=True),
+            reinit="finish_previous",
+        )
+        run = self.logger.experiment
+        run.define_metric("round")
+        run.define_metric("*", step_metric="round")
+
+    def log_round(self, record: dict[str, Any]) -> None:
+        append_jsonl(self.metrics_path, record)
+        if self.logger is None:
+            return
+        flat = flatten_round(record)
+        if self.kind == "wandb":
+            self.logger.experiment.log(flat)
+        else:
+            self.logger.log_metrics(flat, step=int(record["round"]))
+            self.logger.save()
+
+    def log_table(self, name: str, columns: list[str], rows: list[list[Any]]) -> None:
+        if self.kind == "wandb":
+            import wandb
+
+            self.logger.experiment.log({name: wandb.Table(columns=columns, data=rows)})
+
+    def close(self, failed: bool = False) -> None:
+        if self.kind == "wandb" and self.logger is not None:
+            import wandb
+
+            wandb.finish(exit_code=1 if failed else 0)
+        elif self.kind == "csv" and self.logger is not None:
+            self.logger.finalize("failed" if failed else "success")
