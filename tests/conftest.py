@@ -19,5 +19,7 @@ GLUE_DIR = Path(os.environ.get("ATLAS_GLUE_DIR", REPO_ROOT.parent / "shared" / "
 @pytest.fixture(scope="session")
 def glue_dir() -> Path:
     if not (GLUE_DIR / "sst2" / "train.tsv").is_file():
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the real-data tests, but GLUE data is missing at {GLUE_DIR}")
         pytest.skip(f"real GLUE data not found at {GLUE_DIR} (set ATLAS_GLUE_DIR)")
     return GLUE_DIR

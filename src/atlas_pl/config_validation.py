@@ -19,7 +19,7 @@ from atlas_pl.models.catalog import ModelNotFound, known_models, resolve_model_s
 
 GLUE_TASK_NAMES = ("sst2", "cola", "mrpc", "rte", "qnli", "qqp", "mnli")
 LOCAL_GLUE_TASKS = ("sst2", "cola", "mrpc", "rte", "qnli")
-SYNTHETIC_PATTERN = re.compile(r"^synthetic\d+$")
+SYNTHETIC_PATTERN = re.compile(r"^synthetic(0|[1-9]\d*)$")
 ABLATIONS = ("local_only", "fedavg", "fedavg_cluster", "atlas", "splitlora", "hsplitlora", "centralized")
 # ablations whose pipeline is wired end to end; the others arrive with their phases (see README status)
 WIRED_ABLATIONS = ("local_only", "fedavg")
@@ -122,7 +122,9 @@ def validate_config(cfg: DictConfig) -> None:
     # devices
     profiles = c.get("devices.profiles") or {}
     mix = c.get("devices.mix")
-    if not mix:
+    if isinstance(mix, str):
+        c.fail("devices.mix", mix, f"a list of device profiles, e.g. [{mix}]")
+    elif not mix:
         c.fail(
             "devices.mix",
             None if mix is None else list(mix),
@@ -150,6 +152,7 @@ def validate_config(cfg: DictConfig) -> None:
     c.number("fed.clients_per_task", low=1, integer=True)
     c.number("fed.batch_size", low=1, integer=True)
     c.number("fed.lr", low=0, strict_low=True)
+    c.number("fed.head_lr", low=0, strict_low=True, optional=True)
     c.number("lora.rank", low=1, integer=True)
     c.number("lora.alpha", low=0, strict_low=True)
     c.number("lora.dropout", low=0.0, high=0.99)
@@ -185,6 +188,9 @@ def validate_config(cfg: DictConfig) -> None:
 
     # run plumbing
     c.one_of("logger.name", LOGGERS)
+    if c.get("resume"):
+        c.fail("resume", True, "false (resuming from checkpoints is not implemented yet)")
+    c.number("trainer.devices", low=1, high=1, integer=True)
     c.one_of("trainer.accelerator", ACCELERATORS)
     c.number("seed", low=0, integer=True)
 

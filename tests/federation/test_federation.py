@@ -75,8 +75,8 @@ def test_local_only_keeps_clients_apart_and_differs_from_fedavg(tmp_path, captur
     assert [c["train_loss"] for c in local[0]["clients"].values()] == [
         c["train_loss"] for c in fedavg[0]["clients"].values()
     ]
-    assert [c["accuracy"] for c in local[-1]["clients"].values()] != [
-        c["accuracy"] for c in fedavg[-1]["clients"].values()
+    assert [c["loss"] for c in local[-1]["clients"].values()] != [
+        c["loss"] for c in fedavg[-1]["clients"].values()
     ]
     assert all(c["upload_bytes"] > 0 for c in local[0]["clients"].values())
     # fedavg additionally ships adapters both ways
@@ -188,3 +188,32 @@ def test_optimizer_state_and_trainers_persist_across_rounds(tmp_path, capture_mo
             steps = {int(state["step"]) for state in optimizer.state.values()}
             assert steps == {2 * batches}  # AdamW moments carried over from round 1 into round 2
         assert result.trainers[client.client_id].current_epoch == 2
+
+
+def test_a_non_finite_client_is_excluded_from_aggregation(tmp_path, capture_models, monkeypatch) -> None:
+    from atlas_pl.federation.orchestrator import Orchestrator
+
+    real = Orchestrator.between_rounds
+
+    def poison_then_aggregate(self):
+        with torch.no_grad():
+            a, _ = self.models[4].client.adapter.pair(self.models[4].client.adapter.keys[0])
+            a[0, 0] = float("nan")
+        healthy = {k: self.models[k].deltas() for k in range(len(self.models)) if k != 4}
+        weights = [self.sample_counts[k] for k in healthy]
+        real(self)
+        # the aggregate is the weighted sum of the 8 healthy clients only (exact before truncation)
+        key = self.models[0].client.adapter.keys[0]
+        expected = sum(w * d[key] for w, d in zip(weights, healthy.values())) / sum(weights)
+        got = self.models[0].deltas()[key]
+        assert torch.isfinite(got).all()
+        assert torch.linalg.norm(got - expected) <= torch.linalg.norm(expected)  # truncation only
+
+    monkeypatch.setattr(Orchestrator, "between_rounds", poison_then_aggregate)
+    run_job(_cfg(tmp_path, "ablation=fedavg", "fed.rounds=1"))
+    record = _records(tmp_path)[0]
+    assert record["clients"]["4"]["excluded_from_aggregation"] is True
+    assert not any(c["excluded_from_aggregation"] for k, c in record["clients"].items() if k != "4")
+    assert all(
+        torch.isfinite(d).all() for d in capture_models["fed"].models[4].client.adapter.deltas().values()
+    )

@@ -42,10 +42,10 @@ class FederationResult:
     trainers: list[pl.Trainer] = field(default_factory=list)
 
 
-def _trainer(cfg: DictConfig, orchestrator: Orchestrator) -> pl.Trainer:
-    accelerator = str(cfg.trainer.accelerator)
+def _trainer(cfg: DictConfig, orchestrator: Orchestrator, device: torch.device) -> pl.Trainer:
+    # the backbone already sits on the resolved device; Lightning must use that same one
     return pl.Trainer(
-        accelerator="gpu" if accelerator == "cuda" else accelerator,
+        accelerator="gpu" if device.type == "cuda" else device.type,
         devices=int(cfg.trainer.devices),
         precision=str(cfg.trainer.precision),
         max_epochs=0,
@@ -79,7 +79,8 @@ def run_federation(cfg: DictConfig, fed: Federation, tracker: Tracker) -> Federa
         head_aggregation=str(cfg.ablation.get("head_aggregation", "local")),
     )
     lr, wd = float(cfg.fed.lr), float(cfg.fed.get("weight_decay", 0.0))
-    servers = [ServerModule(m.server, lr=lr, weight_decay=wd) for m in fed.models]
+    head_lr = float(cfg.fed.get("head_lr") or lr)
+    servers = [ServerModule(m.server, lr=lr, head_lr=head_lr, weight_decay=wd) for m in fed.models]
     clients = [
         ClientModule(c.client_id, m.client, s, comm, lr=lr, weight_decay=wd)
         for c, m, s in zip(fed.data.clients, fed.models, servers)
@@ -96,7 +97,7 @@ def run_federation(cfg: DictConfig, fed: Federation, tracker: Tracker) -> Federa
                 generator=generator,
             )
         )
-    trainers = [_trainer(cfg, orchestrator) for _ in range(n_clients)]
+    trainers = [_trainer(cfg, orchestrator, fed.device) for _ in range(n_clients)]
     result.client_modules, result.server_modules, result.trainers = clients, servers, trainers
     local_epochs = int(cfg.fed.local_epochs)
     rounds = int(cfg.fed.rounds)
@@ -191,6 +192,7 @@ def _round_record(
         for extra in ("f1", "mcc"):
             if extra in metrics:
                 entry[extra] = metrics[extra]
+        entry["excluded_from_aggregation"] = k in orchestrator.excluded
         if k in orchestrator.truncation_errors:
             entry["truncation_error"] = orchestrator.truncation_errors[k]
         clients[str(client.client_id)] = entry

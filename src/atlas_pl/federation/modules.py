@@ -24,14 +24,23 @@ def _adamw(params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     return torch.optim.AdamW([p for p in params if p.requires_grad], lr=lr, weight_decay=weight_decay)
 
 
+def _server_adamw(half: ServerHalf, lr: float, head_lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """Adapter and head in two groups: a freshly initialised head needs a larger step than LoRA factors."""
+    groups = [{"params": [p for p in half.adapter.parameters() if p.requires_grad], "lr": lr}]
+    groups.append({"params": [p for p in half.head.parameters() if p.requires_grad], "lr": head_lr})
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, weight_decay=weight_decay)
+
+
 class ServerModule(pl.LightningModule):
     """The server's side of one client: its half, loss, backward and optimizer step."""
 
-    def __init__(self, half: ServerHalf, *, lr: float, weight_decay: float = 0.0) -> None:
+    def __init__(
+        self, half: ServerHalf, *, lr: float, head_lr: float | None = None, weight_decay: float = 0.0
+    ) -> None:
         super().__init__()
         self.server_half = half
         self.automatic_optimization = False
-        self.optimizer = _adamw(self.server_half.parameters(), lr, weight_decay)
+        self.optimizer = _server_adamw(half, lr, head_lr if head_lr is not None else lr, weight_decay)
         self.last_loss = float("nan")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:

@@ -43,12 +43,14 @@ class Orchestrator(pl.Callback):
         self.pending: set[int] = set()
         self.round = 0
         self.truncation_errors: dict[int, float] = {}
+        self.excluded: set[int] = set()
         self.aggregated_rounds: list[int] = []
 
     def begin_round(self, round_index: int, participants: Sequence[int]) -> None:
         self.round = round_index
         self.pending = set(participants)
         self.truncation_errors = {}
+        self.excluded = set()
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.pending.discard(pl_module.client_id)
@@ -63,23 +65,38 @@ class Orchestrator(pl.Callback):
                 self._aggregate_group(group)
         self.aggregated_rounds.append(self.round)
 
+    def _finite(self, k: int) -> bool:
+        return all(bool(torch.isfinite(p).all()) for p in self.models[k].parameters())
+
     @torch.no_grad()
-    def _aggregate_group(self, group: list[int]) -> None:
-        """Exact weighted sum of every module's dW over the group, redistributed to each client's ranks."""
+    def _aggregate_group(self, members: list[int]) -> None:
+        """Exact weighted sum of every module's dW over the group, redistributed to each client's ranks.
+
+        A client whose state is not finite is left out of the sum (and logged); it still receives the
+        aggregate of the others, which is how it recovers.
+        """
+        group = [k for k in members if self._finite(k)]
+        for k in sorted(set(members) - set(group)):
+            log.warning(
+                "round %d: client %d has a non-finite update; excluded from aggregation", self.round, k
+            )
+            self.excluded.add(k)
+        if not group:
+            return
         weights = normalized_weights([self.sample_counts[k] for k in group])
-        adapters = {k: (self.models[k].client.adapter, self.models[k].server.adapter) for k in group}
+        adapters = {k: (self.models[k].client.adapter, self.models[k].server.adapter) for k in members}
         for k in group:  # each client uploads its client-half adapter; the server half is already there
             self.comm.upload(k, "adapter", self.models[k].client.adapter.parameters())
         keys = sorted(set().union(*(a.keys + s.keys for a, s in adapters.values())))
-        errors: dict[int, list[float]] = {k: [] for k in group}
+        errors: dict[int, list[float]] = {k: [] for k in members}
         for key in keys:
-            owners = [adapters[k][0] if key[0] < self.models[k].split else adapters[k][1] for k in group]
+            owner = {k: adapters[k][0] if key[0] < self.models[k].split else adapters[k][1] for k in members}
             updates = []
-            for adapter in owners:
-                a, b = adapter.pair(key)
-                updates.append(LowRank(a.detach(), b.detach(), adapter.scaling(key[0])))
+            for k in group:
+                a, b = owner[k].pair(key)
+                updates.append(LowRank(a.detach(), b.detach(), owner[k].scaling(key[0])))
             u, s, vh = svd_from_factors(*stack(updates, weights))
-            for k, adapter in zip(group, owners):
+            for k, adapter in owner.items():
                 a, b = adapter.pair(key)
                 new_a, new_b, err = truncate(u, s, vh, a.shape[0], adapter.scaling(key[0]))
                 a.copy_(new_a.to(a.dtype))
@@ -87,7 +104,7 @@ class Orchestrator(pl.Callback):
                 errors[k].append(err)
         if self.head_aggregation == "group":
             self._average_heads(group, weights)
-        for k in group:
+        for k in members:
             self.comm.download(k, "adapter", self.models[k].client.adapter.parameters())
             self.truncation_errors[k] = max(errors[k]) if errors[k] else 0.0
 

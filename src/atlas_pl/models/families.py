@@ -101,7 +101,7 @@ class GPT2Ops(FamilyOps):
         return self.model.drop(self.model.wte(input_ids) + self.model.wpe(positions))
 
     def run_block(self, index: int, hidden: Tensor, ctx: dict) -> Tensor:
-        out = self.blocks()[index](hidden, None, ctx["mask"])
+        out = self.blocks()[index](hidden, attention_mask=ctx["mask"])
         return out[0] if isinstance(out, tuple) else out
 
     def finalize(self, hidden: Tensor) -> Tensor:

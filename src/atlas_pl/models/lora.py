@@ -46,7 +46,8 @@ class LoRAHost(nn.Module):
         if self.active is None:
             return out
         a, b, scale, dropout = self.active
-        return out + F.linear(F.linear(dropout(x), a), b) * scale
+        update = F.linear(F.linear(dropout(x).to(a.dtype), a), b) * scale  # factors may be fp32 over bf16
+        return out + update.to(out.dtype)
 
 
 def _param_name(key: ModuleKey, which: str) -> str:

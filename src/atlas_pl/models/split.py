@@ -116,7 +116,8 @@ class ClassificationHead(nn.Module):
                 self.net = nn.Sequential(nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, num_labels))
 
     def forward(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
-        return self.net(_masked_pool(hidden, attention_mask, self.pooling))
+        pooled = _masked_pool(hidden, attention_mask, self.pooling)
+        return self.net(pooled.to(self.net.weight.dtype if isinstance(self.net, nn.Linear) else pooled.dtype))
 
 
 class ClientHalf(nn.Module):
