@@ -22,7 +22,7 @@ LOCAL_GLUE_TASKS = ("sst2", "cola", "mrpc", "rte", "qnli")
 SYNTHETIC_PATTERN = re.compile(r"^synthetic(0|[1-9]\d*)$")
 ABLATIONS = ("local_only", "fedavg", "fedavg_cluster", "atlas", "splitlora", "hsplitlora", "centralized")
 # ablations whose pipeline is wired end to end; the others arrive with their phases (see README status)
-WIRED_ABLATIONS = ("local_only", "fedavg")
+WIRED_ABLATIONS = ("local_only", "fedavg", "fedavg_cluster")
 LOGGERS = ("wandb", "csv", "none")
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
 
@@ -153,6 +153,13 @@ def validate_config(cfg: DictConfig) -> None:
     c.number("fed.batch_size", low=1, integer=True)
     c.number("fed.lr", low=0, strict_low=True)
     c.number("fed.head_lr", low=0, strict_low=True, optional=True)
+    balanced = c.get("fed.balanced_tasks")
+    if balanced is None or isinstance(balanced, str) or any(t not in names for t in balanced):
+        c.fail(
+            "fed.balanced_tasks",
+            balanced if balanced is None or isinstance(balanced, str) else list(balanced),
+            f"a list of tasks from task.names ({', '.join(map(str, names))})",
+        )
     c.number("lora.rank", low=1, integer=True)
     c.number("lora.alpha", low=0, strict_low=True)
     c.number("lora.dropout", low=0.0, high=0.99)
@@ -173,9 +180,23 @@ def validate_config(cfg: DictConfig) -> None:
     c.number("fingerprint.sketch_dim", low=1, integer=True)
     c.number("fingerprint.dim", low=1, integer=True)
     c.one_of("fingerprint.compression", ("sketch", "raw_pca"))
-    c.number("clustering.k_min", low=1, integer=True)
-    c.number("clustering.k_max", low=1, integer=True)
+    c.number("fingerprint.recluster_every", low=0, integer=True)
+    c.number("fingerprint.dp.clip", low=0, strict_low=True)
+    c.number("fingerprint.dp.noise_multiplier", low=0.0)
+    c.number("fingerprint.dp.delta", low=0.0, high=1.0, strict_low=True)
+    c.number("clustering.k_min", low=2, integer=True)
+    c.number("clustering.k_max", low=2, integer=True)
+    k_min, k_max = c.get("clustering.k_min"), c.get("clustering.k_max")
+    if isinstance(k_min, int) and isinstance(k_max, int) and k_max < k_min:
+        c.fail("clustering.k_max", k_max, f"an integer >= clustering.k_min ({k_min})")
     c.number("clustering.singleton_penalty", low=0.0)
+    weights = c.get("clustering.weights")
+    if weights is None or set(weights) != {"silhouette", "davies_bouldin", "calinski_harabasz"}:
+        c.fail(
+            "clustering.weights",
+            None if weights is None else dict(weights),
+            "a mapping with exactly silhouette, davies_bouldin, calinski_harabasz",
+        )
 
     # data
     c.one_of("data.source", ("auto", "local", "hub"))

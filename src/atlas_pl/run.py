@@ -63,6 +63,10 @@ def run_job(cfg: DictConfig) -> float:
                 "round_seconds": [r["round_seconds"] for r in result.records],
             },
             "overhead": result.overhead,
+            "clustering": [
+                {"round": d.round, "k": d.k, "labels": d.labels, **d.quality, "seconds": d.seconds}
+                for d in result.discoveries
+            ],
             "peak_memory": peak_memory(),
             "versions": versions(),
         }

@@ -11,7 +11,6 @@ from omegaconf import OmegaConf
 
 import atlas_pl.__main__  # noqa: F401  (registers the atlas_root resolver)
 from atlas_pl.config_validation import validate_config
-from atlas_pl.federation import loop as loop_module
 from atlas_pl.federation.modules import ServerModule
 from atlas_pl.run import run_job
 
@@ -26,21 +25,6 @@ def _cfg(tmp_path, *overrides: str):
     cfg.paths.cache_dir = str(tmp_path / "cache")
     validate_config(cfg)
     return cfg
-
-
-@pytest.fixture
-def capture_models(monkeypatch):
-    """Keep a handle on the federation a job built, to inspect the clients' adapters afterwards."""
-    seen = {}
-    real = loop_module.run_federation
-
-    def spy(cfg, fed, tracker):
-        seen["fed"] = fed
-        seen["result"] = real(cfg, fed, tracker)
-        return seen["result"]
-
-    monkeypatch.setattr("atlas_pl.run.run_federation", spy)
-    return seen
 
 
 def _records(path) -> list[dict]:
@@ -217,3 +201,21 @@ def test_a_non_finite_client_is_excluded_from_aggregation(tmp_path, capture_mode
     assert all(
         torch.isfinite(d).all() for d in capture_models["fed"].models[4].client.adapter.deltas().values()
     )
+
+
+def test_balanced_class_weights_weigh_each_class_equally() -> None:
+    from atlas_pl.federation.loop import balanced_class_weights
+
+    weights = balanced_class_weights(torch.tensor([0, 0, 0, 1]), 3)
+    assert torch.allclose(weights, torch.tensor([4 / 6, 2.0, 0.0]))
+    counts = torch.tensor([3.0, 1.0, 0.0])
+    assert torch.allclose(weights[:2] * counts[:2], torch.full((2,), 2.0))  # equal total weight per class
+
+
+def test_balanced_tasks_change_only_those_clients_losses(tmp_path) -> None:
+    run_job(_cfg(tmp_path / "plain", "ablation=local_only", "fed.rounds=1"))
+    run_job(_cfg(tmp_path / "bal", "ablation=local_only", "fed.rounds=1", "fed.balanced_tasks=[synthetic1]"))
+    plain, bal = _records(tmp_path / "plain")[0]["clients"], _records(tmp_path / "bal")[0]["clients"]
+    for cid, client in plain.items():
+        same = client["train_loss"] == bal[cid]["train_loss"]
+        assert same == (client["task"] != "synthetic1"), (cid, client["task"])

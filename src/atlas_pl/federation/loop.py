@@ -20,6 +20,14 @@ from tqdm.auto import tqdm
 
 from atlas_pl.data import TokenDataset, collate_trim
 from atlas_pl.federation.comm import CommMeter
+from atlas_pl.federation.discovery import (
+    K_SEARCH_COLUMNS,
+    Discovery,
+    clustering_record,
+    discover,
+    k_search_rows,
+    write_clustering,
+)
 from atlas_pl.federation.evaluation import evaluate
 from atlas_pl.federation.modules import ClientModule, ServerModule
 from atlas_pl.federation.orchestrator import Orchestrator
@@ -29,7 +37,9 @@ from atlas_pl.tracking.tracker import Tracker
 log = logging.getLogger(__name__)
 
 # which ablations have their full pipeline wired, and how they aggregate
-AGGREGATION = {"local_only": "none", "fedavg": "stack"}
+AGGREGATION = {"local_only": "none", "fedavg": "stack", "fedavg_cluster": "stack"}
+# which of them group clients by the clusters Phase 1 discovers
+CLUSTERED = {"fedavg_cluster"}
 
 
 @dataclass
@@ -37,6 +47,7 @@ class FederationResult:
     records: list[dict[str, Any]] = field(default_factory=list)
     comm: CommMeter = field(default_factory=CommMeter)
     overhead: dict[str, float] = field(default_factory=dict)
+    discoveries: list[Discovery] = field(default_factory=list)
     client_modules: list[ClientModule] = field(default_factory=list)
     server_modules: list[ServerModule] = field(default_factory=list)
     trainers: list[pl.Trainer] = field(default_factory=list)
@@ -64,6 +75,27 @@ def _groups(ablation: str, n_clients: int) -> list[list[int]]:
     return [list(range(n_clients))] if AGGREGATION[ablation] != "none" else []
 
 
+def balanced_class_weights(labels: Any, num_labels: int) -> torch.Tensor:
+    """n / (C * n_c) from the client's own labels: every class weighs as much in the loss as the others.
+
+    For skewed tasks scored by MCC (CoLA is 70/30) the plain loss is minimised by answering the majority
+    class, which scores MCC 0 however informative the features are. Classes absent locally get weight 0.
+    """
+    counts = torch.bincount(torch.as_tensor(labels).long().flatten(), minlength=num_labels).double()
+    present = counts > 0
+    weights = torch.zeros(num_labels, dtype=torch.float64)
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return weights.float()
+
+
+def _clusters_now(cfg: DictConfig, ablation: str, round_index: int) -> bool:
+    """Phase 1 runs before round 1, then every `fingerprint.recluster_every` rounds if that is > 0."""
+    if ablation not in CLUSTERED:
+        return False
+    every = int(cfg.fingerprint.get("recluster_every") or 0)
+    return round_index == 1 or (every > 0 and (round_index - 1) % every == 0)
+
+
 def run_federation(cfg: DictConfig, fed: Federation, tracker: Tracker) -> FederationResult:
     """Run `fed.rounds` rounds; every round is logged through `tracker` as one metrics.jsonl record."""
     ablation = str(cfg.ablation.name)
@@ -80,7 +112,19 @@ def run_federation(cfg: DictConfig, fed: Federation, tracker: Tracker) -> Federa
     )
     lr, wd = float(cfg.fed.lr), float(cfg.fed.get("weight_decay", 0.0))
     head_lr = float(cfg.fed.get("head_lr") or lr)
-    servers = [ServerModule(m.server, lr=lr, head_lr=head_lr, weight_decay=wd) for m in fed.models]
+    balanced = set(cfg.fed.get("balanced_tasks") or [])
+    servers = [
+        ServerModule(
+            m.server,
+            lr=lr,
+            head_lr=head_lr,
+            weight_decay=wd,
+            class_weights=balanced_class_weights(c.train.labels, m.server.head.num_labels)
+            if c.task in balanced
+            else None,
+        )
+        for c, m in zip(fed.data.clients, fed.models)
+    ]
     clients = [
         ClientModule(c.client_id, m.client, s, comm, lr=lr, weight_decay=wd)
         for c, m, s in zip(fed.data.clients, fed.models, servers)
@@ -111,6 +155,14 @@ def run_federation(cfg: DictConfig, fed: Federation, tracker: Tracker) -> Federa
     for round_index in range(1, rounds + 1):
         round_start = time.perf_counter()
         comm.start_round(round_index)
+        if _clusters_now(cfg, ablation, round_index):
+            discovery = discover(cfg, fed, comm, round_index)
+            result.discoveries.append(discovery)
+            orchestrator.groups = discovery.groups()
+            fed.meta["clusters"] = list(discovery.labels)
+            fed.meta["discovery"] = discovery
+            write_clustering(tracker.out_dir, [clustering_record(cfg, fed, d) for d in result.discoveries])
+            tracker.log_table("clustering/k_search", K_SEARCH_COLUMNS, k_search_rows(discovery))
         orchestrator.begin_round(round_index, participants)
         train_seconds: dict[int, float] = {}
         train_loss: dict[int, float] = {}

@@ -35,10 +35,18 @@ class ServerModule(pl.LightningModule):
     """The server's side of one client: its half, loss, backward and optimizer step."""
 
     def __init__(
-        self, half: ServerHalf, *, lr: float, head_lr: float | None = None, weight_decay: float = 0.0
+        self,
+        half: ServerHalf,
+        *,
+        lr: float,
+        head_lr: float | None = None,
+        weight_decay: float = 0.0,
+        class_weights: Tensor | None = None,
     ) -> None:
         super().__init__()
         self.server_half = half
+        # None = plain cross-entropy; a tensor weighs each class (e.g. inversely to its frequency)
+        self.class_weights = class_weights
         self.automatic_optimization = False
         self.optimizer = _server_adamw(half, lr, head_lr if head_lr is not None else lr, weight_decay)
         self.last_loss = float("nan")
@@ -53,7 +61,8 @@ class ServerModule(pl.LightningModule):
         """One server step on received activations; returns (loss, dL/dh) for the client."""
         received = hidden.detach().requires_grad_(True)
         self.optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(self.server_half(received, attention_mask), labels)
+        weight = None if self.class_weights is None else self.class_weights.to(received.device)
+        loss = F.cross_entropy(self.server_half(received, attention_mask), labels, weight=weight)
         loss.backward()
         self.optimizer.step()
         self.last_loss = float(loss.detach())

@@ -1,0 +1,98 @@
+"""Phase 1 wired into the job: fingerprints are sent and counted, clusters drive fedavg_cluster."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from atlas_pl.config_validation import ConfigError, validate_config
+from atlas_pl.run import run_job
+
+from .test_federation import _cfg, _records
+
+K_SEARCH_KEYS = {"k", "silhouette", "davies_bouldin", "calinski_harabasz", "singletons", "combined"}
+
+
+def test_fedavg_cluster_discovers_the_synthetic_tasks_and_aggregates_within_them(
+    tmp_path, capture_models
+) -> None:
+    run_job(_cfg(tmp_path, "ablation=fedavg_cluster", "fed.rounds=1"))
+    clustering = json.loads((tmp_path / "clustering.json").read_text())
+    assert clustering["fingerprint_dim"] == 256 and clustering["compression"] == "sketch"
+    assert clustering["k"] == 3 and clustering["purity"] == 1.0 and clustering["ari"] == 1.0
+    assert clustering["true_tasks"] == ["synthetic0"] * 3 + ["synthetic1"] * 3 + ["synthetic2"] * 3
+    assert clustering["labels"] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert all(set(row) == K_SEARCH_KEYS for row in clustering["k_search"])
+    assert [row["k"] for row in clustering["k_search"]] == [2, 3, 4, 5]
+    importance = clustering["importance"]
+    assert len(importance) == 9 and all(abs(sum(row) - 1.0) < 1e-9 for row in importance)
+    assert set(clustering["cluster_importance"]) == {"0", "1", "2"}
+
+    record = _records(tmp_path)[0]
+    assert [c["cluster"] for c in record["clients"].values()] == clustering["labels"]
+    result = capture_models["result"]
+    for k in range(9):  # the sketch is the only Phase 1 upload: 256 float32 numbers
+        assert result.comm.breakdown(1, k)["upload"]["fingerprint"] == 256 * 4
+
+    models = capture_models["fed"].models
+    deltas = [m.deltas() for m in models]
+    for cluster in ([0, 1, 2], [3, 4, 5], [6, 7, 8]):
+        head = list(models[cluster[0]].server.head.parameters())
+        for k in cluster[1:]:
+            assert all(torch.equal(deltas[k][key], deltas[cluster[0]][key]) for key in deltas[k])
+            assert all(torch.equal(p, q) for p, q in zip(models[k].server.head.parameters(), head))
+    # different clusters were aggregated apart
+    assert any(not torch.equal(deltas[0][key], deltas[3][key]) for key in deltas[0])
+
+
+def test_raw_pca_sends_the_whole_gradient_and_agrees_with_the_sketch(tmp_path) -> None:
+    run_job(
+        _cfg(tmp_path / "raw", "ablation=fedavg_cluster", "fed.rounds=1", "fingerprint.compression=raw_pca")
+    )
+    raw = json.loads((tmp_path / "raw" / "clustering.json").read_text())
+    assert raw["leaks_raw_gradients"] is True and raw["fingerprint_dim"] > 10 * 256
+    assert raw["labels"] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+
+
+def test_dp_noise_is_reported_with_its_epsilon(tmp_path) -> None:
+    run_job(
+        _cfg(
+            tmp_path,
+            "ablation=fedavg_cluster",
+            "fed.rounds=1",
+            "fingerprint.dp.enabled=true",
+            "fingerprint.dp.noise_multiplier=2.0",
+        )
+    )
+    clustering = json.loads((tmp_path / "clustering.json").read_text())
+    assert clustering["dp"]["enabled"] is True
+    assert clustering["dp"]["epsilon"] == pytest.approx(
+        (2 * torch.log(torch.tensor(1.25 / 1e-5))).sqrt() / 2.0
+    )
+
+
+def test_fingerprinting_does_not_change_the_training_order(tmp_path) -> None:
+    """Phase 1 draws its batches from a private RNG: round-1 training losses match a run without it."""
+    run_job(_cfg(tmp_path / "cluster", "ablation=fedavg_cluster", "fed.rounds=1"))
+    run_job(_cfg(tmp_path / "local", "ablation=local_only", "fed.rounds=1"))
+    clustered, local = _records(tmp_path / "cluster")[0], _records(tmp_path / "local")[0]
+    assert [c["train_loss"] for c in clustered["clients"].values()] == [
+        c["train_loss"] for c in local["clients"].values()
+    ]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("clustering.k_min=1", "clustering.k_min=1 is invalid"),
+        ("clustering.k_max=2", "clustering.k_max=2 is invalid"),
+        ("fingerprint.compression=pca", "fingerprint.compression='pca' is invalid"),
+        ("fingerprint.dp.clip=0", "fingerprint.dp.clip=0 is invalid"),
+    ],
+)
+def test_bad_phase1_config_is_named(tmp_path, override, message) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        cfg = _cfg(tmp_path, "clustering.k_min=3" if override == "clustering.k_max=2" else "seed=0", override)
+        validate_config(cfg)
