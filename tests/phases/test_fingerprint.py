@@ -349,3 +349,15 @@ def test_fingerprints_of_synthetic_tasks_cluster_by_task() -> None:
     chosen = select_k(coords, k_min=2, k_max=5, seed=0, singleton_penalty=0.15)
     quality = cluster_quality(chosen.labels, truth)
     assert chosen.k == 3 and quality["purity"] == 1.0 and quality["ari"] == 1.0, (chosen, quality)
+
+
+def test_sketch_many_is_bitwise_each_clients_own_sketch() -> None:
+    from atlas_pl.phases.fingerprint import sketch_many
+
+    gen = torch.Generator().manual_seed(3)
+    clients = [[torch.randn(700, generator=gen), torch.randn(50, 9, generator=gen)] for _ in range(3)]
+    together = sketch_many(clients, dim=64, seed=11, chunk_rows=256)
+    for parts, joint in zip(clients, together):
+        assert torch.equal(joint, sketch(parts, dim=64, seed=11, chunk_rows=256))
+    with pytest.raises(ValueError, match="same length"):
+        sketch_many([clients[0], clients[0][:1]], dim=8, seed=0)

@@ -29,7 +29,7 @@ from atlas_pl.phases.fingerprint import (
     dp_sketch,
     gaussian_epsilon,
     raw_pca_vector,
-    sketch,
+    sketch_many,
 )
 from atlas_pl.tracking.results import write_json
 
@@ -90,9 +90,8 @@ def discover(cfg: DictConfig, fed: Federation, comm: CommMeter, round_index: int
     dp = fp.get("dp") or {}
     dp_on = bool(dp.get("enabled", False))
     compression = str(fp.compression)
-    vectors, importance = [], []
-    sent_dim = 0
-    for k, (client, model) in enumerate(zip(fed.data.clients, fed.models)):
+    all_parts, importance = [], []
+    for client, model in zip(fed.data.clients, fed.models):
         batches = fingerprint_batches(
             client.train,
             batches=int(fp.batches),
@@ -107,24 +106,24 @@ def discover(cfg: DictConfig, fed: Federation, comm: CommMeter, round_index: int
             include_head=include_head,
             class_balanced=bool(fp.get("class_balanced", True)),
         )
-        if compression == "raw_pca":
-            sent = raw_pca_vector(grads.parts).float()
-        else:
-            sent = sketch(grads.parts, dim=int(fp.sketch_dim), seed=int(cfg.seed))
-            if dp_on:
-                noise = torch.Generator().manual_seed(
-                    derive_seed(int(cfg.seed), "dp", client.client_id, round_index)
-                )
-                sent = dp_sketch(
-                    sent.cpu(),
-                    clip=float(dp.clip),
-                    noise_multiplier=float(dp.noise_multiplier),
-                    generator=noise,
-                )
-        comm.upload(k, "fingerprint", [sent])
-        sent_dim = int(sent.numel())
-        vectors.append(sent.detach().cpu().double().numpy())
+        all_parts.append(grads.parts)
         importance.append(grads.importance)
+    if compression == "raw_pca":
+        sent_vectors = [raw_pca_vector(parts).float() for parts in all_parts]
+    else:  # each client's own sketch; computed together only to generate the shared matrix once
+        sent_vectors = sketch_many(all_parts, dim=int(fp.sketch_dim), seed=int(cfg.seed))
+    vectors = []
+    for k, (client, sent) in enumerate(zip(fed.data.clients, sent_vectors)):
+        if dp_on and compression != "raw_pca":
+            noise = torch.Generator().manual_seed(
+                derive_seed(int(cfg.seed), "dp", client.client_id, round_index)
+            )
+            sent = dp_sketch(
+                sent.cpu(), clip=float(dp.clip), noise_multiplier=float(dp.noise_multiplier), generator=noise
+            )
+        comm.upload(k, "fingerprint", [sent])
+        vectors.append(sent.detach().cpu().double().numpy())
+    sent_dim = int(sent_vectors[0].numel()) if sent_vectors else 0
     matrix = np.stack(vectors)
     coords = reduce(matrix, int(fp.dim))
     n = len(vectors)

@@ -194,30 +194,53 @@ def sketch(parts: Sequence[Tensor], *, dim: int, seed: int, chunk_rows: int = DE
     the usual JL factor. Computed in float64 (exact to float32 output precision whatever D); the result
     is float32 on the device of `parts`.
     """
+    return sketch_many([parts], dim=dim, seed=seed, chunk_rows=chunk_rows)[0]
+
+
+def sketch_many(
+    clients: Sequence[Sequence[Tensor]], *, dim: int, seed: int, chunk_rows: int = DEFAULT_CHUNK_ROWS
+) -> list[Tensor]:
+    """`sketch` of several clients' fingerprints, bitwise equal to calling it once per client.
+
+    A simulation shortcut only: real clients each regenerate the shared matrix, but in one process
+    generating every chunk once and applying it to each client (the same vector-matrix product `sketch`
+    does) saves (n - 1) x D x dim Gaussian draws, which dominate Phase 1's time on CPU.
+    """
     if dim < 1 or chunk_rows < 1:
         raise ValueError(f"sketch needs dim >= 1 and chunk_rows >= 1, got dim={dim}, chunk_rows={chunk_rows}")
-    flat = [p.detach().reshape(-1) for p in parts]
-    if not flat:
-        raise ValueError("sketch needs at least one part")
-    device = flat[0].device
-    total = sum(p.numel() for p in flat)
-    out = torch.zeros(dim, dtype=torch.float64, device=device)
-    part, offset = 0, 0  # position inside the parts list
+    flats = [[p.detach().reshape(-1) for p in parts] for parts in clients]
+    if not flats or any(not flat for flat in flats):
+        raise ValueError("sketch needs at least one part per client")
+    totals = {sum(p.numel() for p in flat) for flat in flats}
+    if len(totals) != 1:
+        raise ValueError(f"every client's fingerprint must have the same length, got {sorted(totals)}")
+    total = totals.pop()
+    outs = [torch.zeros(dim, dtype=torch.float64, device=flat[0].device) for flat in flats]
+    cursors = [[0, 0] for _ in flats]  # (part, offset) inside each client's parts list
     for index in range(math.ceil(total / chunk_rows)):
         rows = min(chunk_rows, total - index * chunk_rows)
-        pieces = []
-        need = rows
-        while need > 0:
-            take = min(need, flat[part].numel() - offset)
-            pieces.append(flat[part][offset : offset + take])
-            offset += take
-            need -= take
-            if offset == flat[part].numel():
-                part, offset = part + 1, 0
-        segment = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
-        matrix = projection_chunk(seed, index, rows, dim).to(device=device, dtype=torch.float64)
-        out += segment.to(torch.float64) @ matrix
-    return (out / math.sqrt(dim)).to(torch.float32)
+        chunk = projection_chunk(seed, index, rows, dim)
+        cache: dict[torch.device, Tensor] = {}
+        for flat, cursor, out in zip(flats, cursors, outs):
+            segment = _take(flat, cursor, rows)
+            if out.device not in cache:
+                cache[out.device] = chunk.to(device=out.device, dtype=torch.float64)
+            out += segment.to(torch.float64) @ cache[out.device]
+    return [(out / math.sqrt(dim)).to(torch.float32) for out in outs]
+
+
+def _take(flat: Sequence[Tensor], cursor: list[int], rows: int) -> Tensor:
+    """The next `rows` entries of the virtual concatenation of `flat`, advancing `cursor` in place."""
+    pieces = []
+    need = rows
+    while need > 0:
+        part, offset = cursor
+        take = min(need, flat[part].numel() - offset)
+        pieces.append(flat[part][offset : offset + take])
+        offset += take
+        need -= take
+        cursor[:] = [part + 1, 0] if offset == flat[part].numel() else [part, offset]
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
 
 def raw_pca_vector(parts: Sequence[Tensor]) -> Tensor:

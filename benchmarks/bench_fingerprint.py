@@ -1,0 +1,101 @@
+"""Benchmark: Phase 1 on an experiment's real clients — how well, how fast, sketch vs raw gradients.
+
+Builds the federation of an experiment (default: quick = real MiniLM on SST-2, MRPC, CoLA, 3 clients each),
+runs the client fingerprints and the server k-search once per compression (`sketch`, `raw_pca`) and per
+data seed, and reports the chosen k, purity / ARI / NMI, the k-search table, bytes sent per client and
+seconds. No training happens. Prints and writes JSON to benchmarks/results/fingerprint_<exp>.json.
+
+    .venv/bin/python benchmarks/bench_fingerprint.py --experiment quick --seeds 0 1 2
+    .venv/bin/python benchmarks/bench_fingerprint.py --experiment smoke --batches 2 4 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+import atlas_pl.__main__ as app
+from atlas_pl.federation.comm import CommMeter
+from atlas_pl.federation.discovery import discover
+from atlas_pl.federation.setup import build_federation
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--experiment", default="quick")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--batches", type=int, nargs="+", default=[None])
+    parser.add_argument("--compressions", nargs="+", default=["sketch", "raw_pca"])
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    runs = []
+    for seed in args.seeds:
+        with initialize_config_dir(config_dir=str(app.CONFIG_DIR), version_base="1.3"):
+            cfg = compose(
+                config_name="config",
+                overrides=[f"+experiment={args.experiment}", "logger=none", f"seed={seed}"],
+            )
+        OmegaConf.set_struct(cfg, False)
+        cfg.paths.output_dir = tempfile.mkdtemp()
+        fed = build_federation(cfg)
+        for batches in args.batches:
+            if batches is not None:
+                cfg.fingerprint.batches = batches
+            for compression in args.compressions:
+                cfg.fingerprint.compression = compression
+                comm = CommMeter()
+                comm.start_round(1)
+                d = discover(cfg, fed, comm, 1)
+                run = {
+                    "seed": seed,
+                    "batches": int(cfg.fingerprint.batches),
+                    "compression": compression,
+                    "k": d.k,
+                    "labels": d.labels,
+                    **d.quality,
+                    "upload_bytes_per_client": comm.upload_bytes(1, 0),
+                    "seconds": d.seconds,
+                    "k_search": d.table,
+                }
+                runs.append(run)
+                print(
+                    f"seed {seed} batches {run['batches']:>3} {compression:>7}: k={d.k} labels={d.labels} "
+                    f"purity={d.quality['purity']:.3f} ari={d.quality['ari']:.3f} "
+                    f"nmi={d.quality['nmi']:.3f} bytes/client={run['upload_bytes_per_client']} "
+                    f"{d.seconds:.1f}s"
+                )
+                for row in d.table:
+                    cells = " ".join(
+                        f"{key}={row[key]:.3f}" if isinstance(row[key], float) else f"{key}={row[key]}"
+                        for key in row
+                    )
+                    print(f"    {cells}")
+    by_seed: dict[tuple[int, int], dict[str, list[int]]] = {}
+    for run in runs:
+        by_seed.setdefault((run["seed"], run["batches"]), {})[run["compression"]] = run["labels"]
+    agreement = {
+        f"seed{s}_batches{b}": labels.get("sketch") == labels.get("raw_pca")
+        for (s, b), labels in by_seed.items()
+        if len(labels) == 2
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"fingerprint_{args.experiment}.json"
+    path.write_text(
+        json.dumps({"experiment": args.experiment, "runs": runs, "agreement": agreement}, indent=2)
+    )
+    print(f"sketch and raw_pca give the same clusters: {agreement}")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
