@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -154,11 +154,15 @@ def validate_config(cfg: DictConfig) -> None:
     c.number("fed.lr", low=0, strict_low=True)
     c.number("fed.head_lr", low=0, strict_low=True, optional=True)
     balanced = c.get("fed.balanced_tasks")
-    if balanced is None or isinstance(balanced, str) or any(t not in names for t in balanced):
+    if (
+        not isinstance(balanced, Sequence)
+        or isinstance(balanced, str)
+        or any(str(t) not in GLUE_TASK_NAMES and not SYNTHETIC_PATTERN.match(str(t)) for t in balanced)
+    ):
         c.fail(
             "fed.balanced_tasks",
-            balanced if balanced is None or isinstance(balanced, str) else list(balanced),
-            f"a list of tasks from task.names ({', '.join(map(str, names))})",
+            list(balanced) if isinstance(balanced, Sequence) and not isinstance(balanced, str) else balanced,
+            f"a list of task names from {valid_tasks} (tasks not in this run are ignored)",
         )
     c.number("lora.rank", low=1, integer=True)
     c.number("lora.alpha", low=0, strict_low=True)
@@ -191,12 +195,30 @@ def validate_config(cfg: DictConfig) -> None:
         c.fail("clustering.k_max", k_max, f"an integer >= clustering.k_min ({k_min})")
     c.number("clustering.singleton_penalty", low=0.0)
     weights = c.get("clustering.weights")
-    if weights is None or set(weights) != {"silhouette", "davies_bouldin", "calinski_harabasz"}:
+    expected = {"silhouette", "davies_bouldin", "calinski_harabasz"}
+    if not isinstance(weights, Mapping) or set(weights) != expected:
         c.fail(
             "clustering.weights",
-            None if weights is None else dict(weights),
+            dict(weights) if isinstance(weights, Mapping) else weights,
             "a mapping with exactly silhouette, davies_bouldin, calinski_harabasz",
         )
+    else:
+        for name in sorted(expected):
+            c.number(f"clustering.weights.{name}", low=0.0)
+    for flag in ("fingerprint.class_balanced", "fingerprint.dp.enabled"):
+        if not isinstance(c.get(flag), bool):
+            c.fail(flag, c.get(flag), "true or false")
+    if c.get("fingerprint.dp.enabled") is True:
+        if c.get("fingerprint.compression") == "raw_pca":
+            c.fail(
+                "fingerprint.dp.enabled",
+                True,
+                "false with fingerprint.compression=raw_pca (DP noises the sketch; raw gradients carry none)",
+            )
+        c.number("fingerprint.dp.noise_multiplier", low=0.0, strict_low=True)
+        delta = c.get("fingerprint.dp.delta")
+        if isinstance(delta, (int, float)) and not isinstance(delta, bool) and delta >= 1.0:
+            c.fail("fingerprint.dp.delta", delta, "a number > 0 and < 1")
 
     # data
     c.one_of("data.source", ("auto", "local", "hub"))

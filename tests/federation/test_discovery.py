@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -33,8 +34,9 @@ def test_fedavg_cluster_discovers_the_synthetic_tasks_and_aggregates_within_them
     record = _records(tmp_path)[0]
     assert [c["cluster"] for c in record["clients"].values()] == clustering["labels"]
     result = capture_models["result"]
-    for k in range(9):  # the sketch is the only Phase 1 upload: 256 float32 numbers
+    for k in range(9):  # Phase 1 uploads the 256-float sketch and one importance float per block (4)
         assert result.comm.breakdown(1, k)["upload"]["fingerprint"] == 256 * 4
+        assert result.comm.breakdown(1, k)["upload"]["importance"] == 4 * 4
 
     models = capture_models["fed"].models
     deltas = [m.deltas() for m in models]
@@ -57,6 +59,7 @@ def test_raw_pca_sends_the_whole_gradient_and_agrees_with_the_sketch(tmp_path) -
 
 
 def test_dp_noise_is_reported_with_its_epsilon(tmp_path) -> None:
+    run_job(_cfg(tmp_path / "plain", "ablation=fedavg_cluster", "fed.rounds=1"))
     run_job(
         _cfg(
             tmp_path,
@@ -71,12 +74,16 @@ def test_dp_noise_is_reported_with_its_epsilon(tmp_path) -> None:
     assert clustering["dp"]["epsilon"] == pytest.approx(
         (2 * torch.log(torch.tensor(1.25 / 1e-5))).sqrt() / 2.0
     )
+    plain = json.loads((tmp_path / "plain" / "clustering.json").read_text())
+    assert plain["dp"]["epsilon"] is None
+    assert clustering["coords"] != plain["coords"]  # the noise reached what the server clusters
 
 
 def test_fingerprinting_does_not_change_the_training_order(tmp_path) -> None:
-    """Phase 1 draws its batches from a private RNG: round-1 training losses match a run without it."""
-    run_job(_cfg(tmp_path / "cluster", "ablation=fedavg_cluster", "fed.rounds=1"))
-    run_job(_cfg(tmp_path / "local", "ablation=local_only", "fed.rounds=1"))
+    """Phase 1 draws from private RNGs only: with LoRA dropout drawing from the global RNG during
+    training, round-1 training losses still match a run without Phase 1."""
+    run_job(_cfg(tmp_path / "cluster", "ablation=fedavg_cluster", "fed.rounds=1", "lora.dropout=0.1"))
+    run_job(_cfg(tmp_path / "local", "ablation=local_only", "fed.rounds=1", "lora.dropout=0.1"))
     clustered, local = _records(tmp_path / "cluster")[0], _records(tmp_path / "local")[0]
     assert [c["train_loss"] for c in clustered["clients"].values()] == [
         c["train_loss"] for c in local["clients"].values()
@@ -90,9 +97,34 @@ def test_fingerprinting_does_not_change_the_training_order(tmp_path) -> None:
         ("clustering.k_max=2", "clustering.k_max=2 is invalid"),
         ("fingerprint.compression=pca", "fingerprint.compression='pca' is invalid"),
         ("fingerprint.dp.clip=0", "fingerprint.dp.clip=0 is invalid"),
+        ("clustering.weights=0.5", "clustering.weights=0.5 is invalid"),
+        ("clustering.weights.silhouette=-1", "clustering.weights.silhouette=-1 is invalid"),
+        ("fed.balanced_tasks=3", "fed.balanced_tasks=3 is invalid"),
+        ("fed.balanced_tasks=[colaa]", "fed.balanced_tasks=['colaa'] is invalid"),
+        ("fingerprint.dp.enabled=yes", "fingerprint.dp.enabled='yes' is invalid"),
     ],
 )
 def test_bad_phase1_config_is_named(tmp_path, override, message) -> None:
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         cfg = _cfg(tmp_path, "clustering.k_min=3" if override == "clustering.k_max=2" else "seed=0", override)
         validate_config(cfg)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (("fingerprint.dp.enabled=true", "fingerprint.compression=raw_pca"), "fingerprint.dp.enabled=True"),
+        (("fingerprint.dp.enabled=true", "fingerprint.dp.delta=1.0"), "fingerprint.dp.delta=1.0 is invalid"),
+        (
+            ("fingerprint.dp.enabled=true", "fingerprint.dp.noise_multiplier=0"),
+            "noise_multiplier=0 is invalid",
+        ),
+    ],
+)
+def test_bad_dp_combinations_are_named(tmp_path, overrides, message) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        _cfg(tmp_path, *overrides)
+
+
+def test_balanced_tasks_outside_the_run_are_ignored(tmp_path) -> None:
+    validate_config(_cfg(tmp_path, "fed.balanced_tasks=[cola]"))  # smoke runs synthetic tasks only

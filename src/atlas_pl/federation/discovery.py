@@ -70,6 +70,8 @@ def fingerprint_batches(
     loader = torch.utils.data.DataLoader(
         TokenDataset(data), batch_size=batch_size, shuffle=True, collate_fn=collate_trim, generator=generator
     )
+    if len(loader) == 0:
+        raise ValueError("a client with no training data cannot fingerprint itself")
     out: list[dict[str, torch.Tensor]] = []
     while len(out) < batches:
         for batch in loader:
@@ -122,6 +124,8 @@ def discover(cfg: DictConfig, fed: Federation, comm: CommMeter, round_index: int
                 sent.cpu(), clip=float(dp.clip), noise_multiplier=float(dp.noise_multiplier), generator=noise
             )
         comm.upload(k, "fingerprint", [sent])
+        # the server also receives the per-block importance (Phase 2's input): one float per block
+        comm.upload(k, "importance", [torch.as_tensor(importance[k], dtype=torch.float32)])
         vectors.append(sent.detach().cpu().double().numpy())
     sent_dim = int(sent_vectors[0].numel()) if sent_vectors else 0
     matrix = np.stack(vectors)
@@ -159,7 +163,10 @@ def discover(cfg: DictConfig, fed: Federation, comm: CommMeter, round_index: int
         coords=coords,
         sent_dim=sent_dim,
         seconds=time.perf_counter() - start,
-        epsilon=gaussian_epsilon(float(dp.noise_multiplier), float(dp.delta)) if dp_on else None,
+        epsilon=gaussian_epsilon(float(dp.noise_multiplier), float(dp.delta))
+        if dp_on and compression != "raw_pca"
+        else None,
+        extra={"layers_used": last_layers, "include_head": include_head},
     )
     log.info(
         "phase 1 (round %d): k=%d labels=%s purity=%.3f ari=%.3f nmi=%.3f (%s, %d floats per client, %.1fs)",
@@ -185,7 +192,9 @@ def clustering_record(cfg: DictConfig, fed: Federation, d: Discovery) -> dict[st
         "leaks_raw_gradients": str(fp.compression) == "raw_pca",
         "fingerprint_dim": d.sent_dim,
         "fingerprint_batches": int(fp.batches),
-        "fingerprint_layers": int(fp.layers),
+        "fingerprint_layers": d.extra.get("layers_used", int(fp.layers)),
+        "head_in_fingerprint": d.extra.get("include_head"),
+        "importance_outside_dp": True,  # the per-block importance is sent as is
         "class_balanced": bool(fp.get("class_balanced", True)),
         "dp": {**OmegaConf.to_container(fp.dp), "epsilon": d.epsilon} if fp.get("dp") else None,
         "pca_dim": int(d.coords.shape[1]),
@@ -211,4 +220,5 @@ def write_clustering(out_dir: Path, records: list[dict[str, Any]]) -> None:
 
 
 def k_search_rows(d: Discovery) -> list[list[Any]]:
-    return [[row.get(col) for col in K_SEARCH_COLUMNS] for row in d.table]
+    """The k-search table for W&B, each row tagged with the round it was computed before."""
+    return [[d.round, *(row.get(col) for col in K_SEARCH_COLUMNS)] for row in d.table]

@@ -162,7 +162,7 @@ def run_federation(cfg: DictConfig, fed: Federation, tracker: Tracker) -> Federa
             fed.meta["clusters"] = list(discovery.labels)
             fed.meta["discovery"] = discovery
             write_clustering(tracker.out_dir, [clustering_record(cfg, fed, d) for d in result.discoveries])
-            tracker.log_table("clustering/k_search", K_SEARCH_COLUMNS, k_search_rows(discovery))
+            tracker.log_table("clustering/k_search", ["round", *K_SEARCH_COLUMNS], k_search_rows(discovery))
         orchestrator.begin_round(round_index, participants)
         train_seconds: dict[int, float] = {}
         train_loss: dict[int, float] = {}
