@@ -52,6 +52,7 @@ format: $(STAMP) ## Apply ruff fixes and formatting
 bench: $(STAMP) ## Run the benchmarks (they print and write JSON to benchmarks/results/)
 	$(PY) benchmarks/bench_split_step.py
 	$(PY) benchmarks/bench_round_overhead.py --experiment smoke
+	$(PY) benchmarks/bench_fingerprint.py --experiment smoke
 
 clean: ## Remove outputs and caches (keeps .venv)
 	rm -rf outputs multirun .cache .pytest_cache .ruff_cache
