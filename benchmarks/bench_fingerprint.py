@@ -12,15 +12,10 @@ seconds. No training happens. Prints and writes JSON to benchmarks/results/finge
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import tempfile
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from _report import experiment_config, write_report
 
-import atlas_pl.__main__ as app
 from atlas_pl.federation.comm import CommMeter
 from atlas_pl.federation.discovery import discover
 from atlas_pl.federation.setup import build_federation
@@ -36,16 +31,9 @@ def main() -> None:
     parser.add_argument("--compressions", nargs="+", default=["sketch", "raw_pca"])
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     runs = []
     for seed in args.seeds:
-        with initialize_config_dir(config_dir=str(app.CONFIG_DIR), version_base="1.3"):
-            cfg = compose(
-                config_name="config",
-                overrides=[f"+experiment={args.experiment}", "logger=none", f"seed={seed}"],
-            )
-        OmegaConf.set_struct(cfg, False)
-        cfg.paths.output_dir = tempfile.mkdtemp()
+        cfg = experiment_config([f"+experiment={args.experiment}", f"seed={seed}"])
         fed = build_federation(cfg)
         for batches in args.batches:
             if batches is not None:
@@ -87,14 +75,9 @@ def main() -> None:
         for (s, b), labels in by_seed.items()
         if len(labels) == 2
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"fingerprint_{args.experiment}.json"
-    path.write_text(
-        json.dumps({"experiment": args.experiment, "runs": runs, "agreement": agreement}, indent=2)
-    )
     print(f"sketch and raw_pca give the same clusters: {agreement}")
-    print(f"wrote {path}")
+    report = {"experiment": args.experiment, "runs": runs, "agreement": agreement}
+    write_report(args.out, f"fingerprint_{args.experiment}", report, echo=False)
 
 
 if __name__ == "__main__":

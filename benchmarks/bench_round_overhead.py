@@ -12,17 +12,12 @@ reports both, per client per round. Prints and writes JSON to benchmarks/results
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from _report import experiment_config, write_report
 
-import atlas_pl.__main__ as app
 from atlas_pl.data import TokenDataset, collate_trim
 from atlas_pl.federation.loop import run_federation
 from atlas_pl.federation.setup import build_federation
@@ -39,20 +34,10 @@ def main() -> None:
     parser.add_argument("--ablation", default="local_only")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    with initialize_config_dir(config_dir=str(app.CONFIG_DIR), version_base="1.3"):
-        cfg = compose(
-            config_name="config",
-            overrides=[
-                f"+experiment={args.experiment}",
-                "logger=none",
-                f"fed.rounds={args.rounds}",
-                f"ablation={args.ablation}",
-            ],
-        )
-    OmegaConf.set_struct(cfg, False)
-    tmp = Path(tempfile.mkdtemp())
-    cfg.paths.output_dir = str(tmp)
+    cfg = experiment_config(
+        [f"+experiment={args.experiment}", f"fed.rounds={args.rounds}", f"ablation={args.ablation}"]
+    )
+    tmp = Path(str(cfg.paths.output_dir))
 
     fed = build_federation(cfg)
     n = len(fed.models)
@@ -101,12 +86,7 @@ def main() -> None:
         "eval_and_orchestration_seconds": eval_seconds,
         "torch_threads": torch.get_num_threads(),
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"round_overhead_{args.experiment}.json"
-    path.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
-    print(f"wrote {path}")
+    write_report(args.out, f"round_overhead_{args.experiment}", report)
 
 
 if __name__ == "__main__":

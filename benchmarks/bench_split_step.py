@@ -13,7 +13,6 @@ Prints and writes JSON (benchmarks/results/split_step_<model>.json):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import statistics
@@ -21,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+from _report import write_report
 from torch.nn import functional as F
 
 from atlas_pl.models.catalog import resolve_model_spec
@@ -104,12 +104,7 @@ def main() -> None:
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "torch_threads": torch.get_num_threads(),
     }
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"split_step_{spec.name.replace('/', '_')}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
-    print(f"wrote {path}")
+    write_report(args.out, f"split_step_{spec.name.replace('/', '_')}", result)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from atlas_pl.data.tokenize_cache import (
     fingerprint_examples,
     tokenize_examples,
 )
-from atlas_pl.data.tokenized import TokenDataset, TokenizedExamples, collate_trim
+from atlas_pl.data.tokenized import TokenDataset, TokenizedExamples, collate_trim, shuffled_loader
 
 __all__ = [
     "GLUE_TASKS",
@@ -38,6 +38,7 @@ __all__ = [
     "file_fingerprint",
     "fingerprint_examples",
     "is_synthetic",
+    "shuffled_loader",
     "load_glue_split",
     "make_synthetic_split",
     "max_synthetic_tasks",

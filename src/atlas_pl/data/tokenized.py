@@ -71,6 +71,21 @@ class TokenDataset(torch.utils.data.Dataset):
         }
 
 
+def shuffled_loader(data: TokenizedExamples, *, batch_size: int, seed: int) -> torch.utils.data.DataLoader:
+    """A client's shuffled, padding-trimmed minibatches from its own generator.
+
+    The private generator fixes the order from `seed` alone and leaves the global RNG untouched, so
+    one consumer (e.g. fingerprinting) never shifts another's (training) batches.
+    """
+    return torch.utils.data.DataLoader(
+        TokenDataset(data),
+        batch_size=batch_size,
+        shuffle=True,
+        collate_fn=collate_trim,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
 def collate_trim(batch: list[dict[str, Tensor]]) -> dict[str, Tensor]:
     """Stack a batch and cut the padding columns beyond its longest sequence.
 

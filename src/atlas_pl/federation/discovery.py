@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from atlas_pl.data import TokenDataset, collate_trim
+from atlas_pl.data import shuffled_loader
 from atlas_pl.data.federated import derive_seed
 from atlas_pl.federation.comm import CommMeter
 from atlas_pl.federation.setup import Federation
-from atlas_pl.phases.clustering import cluster_quality, reduce, select_k
+from atlas_pl.phases.clustering import ClusterResult, cluster_quality, reduce, select_k
 from atlas_pl.phases.fingerprint import (
     client_gradients,
     cluster_importance,
@@ -43,20 +43,31 @@ class Discovery:
     """The outcome of one Phase 1 pass: clusters, importance and what it cost."""
 
     round: int
-    labels: list[int]
-    k: int
-    table: list[dict[str, Any]]
+    clusters: ClusterResult
     quality: dict[str, float]
     importance: np.ndarray  # [n_clients, n_blocks]
     cluster_importance: dict[int, list[float]]
     coords: np.ndarray  # the server's PCA coordinates, one row per client (Phase 4's graph uses them)
     sent_dim: int
     seconds: float
+    layers_used: int
+    include_head: bool
     epsilon: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def labels(self) -> list[int]:
+        return self.clusters.labels
+
+    @property
+    def k(self) -> int:
+        return self.clusters.k
+
+    @property
+    def table(self) -> list[dict[str, Any]]:
+        return self.clusters.table
 
     def groups(self) -> list[list[int]]:
-        return [[k for k, c in enumerate(self.labels) if c == label] for label in sorted(set(self.labels))]
+        return self.clusters.groups()
 
 
 def fingerprint_batches(
@@ -66,10 +77,7 @@ def fingerprint_batches(
 
     A dedicated generator keeps the global RNG untouched, so clustering never changes the training order.
     """
-    generator = torch.Generator().manual_seed(seed)
-    loader = torch.utils.data.DataLoader(
-        TokenDataset(data), batch_size=batch_size, shuffle=True, collate_fn=collate_trim, generator=generator
-    )
+    loader = shuffled_loader(data, batch_size=batch_size, seed=seed)
     if len(loader) == 0:
         raise ValueError("a client with no training data cannot fingerprint itself")
     out: list[dict[str, torch.Tensor]] = []
@@ -133,7 +141,7 @@ def discover(cfg: DictConfig, fed: Federation, comm: CommMeter, round_index: int
     n = len(vectors)
     k_max = min(int(cfg.clustering.k_max), n - 1)
     if n < 3 or k_max < int(cfg.clustering.k_min):
-        labels, k, table = [0] * n, 1, []
+        clusters = ClusterResult(k=1, labels=[0] * n)
         log.warning(
             "phase 1: %d clients are too few to choose k in [%s, %s]; one cluster",
             n,
@@ -141,7 +149,7 @@ def discover(cfg: DictConfig, fed: Federation, comm: CommMeter, round_index: int
             cfg.clustering.k_max,
         )
     else:
-        result = select_k(
+        clusters = select_k(
             coords,
             k_min=int(cfg.clustering.k_min),
             k_max=k_max,
@@ -149,30 +157,28 @@ def discover(cfg: DictConfig, fed: Federation, comm: CommMeter, round_index: int
             singleton_penalty=float(cfg.clustering.singleton_penalty),
             weights=dict(OmegaConf.to_container(cfg.clustering.weights)),
         )
-        labels, k, table = list(result.labels), result.k, list(result.table)
     true_tasks = [c.task for c in fed.data.clients]
     imp = np.stack(importance) if importance else np.zeros((0, n_blocks))
     discovery = Discovery(
         round=round_index,
-        labels=labels,
-        k=k,
-        table=table,
-        quality=cluster_quality(labels, true_tasks),
+        clusters=clusters,
+        quality=cluster_quality(clusters.labels, true_tasks),
         importance=imp,
-        cluster_importance={c: v.tolist() for c, v in cluster_importance(imp, labels).items()},
+        cluster_importance={c: v.tolist() for c, v in cluster_importance(imp, clusters.labels).items()},
         coords=coords,
         sent_dim=sent_dim,
         seconds=time.perf_counter() - start,
         epsilon=gaussian_epsilon(float(dp.noise_multiplier), float(dp.delta))
         if dp_on and compression != "raw_pca"
         else None,
-        extra={"layers_used": last_layers, "include_head": include_head},
+        layers_used=last_layers,
+        include_head=include_head,
     )
     log.info(
         "phase 1 (round %d): k=%d labels=%s purity=%.3f ari=%.3f nmi=%.3f (%s, %d floats per client, %.1fs)",
         round_index,
-        k,
-        labels,
+        clusters.k,
+        clusters.labels,
         discovery.quality["purity"],
         discovery.quality["ari"],
         discovery.quality["nmi"],
@@ -192,8 +198,8 @@ def clustering_record(cfg: DictConfig, fed: Federation, d: Discovery) -> dict[st
         "leaks_raw_gradients": str(fp.compression) == "raw_pca",
         "fingerprint_dim": d.sent_dim,
         "fingerprint_batches": int(fp.batches),
-        "fingerprint_layers": d.extra.get("layers_used", int(fp.layers)),
-        "head_in_fingerprint": d.extra.get("include_head"),
+        "fingerprint_layers": d.layers_used,
+        "head_in_fingerprint": d.include_head,
         "importance_outside_dp": True,  # the per-block importance is sent as is
         "class_balanced": bool(fp.get("class_balanced", True)),
         "dp": {**OmegaConf.to_container(fp.dp), "epsilon": d.epsilon} if fp.get("dp") else None,

@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from atlas_pl.data import TokenDataset, collate_trim
+from atlas_pl.data import shuffled_loader
 from atlas_pl.federation.comm import CommMeter
 from atlas_pl.federation.discovery import (
     K_SEARCH_COLUMNS,
@@ -129,18 +129,12 @@ def run_federation(cfg: DictConfig, fed: Federation, tracker: Tracker) -> Federa
         ClientModule(c.client_id, m.client, s, comm, lr=lr, weight_decay=wd)
         for c, m, s in zip(fed.data.clients, fed.models, servers)
     ]
-    loaders = []
-    for client in fed.data.clients:
-        generator = torch.Generator().manual_seed(int(cfg.seed) * 7919 + client.client_id)
-        loaders.append(
-            torch.utils.data.DataLoader(
-                TokenDataset(client.train),
-                batch_size=int(cfg.fed.batch_size),
-                shuffle=True,
-                collate_fn=collate_trim,
-                generator=generator,
-            )
+    loaders = [
+        shuffled_loader(
+            client.train, batch_size=int(cfg.fed.batch_size), seed=int(cfg.seed) * 7919 + client.client_id
         )
+        for client in fed.data.clients
+    ]
     trainers = [_trainer(cfg, orchestrator, fed.device) for _ in range(n_clients)]
     result.client_modules, result.server_modules, result.trainers = clients, servers, trainers
     local_epochs = int(cfg.fed.local_epochs)
@@ -160,7 +154,6 @@ def run_federation(cfg: DictConfig, fed: Federation, tracker: Tracker) -> Federa
             result.discoveries.append(discovery)
             orchestrator.groups = discovery.groups()
             fed.meta["clusters"] = list(discovery.labels)
-            fed.meta["discovery"] = discovery
             write_clustering(tracker.out_dir, [clustering_record(cfg, fed, d) for d in result.discoveries])
             tracker.log_table("clustering/k_search", ["round", *K_SEARCH_COLUMNS], k_search_rows(discovery))
         orchestrator.begin_round(round_index, participants)
