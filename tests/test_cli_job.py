@@ -50,7 +50,16 @@ def test_smoke_job_writes_its_files_and_a_wandb_offline_run(tmp_path) -> None:
     info = read_offline_run(runs[0])
     assert info["project"] == "atlas" and info["group"] == "smoke" and info["job_type"] == "fedavg"
     assert "eta=0.1" in info["tags"] and "seed=0" in info["tags"]
-    rows = [row for row in info["history"] if "round" in row]
+    # the rank heatmap table: logged at round 1, its data written next to the run, one row per client x block
+    table_rows = [row for row in info["history"] if row.get("allocation/ranks/_type") == "table-file"]
+    assert [(row["round"], row["allocation/ranks/nrows"]) for row in table_rows] == [(1, 9 * 4)]
+    tables = list(runs[0].glob("files/media/table/allocation/ranks_*.table.json"))
+    assert len(tables) == 1
+    table = json.loads(tables[0].read_text())
+    assert table["columns"] == ["client", "task", "device", "split", "block", "half", "rank"]
+    allocation = json.loads((run_dir / "allocation.json").read_text())
+    assert [row[-1] for row in table["data"]] == [r for c in allocation["clients"] for r in c["ranks"]]
+    rows = [row for row in info["history"] if "mean_accuracy" in row]
     assert [row["round"] for row in rows] == [1, 2]
     for row, record in zip(rows, records):
         assert row["mean_accuracy"] == pytest.approx(record["mean_accuracy"])

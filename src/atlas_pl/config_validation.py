@@ -136,6 +136,7 @@ def validate_config(cfg: DictConfig) -> None:
                 c.fail("devices.mix", device, ", ".join(sorted(profiles)))
     for device in profiles:
         c.number(f"devices.profiles.{device}.memory_gb", low=0, strict_low=True)
+    c.number("devices.scale", low=0, strict_low=True, optional=True)
     c.one_of("devices.assignment", ("seeded", "round_robin"))
 
     # ablation, federation, LoRA, allocation
@@ -146,6 +147,9 @@ def validate_config(cfg: DictConfig) -> None:
             f"valid now: {', '.join(WIRED_ABLATIONS)}"
         )
     c.one_of("ablation.head_aggregation", ("local", "group"))
+    c.one_of("ablation.ranks", ("allocated", "uniform"))
+    if c.get("ablation.ranks") == "allocated":
+        c.one_of("ablation.importance", ("cluster", "global"))
     c.number("fed.eta", low=0.0, high=1.0)
     c.number("fed.rounds", low=1, integer=True)
     c.number("fed.local_epochs", low=1, integer=True)
@@ -176,7 +180,14 @@ def validate_config(cfg: DictConfig) -> None:
             None if candidates is None else list(candidates),
             "a non-empty list of positive integer ranks, e.g. [4, 8, 16, 32, 64]",
         )
-    c.one_of("allocation.mode", ("importance", "uniform"))
+    c.one_of("allocation.mode", ("importance", "uniform", "fixed"))
+    c.number("allocation.uniform_rank", low=1, integer=True, optional=True)
+    split_mode = c.get("allocation.split")
+    if split_mode != "auto" and spec is not None:
+        if not (isinstance(split_mode, int) and not isinstance(split_mode, bool)) or not (
+            1 <= split_mode < spec.num_layers
+        ):
+            c.fail("allocation.split", split_mode, f"auto or an integer in 1..{spec.num_layers - 1}")
 
     # fingerprint / clustering
     c.number("fingerprint.batches", low=1, integer=True)
@@ -205,7 +216,7 @@ def validate_config(cfg: DictConfig) -> None:
     else:
         for name in sorted(expected):
             c.number(f"clustering.weights.{name}", low=0.0)
-    for flag in ("fingerprint.class_balanced", "fingerprint.dp.enabled"):
+    for flag in ("fingerprint.class_balanced", "fingerprint.dp.enabled", "allocation.drop_infeasible"):
         if not isinstance(c.get(flag), bool):
             c.fail(flag, c.get(flag), "true or false")
     if c.get("fingerprint.dp.enabled") is True:

@@ -10,7 +10,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from atlas_pl.federation.loop import run_federation
 from atlas_pl.federation.setup import build_federation
-from atlas_pl.phases.devices import assign_devices
 from atlas_pl.tracking.results import peak_memory, versions, write_json
 from atlas_pl.tracking.tracker import Tracker
 
@@ -26,12 +25,7 @@ def run_job(cfg: DictConfig) -> float:
     failed = True
     try:
         fed = build_federation(cfg)
-        n_clients = len(fed.models)
-        fed.meta["devices"] = assign_devices(
-            n_clients, list(cfg.devices.mix), seed=int(cfg.seed), rule=str(cfg.devices.assignment)
-        )
         ablation = str(cfg.ablation.name)
-        fed.meta["clusters"] = [0] * n_clients if ablation == "fedavg" else list(range(n_clients))
         build_seconds = time.perf_counter() - started
         result = run_federation(cfg, fed, tracker)
         final = result.records[-1]
@@ -63,6 +57,18 @@ def run_job(cfg: DictConfig) -> float:
                 "round_seconds": [r["round_seconds"] for r in result.records],
             },
             "overhead": result.overhead,
+            "allocation": [
+                {
+                    "client": a.client,
+                    "device": a.device,
+                    "split": a.split,
+                    "dropped": a.dropped,
+                    "ranks": [a.ranks[b] for b in sorted(a.ranks)],
+                    "memory_bytes": a.memory.total,
+                    "budget_bytes": a.budget_bytes,
+                }
+                for a in result.allocations
+            ],
             "clustering": [
                 {"round": d.round, "k": d.k, "labels": d.labels, **d.quality, "seconds": d.seconds}
                 for d in result.discoveries

@@ -33,7 +33,15 @@ def _records(path) -> list[dict]:
 
 @pytest.mark.parametrize("heads", ["local", "group"])
 def test_fedavg_leaves_equal_rank_clients_with_one_adapter(tmp_path, capture_models, heads) -> None:
-    run_job(_cfg(tmp_path, "ablation=fedavg", "fed.rounds=1", f"ablation.head_aggregation={heads}"))
+    run_job(
+        _cfg(
+            tmp_path,
+            "ablation=fedavg",
+            "fed.rounds=1",
+            f"ablation.head_aggregation={heads}",
+            "allocation.mode=fixed",
+        )
+    )
     models = capture_models["fed"].models
     reference = models[0].deltas()
     assert any(torch.count_nonzero(d) > 0 for d in reference.values())  # it trained, then aggregated
@@ -100,7 +108,8 @@ def test_bytes_equal_the_tensors_actually_sent(tmp_path, monkeypatch, capture_mo
             if b < model.split
         )
         entry = record["clients"][str(k)]
-        assert entry["upload_bytes"] == sent[k] + adapter
+        importance = fed.backbone.num_layers * 4  # Phase 2's input, one fp32 per block, before round 1
+        assert entry["upload_bytes"] == sent[k] + adapter + importance
         assert entry["download_bytes"] == received[k] + adapter
     assert record["upload_bytes"] == sum(c["upload_bytes"] for c in record["clients"].values())
 

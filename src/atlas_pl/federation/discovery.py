@@ -89,17 +89,23 @@ def fingerprint_batches(
     return out
 
 
-def discover(cfg: DictConfig, fed: Federation, comm: CommMeter, round_index: int) -> Discovery:
-    """Fingerprint every client on its own data, cluster on the server, score against the true tasks."""
-    start = time.perf_counter()
+@dataclass
+class Gradients:
+    """Every client's fingerprint gradients (kept on the client) and per-block importance (sent)."""
+
+    parts: list[list[torch.Tensor]]
+    importance: list[np.ndarray]
+    layers_used: int
+    include_head: bool
+
+
+def gradient_pass(cfg: DictConfig, fed: Federation, round_index: int) -> Gradients:
+    """Each client's loss gradients on its first `fingerprint.batches` minibatches (input of Phases 1, 2)."""
     fp = cfg.fingerprint
     n_blocks = fed.backbone.num_layers
     head_shapes = {tuple(tuple(p.shape) for p in m.server.head.parameters()) for m in fed.models}
     include_head = len(head_shapes) == 1
     last_layers = min(int(fp.layers), n_blocks)
-    dp = fp.get("dp") or {}
-    dp_on = bool(dp.get("enabled", False))
-    compression = str(fp.compression)
     all_parts, importance = [], []
     for client, model in zip(fed.data.clients, fed.models):
         batches = fingerprint_batches(
@@ -118,6 +124,33 @@ def discover(cfg: DictConfig, fed: Federation, comm: CommMeter, round_index: int
         )
         all_parts.append(grads.parts)
         importance.append(grads.importance)
+    return Gradients(all_parts, importance, last_layers, include_head)
+
+
+def upload_importance(comm: CommMeter, k: int, importance: np.ndarray) -> None:
+    """The server receives each client's per-block importance (Phase 2's input): one float per block."""
+    comm.upload(k, "importance", [torch.as_tensor(importance, dtype=torch.float32)])
+
+
+def measure_importance(cfg: DictConfig, fed: Federation, comm: CommMeter, round_index: int) -> np.ndarray:
+    """Importance only, for ablations that allocate ranks without clustering: [n_clients, n_blocks]."""
+    grads = gradient_pass(cfg, fed, round_index)
+    for k, imp in enumerate(grads.importance):
+        upload_importance(comm, k, imp)
+    return np.stack(grads.importance)
+
+
+def discover(cfg: DictConfig, fed: Federation, comm: CommMeter, round_index: int) -> Discovery:
+    """Fingerprint every client on its own data, cluster on the server, score against the true tasks."""
+    start = time.perf_counter()
+    fp = cfg.fingerprint
+    n_blocks = fed.backbone.num_layers
+    dp = fp.get("dp") or {}
+    dp_on = bool(dp.get("enabled", False))
+    compression = str(fp.compression)
+    grads = gradient_pass(cfg, fed, round_index)
+    all_parts, importance = grads.parts, grads.importance
+    last_layers, include_head = grads.layers_used, grads.include_head
     if compression == "raw_pca":
         sent_vectors = [raw_pca_vector(parts).float() for parts in all_parts]
     else:  # each client's own sketch; computed together only to generate the shared matrix once
@@ -132,8 +165,7 @@ def discover(cfg: DictConfig, fed: Federation, comm: CommMeter, round_index: int
                 sent.cpu(), clip=float(dp.clip), noise_multiplier=float(dp.noise_multiplier), generator=noise
             )
         comm.upload(k, "fingerprint", [sent])
-        # the server also receives the per-block importance (Phase 2's input): one float per block
-        comm.upload(k, "importance", [torch.as_tensor(importance[k], dtype=torch.float32)])
+        upload_importance(comm, k, importance[k])
         vectors.append(sent.detach().cpu().double().numpy())
     sent_dim = int(sent_vectors[0].numel()) if sent_vectors else 0
     matrix = np.stack(vectors)

@@ -26,12 +26,23 @@ from atlas_pl.federation.discovery import (
     clustering_record,
     discover,
     k_search_rows,
+    measure_importance,
     write_clustering,
 )
 from atlas_pl.federation.evaluation import evaluate
 from atlas_pl.federation.modules import ClientModule, ServerModule
 from atlas_pl.federation.orchestrator import Orchestrator
+from atlas_pl.federation.planning import (
+    RANK_COLUMNS,
+    allocation_record,
+    apply_allocation,
+    importance_source,
+    plan,
+    rank_rows,
+    write_allocation,
+)
 from atlas_pl.federation.setup import Federation
+from atlas_pl.phases.allocation import ClientAllocation
 from atlas_pl.tracking.tracker import Tracker
 
 log = logging.getLogger(__name__)
@@ -48,6 +59,7 @@ class FederationResult:
     comm: CommMeter = field(default_factory=CommMeter)
     overhead: dict[str, float] = field(default_factory=dict)
     discoveries: list[Discovery] = field(default_factory=list)
+    allocations: list[ClientAllocation] = field(default_factory=list)
     client_modules: list[ClientModule] = field(default_factory=list)
     server_modules: list[ServerModule] = field(default_factory=list)
     trainers: list[pl.Trainer] = field(default_factory=list)
@@ -75,6 +87,12 @@ def _groups(ablation: str, n_clients: int) -> list[list[int]]:
     return [list(range(n_clients))] if AGGREGATION[ablation] != "none" else []
 
 
+def _without(groups: list[list[int]], dropped: list[bool]) -> list[list[int]]:
+    """Aggregation groups without the clients Phase 2 dropped (they never train)."""
+    kept = [[k for k in g if not dropped[k]] for g in groups]
+    return [g for g in kept if g]
+
+
 def balanced_class_weights(labels: Any, num_labels: int) -> torch.Tensor:
     """n / (C * n_c) from the client's own labels: every class weighs as much in the loss as the others.
 
@@ -96,18 +114,67 @@ def _clusters_now(cfg: DictConfig, ablation: str, round_index: int) -> bool:
     return round_index == 1 or (every > 0 and (round_index - 1) % every == 0)
 
 
+def _phase1(
+    cfg: DictConfig, fed: Federation, tracker: Tracker, result: FederationResult, round_index: int
+) -> Discovery:
+    """Fingerprint and cluster; record the outcome (clustering.json, W&B k-search table)."""
+    discovery = discover(cfg, fed, result.comm, round_index)
+    result.discoveries.append(discovery)
+    if str(cfg.ablation.name) in CLUSTERED:
+        fed.meta["clusters"] = list(discovery.labels)
+    write_clustering(tracker.out_dir, [clustering_record(cfg, fed, d) for d in result.discoveries])
+    tracker.log_table(
+        "clustering/k_search",
+        ["round", *K_SEARCH_COLUMNS],
+        k_search_rows(discovery),
+        round_index=round_index,
+    )
+    return discovery
+
+
+def _phase2(cfg: DictConfig, fed: Federation, tracker: Tracker, result: FederationResult) -> None:
+    """Before round 1: Phase 1 where needed, then each client's split and ranks; models rebuilt to match.
+
+    Feasibility does not depend on importance, so an impossible device mix is refused before the
+    fingerprinting passes, not after.
+    """
+    devices = fed.meta["devices"]
+    if not bool(cfg.allocation.drop_infeasible):
+        plan(cfg, fed, devices)
+    source = importance_source(cfg)
+    importance, labels = None, None
+    if source == "cluster" or str(cfg.ablation.name) in CLUSTERED:
+        discovery = _phase1(cfg, fed, tracker, result, 1)
+        importance, labels = discovery.importance, list(discovery.labels)
+    elif source == "global":
+        importance = measure_importance(cfg, fed, result.comm, 1)
+    allocations = plan(cfg, fed, devices, importance, labels)
+    apply_allocation(cfg, fed, allocations)
+    result.allocations = allocations
+    write_allocation(tracker.out_dir, allocation_record(cfg, fed, allocations))
+    tracker.log_table("allocation/ranks", RANK_COLUMNS, rank_rows(fed, allocations), round_index=1)
+
+
 def run_federation(cfg: DictConfig, fed: Federation, tracker: Tracker) -> FederationResult:
     """Run `fed.rounds` rounds; every round is logged through `tracker` as one metrics.jsonl record."""
     ablation = str(cfg.ablation.name)
     n_clients = len(fed.models)
     result = FederationResult()
     comm = result.comm
+    clustered_up_front = AGGREGATION[ablation] != "none" and ablation not in CLUSTERED
+    fed.meta["clusters"] = [0] * n_clients if clustered_up_front else list(range(n_clients))
+    comm.start_round(1)
+    _phase2(cfg, fed, tracker, result)
+    dropped = fed.meta["dropped"]
+    groups = _groups(ablation, n_clients)
+    if ablation in CLUSTERED:
+        groups = result.discoveries[-1].groups()
     orchestrator = Orchestrator(
         fed.models,
         [c.num_samples for c in fed.data.clients],
         comm,
         aggregation=AGGREGATION[ablation],
-        groups=_groups(ablation, n_clients),
+        groups=_without(groups, dropped),
         head_aggregation=str(cfg.ablation.get("head_aggregation", "local")),
     )
     lr, wd = float(cfg.fed.lr), float(cfg.fed.get("weight_decay", 0.0))
@@ -139,7 +206,7 @@ def run_federation(cfg: DictConfig, fed: Federation, tracker: Tracker) -> Federa
     result.client_modules, result.server_modules, result.trainers = clients, servers, trainers
     local_epochs = int(cfg.fed.local_epochs)
     rounds = int(cfg.fed.rounds)
-    participants = list(range(n_clients))
+    participants = [k for k in range(n_clients) if not dropped[k]]
     fit_seconds = 0.0
     cumulative = {"upload": 0, "download": 0}
 
@@ -149,13 +216,9 @@ def run_federation(cfg: DictConfig, fed: Federation, tracker: Tracker) -> Federa
     for round_index in range(1, rounds + 1):
         round_start = time.perf_counter()
         comm.start_round(round_index)
-        if _clusters_now(cfg, ablation, round_index):
-            discovery = discover(cfg, fed, comm, round_index)
-            result.discoveries.append(discovery)
-            orchestrator.groups = discovery.groups()
-            fed.meta["clusters"] = list(discovery.labels)
-            write_clustering(tracker.out_dir, [clustering_record(cfg, fed, d) for d in result.discoveries])
-            tracker.log_table("clustering/k_search", ["round", *K_SEARCH_COLUMNS], k_search_rows(discovery))
+        if round_index > 1 and _clusters_now(cfg, ablation, round_index):  # round 1's ran in _phase2
+            discovery = _phase1(cfg, fed, tracker, result, round_index)
+            orchestrator.groups = _without(discovery.groups(), dropped)
         orchestrator.begin_round(round_index, participants)
         train_seconds: dict[int, float] = {}
         train_loss: dict[int, float] = {}
@@ -172,6 +235,8 @@ def run_federation(cfg: DictConfig, fed: Federation, tracker: Tracker) -> Federa
 
         evals = {}
         for k, (client, model) in enumerate(zip(fed.data.clients, fed.models)):
+            if dropped[k]:
+                continue
             evals[k] = evaluate(
                 model,
                 client.task,
@@ -218,22 +283,30 @@ def _round_record(
 ) -> dict[str, Any]:
     clients: dict[str, dict[str, Any]] = {}
     for k, (client, model) in enumerate(zip(fed.data.clients, fed.models)):
-        metrics = evals[k]
         entry: dict[str, Any] = {
             "task": client.task,
             "cluster": fed.meta["clusters"][k],
             "device": fed.meta["devices"][k],
-            "split": model.split,
-            "ranks": [model.ranks[b] for b in range(fed.backbone.num_layers)],
-            "accuracy": metrics["accuracy"],
-            "primary": metrics["primary"],
-            "loss": metrics["loss"],
-            "train_loss": train_loss.get(k, float("nan")),
-            "upload_bytes": comm.upload_bytes(round_index, k),
-            "download_bytes": comm.download_bytes(round_index, k),
-            "dropped": k not in train_seconds,
-            "train_seconds": train_seconds.get(k, 0.0),
         }
+        if k not in evals:  # dropped by Phase 2: it holds no model and is not scored
+            entry.update(split=0, ranks=[], dropped=True, upload_bytes=0, download_bytes=0, train_seconds=0.0)
+            clients[str(client.client_id)] = entry
+            continue
+        metrics = evals[k]
+        entry.update(
+            {
+                "split": model.split,
+                "ranks": [model.ranks[b] for b in range(fed.backbone.num_layers)],
+                "accuracy": metrics["accuracy"],
+                "primary": metrics["primary"],
+                "loss": metrics["loss"],
+                "train_loss": train_loss.get(k, float("nan")),
+                "upload_bytes": comm.upload_bytes(round_index, k),
+                "download_bytes": comm.download_bytes(round_index, k),
+                "dropped": k not in train_seconds,
+                "train_seconds": train_seconds.get(k, 0.0),
+            }
+        )
         for extra in ("f1", "mcc"):
             if extra in metrics:
                 entry[extra] = metrics[extra]
@@ -241,10 +314,13 @@ def _round_record(
         if k in orchestrator.truncation_errors:
             entry["truncation_error"] = orchestrator.truncation_errors[k]
         clients[str(client.client_id)] = entry
-    accuracies = [c["accuracy"] for c in clients.values()]
+    scored = [c for c in clients.values() if "accuracy" in c]
+    accuracies = [c["accuracy"] for c in scored]
     per_task: dict[str, dict[str, float]] = {}
     for task in fed.data.specs:
-        members = [c for c in clients.values() if c["task"] == task]
+        members = [c for c in scored if c["task"] == task]
+        if not members:
+            continue
         per_task[task] = {
             "accuracy": statistics.fmean(c["accuracy"] for c in members),
             "primary": statistics.fmean(c["primary"] for c in members),
@@ -256,7 +332,7 @@ def _round_record(
         "mean_accuracy": statistics.fmean(accuracies),
         "worst_accuracy": min(accuracies),
         "std_accuracy": statistics.pstdev(accuracies),
-        "mean_primary": statistics.fmean(c["primary"] for c in clients.values()),
+        "mean_primary": statistics.fmean(c["primary"] for c in scored),
         "per_task": per_task,
         "upload_bytes": sum(c["upload_bytes"] for c in clients.values()),
         "download_bytes": sum(c["download_bytes"] for c in clients.values()),

@@ -16,6 +16,7 @@ from atlas_pl.data import FederatedData, build_federated_data
 from atlas_pl.models.catalog import ModelSpec, resolve_model_spec
 from atlas_pl.models.loading import load_base
 from atlas_pl.models.split import SharedBackbone, SplitClientModel
+from atlas_pl.phases.devices import assign_devices
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,21 @@ def pick_device(accelerator: str) -> torch.device:
 
 def uniform_ranks(num_layers: int, rank: int) -> dict[int, int]:
     return {block: rank for block in range(num_layers)}
+
+
+def build_client_model(
+    cfg: DictConfig, backbone: SharedBackbone, num_labels: int, split: int, ranks: dict[int, int]
+) -> SplitClientModel:
+    """One client's trainable state on the shared base; its initial values depend only on the seed."""
+    return SplitClientModel(
+        backbone,
+        split,
+        ranks,
+        num_labels,
+        alpha=float(cfg.lora.alpha),
+        dropout=float(cfg.lora.dropout),
+        seed=int(cfg.seed),
+    )
 
 
 def build_federation(cfg: DictConfig) -> Federation:
@@ -91,19 +107,17 @@ def build_federation(cfg: DictConfig) -> Federation:
         synthetic_train_size=int(cfg.data.synthetic_train_size),
         synthetic_eval_size=int(cfg.data.synthetic_eval_size),
     )
-    models = []
-    for client in data.clients:
-        spec_t = data.specs[client.task]
-        model = SplitClientModel(
+    # provisional models (model.split_point, lora.rank): Phase 1 fingerprints them, Phase 2 rebuilds them
+    models = [
+        build_client_model(
+            cfg,
             backbone,
+            data.specs[client.task].num_labels,
             int(cfg.model.split_point),
             uniform_ranks(backbone.num_layers, int(cfg.lora.rank)),
-            spec_t.num_labels,
-            alpha=float(cfg.lora.alpha),
-            dropout=float(cfg.lora.dropout),
-            seed=int(cfg.seed),
         ).to(device)
-        models.append(model)
+        for client in data.clients
+    ]
     log.info(
         "federation: model=%s (%d blocks), %d clients over tasks %s, device=%s",
         spec.name,
@@ -112,4 +126,7 @@ def build_federation(cfg: DictConfig) -> Federation:
         tasks,
         device,
     )
-    return Federation(spec, backbone, tokenizer, data, models, device)
+    devices = assign_devices(
+        len(models), list(cfg.devices.mix), seed=int(cfg.seed), rule=str(cfg.devices.assignment)
+    )
+    return Federation(spec, backbone, tokenizer, data, models, device, meta={"devices": devices})

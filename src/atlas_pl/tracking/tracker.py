@@ -98,11 +98,12 @@ class Tracker:
             self.logger.log_metrics(flat, step=int(record["round"]))
             self.logger.save()
 
-    def log_table(self, name: str, columns: list[str], rows: list[list[Any]]) -> None:
+    def log_table(self, name: str, columns: list[str], rows: list[list[Any]], *, round_index: int) -> None:
+        """A W&B table (k-search, rank heatmap) at the round it was computed for; other loggers skip it."""
         if self.kind == "wandb":
             import wandb
 
-            self.logger.experiment.log({name: wandb.Table(columns=columns, data=rows)})
+            self.logger.experiment.log({"round": round_index, name: wandb.Table(columns=columns, data=rows)})
 
     def close(self, failed: bool = False) -> None:
         if self.kind == "wandb" and self.logger is not None:
