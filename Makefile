@@ -53,6 +53,7 @@ bench: $(STAMP) ## Run the benchmarks (they print and write JSON to benchmarks/r
 	$(PY) benchmarks/bench_split_step.py
 	$(PY) benchmarks/bench_round_overhead.py --experiment smoke
 	$(PY) benchmarks/bench_fingerprint.py --experiment smoke
+	$(PY) benchmarks/bench_memory.py --experiment smoke
 
 clean: ## Remove outputs and caches (keeps .venv)
 	rm -rf outputs multirun .cache .pytest_cache .ruff_cache

@@ -41,7 +41,6 @@ def main() -> None:
 
     fed = build_federation(cfg)
     n = len(fed.models)
-    fed.meta.update(devices=["bench"] * n, clusters=list(range(n)))
     start = time.perf_counter()
     result = run_federation(cfg, fed, Tracker(cfg, tmp))
     lightning_total = time.perf_counter() - start

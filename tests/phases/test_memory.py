@@ -16,6 +16,7 @@ import transformers
 
 from atlas_pl.models.catalog import ENCODER, REGISTRY, ModelSpec
 from atlas_pl.models.loading import load_base
+from atlas_pl.models.measure import saved_activation_bytes
 from atlas_pl.models.split import SharedBackbone, SplitClientModel, split_step
 from atlas_pl.phases.memory import (
     MemorySettings,
@@ -66,28 +67,6 @@ def _batch(batch: int, seq: int, seed: int = 0) -> tuple[torch.Tensor, torch.Ten
     return ids.masked_fill(mask == 0, 0), mask
 
 
-def _saved_bytes(
-    model: SplitClientModel, backbone: SharedBackbone, ids: torch.Tensor, mask: torch.Tensor
-) -> int:
-    """Bytes autograd keeps for backward during the client forward: distinct storages, parameters excluded.
-
-    Parameters (frozen base weights kept by linear backward, LoRA factors) are accounted as base and
-    adapter state, not activations; views of one storage are counted once.
-    """
-    params = {p.untyped_storage().data_ptr() for p in [*backbone.model.parameters(), *model.parameters()]}
-    storages: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in params:
-            storages[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model.client(ids, mask)
-    return sum(storages.values())
-
-
 ACTIVATION_CASES = [
     # (model, attention, batch, seq_len, split, ranks of blocks 0..3)
     ("tiny_bert", "sdpa", 4, 48, 3, (4, 8, 16, 4)),
@@ -111,7 +90,7 @@ def test_activation_estimate_matches_saved_tensors(
     arch = ModelArch.from_backbone(backbone)
     rank_map = dict(enumerate(ranks))
     model = SplitClientModel(backbone, split, rank_map, 2).train()
-    measured = _saved_bytes(model, backbone, *_batch(batch, seq))
+    measured = saved_activation_bytes(model, backbone, *_batch(batch, seq))
     estimate = activation_bytes(arch, split, MemorySettings(batch, seq, attention=attn), rank_map)
     error = (estimate - measured) / measured
     print(
@@ -145,7 +124,7 @@ def test_activation_estimate_other_targets_dtypes_and_families(
     settings = MemorySettings(4, 40, base_dtype=dtype or torch.float32, lora_dropout=dropout > 0)
     for split in (1, 2):
         model = SplitClientModel(backbone, split, ranks, 2, dropout=dropout).train()
-        measured = _saved_bytes(model, backbone, *_batch(4, 40))
+        measured = saved_activation_bytes(model, backbone, *_batch(4, 40))
         estimate = activation_bytes(arch, split, settings, ranks)
         error = (estimate - measured) / measured
         print(f"{name} {targets} dropout={dropout} {dtype} s={split}: {measured} vs {estimate}, {error:+.2%}")
