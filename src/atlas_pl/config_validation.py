@@ -20,9 +20,18 @@ from atlas_pl.models.catalog import ModelNotFound, known_models, resolve_model_s
 GLUE_TASK_NAMES = ("sst2", "cola", "mrpc", "rte", "qnli", "qqp", "mnli")
 LOCAL_GLUE_TASKS = ("sst2", "cola", "mrpc", "rte", "qnli")
 SYNTHETIC_PATTERN = re.compile(r"^synthetic(0|[1-9]\d*)$")
-ABLATIONS = ("local_only", "fedavg", "fedavg_cluster", "atlas", "splitlora", "hsplitlora", "centralized")
+ABLATIONS = (
+    "local_only",
+    "fedavg",
+    "fedavg_cluster",
+    "atlas",
+    "splitlora",
+    "hsplitlora",
+    "hetlora",
+    "centralized",
+)
 # ablations whose pipeline is wired end to end; the others arrive with their phases (see README status)
-WIRED_ABLATIONS = ("local_only", "fedavg", "fedavg_cluster")
+WIRED_ABLATIONS = ("local_only", "fedavg", "fedavg_cluster", "atlas", "splitlora", "hsplitlora", "hetlora")
 LOGGERS = ("wandb", "csv", "none")
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
 
@@ -149,7 +158,17 @@ def validate_config(cfg: DictConfig) -> None:
     c.one_of("ablation.head_aggregation", ("local", "group"))
     c.one_of("ablation.ranks", ("allocated", "uniform"))
     if c.get("ablation.ranks") == "allocated":
-        c.one_of("ablation.importance", ("cluster", "global"))
+        c.one_of("ablation.importance", ("cluster", "global", "client"))
+    c.one_of("ablation.aggregation", ("stack", "fedavg", "zeropad", "none"))
+    c.one_of("ablation.personalization", ("laplacian", "none"))
+    if c.get("ablation.personalization") == "laplacian" and c.get("ablation.clustering") is not True:
+        c.fail(
+            "ablation.clustering",
+            c.get("ablation.clustering"),
+            "true when ablation.personalization=laplacian (the graph is built on Phase 1's clusters)",
+        )
+    c.number("graph.alpha", low=0, strict_low=True, optional=True)
+    c.number("graph.knn", low=1, integer=True)
     c.number("fed.eta", low=0.0, high=1.0)
     c.number("fed.rounds", low=1, integer=True)
     c.number("fed.local_epochs", low=1, integer=True)
@@ -216,7 +235,13 @@ def validate_config(cfg: DictConfig) -> None:
     else:
         for name in sorted(expected):
             c.number(f"clustering.weights.{name}", low=0.0)
-    for flag in ("fingerprint.class_balanced", "fingerprint.dp.enabled", "allocation.drop_infeasible"):
+    for flag in (
+        "fingerprint.class_balanced",
+        "fingerprint.dp.enabled",
+        "allocation.drop_infeasible",
+        "graph.ensure_connectivity",
+        "ablation.clustering",
+    ):
         if not isinstance(c.get(flag), bool):
             c.fail(flag, c.get(flag), "true or false")
     if c.get("fingerprint.dp.enabled") is True:

@@ -53,6 +53,7 @@ class Discovery:
     layers_used: int
     include_head: bool
     epsilon: float | None = None
+    adjacency: np.ndarray | None = None  # Phase 4's row-normalized graph, when personalization uses it
 
     @property
     def labels(self) -> list[int]:
@@ -245,7 +246,7 @@ def clustering_record(cfg: DictConfig, fed: Federation, d: Discovery) -> dict[st
         "importance": d.importance.tolist(),
         "cluster_importance": {str(c): v for c, v in d.cluster_importance.items()},
         "coords": d.coords.tolist(),
-        "adjacency": None,
+        "adjacency": None if d.adjacency is None else d.adjacency.tolist(),
         "seconds": d.seconds,
     }
 

@@ -43,14 +43,22 @@ from atlas_pl.federation.planning import (
 )
 from atlas_pl.federation.setup import Federation
 from atlas_pl.phases.allocation import ClientAllocation
+from atlas_pl.phases.personalization import mixing_matrix, rbf_adjacency
 from atlas_pl.tracking.tracker import Tracker
 
 log = logging.getLogger(__name__)
 
-# which ablations have their full pipeline wired, and how they aggregate
-AGGREGATION = {"local_only": "none", "fedavg": "stack", "fedavg_cluster": "stack"}
-# which of them group clients by the clusters Phase 1 discovers
-CLUSTERED = {"fedavg_cluster"}
+
+def aggregation_mode(cfg: DictConfig) -> str:
+    """What the orchestrator does between rounds: laplacian, stack, fedavg, zeropad or none."""
+    if str(cfg.ablation.get("personalization", "none")) == "laplacian":
+        return "laplacian"
+    return str(cfg.ablation.aggregation)
+
+
+def clustered(cfg: DictConfig) -> bool:
+    """Whether aggregation follows the clusters Phase 1 discovers (re-discovered every recluster_every)."""
+    return bool(cfg.ablation.get("clustering", False))
 
 
 @dataclass
@@ -83,8 +91,8 @@ def _trainer(cfg: DictConfig, orchestrator: Orchestrator, device: torch.device) 
     )
 
 
-def _groups(ablation: str, n_clients: int) -> list[list[int]]:
-    return [list(range(n_clients))] if AGGREGATION[ablation] != "none" else []
+def _groups(cfg: DictConfig, n_clients: int) -> list[list[int]]:
+    return [list(range(n_clients))] if aggregation_mode(cfg) != "none" else []
 
 
 def _without(groups: list[list[int]], dropped: list[bool]) -> list[list[int]]:
@@ -106,12 +114,31 @@ def balanced_class_weights(labels: Any, num_labels: int) -> torch.Tensor:
     return weights.float()
 
 
-def _clusters_now(cfg: DictConfig, ablation: str, round_index: int) -> bool:
+def _clusters_now(cfg: DictConfig, round_index: int) -> bool:
     """Phase 1 runs before round 1, then every `fingerprint.recluster_every` rounds if that is > 0."""
-    if ablation not in CLUSTERED:
+    if not clustered(cfg):
         return False
     every = int(cfg.fingerprint.get("recluster_every") or 0)
     return round_index == 1 or (every > 0 and (round_index - 1) % every == 0)
+
+
+def graph_adjacency(cfg: DictConfig, discovery: Discovery) -> Any:
+    """Phase 4's graph over the clients, from the coordinates and clusters Phase 1 found."""
+    graph = cfg.get("graph") or {}
+    alpha = graph.get("alpha")
+    return rbf_adjacency(
+        discovery.coords,
+        discovery.labels,
+        alpha=None if alpha is None else float(alpha),
+        ensure_connectivity=bool(graph.get("ensure_connectivity", True)),
+        knn=int(graph.get("knn", 2)),
+    )
+
+
+def adjacency_rows(discovery: Discovery) -> list[list[Any]]:
+    """Long-format rows (round, from, to, weight) that W&B turns into an adjacency heatmap."""
+    a = discovery.adjacency
+    return [[discovery.round, i, j, float(a[i, j])] for i in range(a.shape[0]) for j in range(a.shape[1])]
 
 
 def _phase1(
@@ -119,9 +146,16 @@ def _phase1(
 ) -> Discovery:
     """Fingerprint and cluster; record the outcome (clustering.json, W&B k-search table)."""
     discovery = discover(cfg, fed, result.comm, round_index)
+    if aggregation_mode(cfg) == "laplacian":
+        discovery.adjacency = graph_adjacency(cfg, discovery)
+        tracker.log_table(
+            "graph/adjacency",
+            ["round", "from", "to", "weight"],
+            adjacency_rows(discovery),
+            round_index=round_index,
+        )
     result.discoveries.append(discovery)
-    if str(cfg.ablation.name) in CLUSTERED:
-        fed.meta["clusters"] = list(discovery.labels)
+    fed.meta["clusters"] = list(discovery.labels)
     write_clustering(tracker.out_dir, [clustering_record(cfg, fed, d) for d in result.discoveries])
     tracker.log_table(
         "clustering/k_search",
@@ -143,10 +177,10 @@ def _phase2(cfg: DictConfig, fed: Federation, tracker: Tracker, result: Federati
         plan(cfg, fed, devices)
     source = importance_source(cfg)
     importance, labels = None, None
-    if source == "cluster" or str(cfg.ablation.name) in CLUSTERED:
+    if source == "cluster" or clustered(cfg):
         discovery = _phase1(cfg, fed, tracker, result, 1)
         importance, labels = discovery.importance, list(discovery.labels)
-    elif source == "global":
+    elif source in ("global", "client"):
         importance = measure_importance(cfg, fed, result.comm, 1)
     allocations = plan(cfg, fed, devices, importance, labels)
     apply_allocation(cfg, fed, allocations)
@@ -157,26 +191,27 @@ def _phase2(cfg: DictConfig, fed: Federation, tracker: Tracker, result: Federati
 
 def run_federation(cfg: DictConfig, fed: Federation, tracker: Tracker) -> FederationResult:
     """Run `fed.rounds` rounds; every round is logged through `tracker` as one metrics.jsonl record."""
-    ablation = str(cfg.ablation.name)
     n_clients = len(fed.models)
     result = FederationResult()
     comm = result.comm
-    clustered_up_front = AGGREGATION[ablation] != "none" and ablation not in CLUSTERED
-    fed.meta["clusters"] = [0] * n_clients if clustered_up_front else list(range(n_clients))
+    mode = aggregation_mode(cfg)
+    # the "cluster" of metrics.jsonl: the Phase 1 label where Phase 1 ran, else the aggregation group
+    one_group = mode != "none" and not clustered(cfg)
+    fed.meta["clusters"] = [0] * n_clients if one_group else list(range(n_clients))
     comm.start_round(1)
     _phase2(cfg, fed, tracker, result)
     dropped = fed.meta["dropped"]
-    groups = _groups(ablation, n_clients)
-    if ablation in CLUSTERED:
-        groups = result.discoveries[-1].groups()
+    groups = result.discoveries[-1].groups() if clustered(cfg) else _groups(cfg, n_clients)
     orchestrator = Orchestrator(
         fed.models,
         [c.num_samples for c in fed.data.clients],
         comm,
-        aggregation=AGGREGATION[ablation],
+        aggregation=mode,
         groups=_without(groups, dropped),
         head_aggregation=str(cfg.ablation.get("head_aggregation", "local")),
     )
+    if mode == "laplacian":
+        orchestrator.mixing = mixing_matrix(result.discoveries[-1].adjacency, float(cfg.fed.eta))
     lr, wd = float(cfg.fed.lr), float(cfg.fed.get("weight_decay", 0.0))
     head_lr = float(cfg.fed.get("head_lr") or lr)
     balanced = set(cfg.fed.get("balanced_tasks") or [])
@@ -216,9 +251,11 @@ def run_federation(cfg: DictConfig, fed: Federation, tracker: Tracker) -> Federa
     for round_index in range(1, rounds + 1):
         round_start = time.perf_counter()
         comm.start_round(round_index)
-        if round_index > 1 and _clusters_now(cfg, ablation, round_index):  # round 1's ran in _phase2
+        if round_index > 1 and _clusters_now(cfg, round_index):  # round 1's ran in _phase2
             discovery = _phase1(cfg, fed, tracker, result, round_index)
             orchestrator.groups = _without(discovery.groups(), dropped)
+            if mode == "laplacian":
+                orchestrator.mixing = mixing_matrix(discovery.adjacency, float(cfg.fed.eta))
         orchestrator.begin_round(round_index, participants)
         train_seconds: dict[int, float] = {}
         train_loss: dict[int, float] = {}

@@ -2,8 +2,14 @@
 
 Every client's Trainer carries the same Orchestrator. When the last participating client of a round
 finishes its local training (`on_train_end`), the orchestrator runs the ablation's aggregation over the
-groups it knows (all clients for fedavg; none for local_only). The maths lives in
-`atlas_pl.phases.aggregation`; this class only gathers factors, calls it and writes the results back.
+groups it knows (all clients for fedavg; the discovered clusters for fedavg_cluster; none for local_only):
+
+- `stack`: the exact weighted sum of dW over the group, redistributed to each client's ranks by SVD;
+- `fedavg` / `zeropad`: A and B averaged separately (zero-padded to the largest rank), sliced back;
+- `laplacian`: every client moves toward its graph neighbours by the mixing matrix W = (1 - eta) I + eta A
+  (`phases.personalization`), each row an exact weighted sum through the same stacked-factor routine.
+
+The maths lives in `atlas_pl.phases`; this class only gathers factors, calls it and writes results back.
 """
 
 from __future__ import annotations
@@ -12,11 +18,20 @@ import logging
 from collections.abc import Sequence
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 
 from atlas_pl.federation.comm import CommMeter
 from atlas_pl.models.split import SplitClientModel
-from atlas_pl.phases.aggregation import LowRank, normalized_weights, stack, svd_from_factors, truncate
+from atlas_pl.phases.aggregation import (
+    LowRank,
+    fedavg_factors,
+    normalized_weights,
+    slice_rank,
+    stack,
+    svd_from_factors,
+    truncate,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +55,7 @@ class Orchestrator(pl.Callback):
         self.aggregation = aggregation
         self.head_aggregation = head_aggregation
         self.groups = [list(g) for g in groups] if groups else []
+        self.mixing: np.ndarray | None = None  # laplacian: W over all clients, set once Phase 1 has run
         self.pending: set[int] = set()
         self.round = 0
         self.truncation_errors: dict[int, float] = {}
@@ -60,53 +76,149 @@ class Orchestrator(pl.Callback):
     def between_rounds(self) -> None:
         if self.aggregation == "none" or not self.groups:
             return
-        for group in self.groups:
-            if len(group) > 1:
-                self._aggregate_group(group)
+        if self.aggregation == "laplacian":
+            self._personalize()
+        else:
+            for group in self.groups:
+                if len(group) > 1:
+                    self._aggregate_group(group)
         self.aggregated_rounds.append(self.round)
 
-    def _finite(self, k: int) -> bool:
-        return all(bool(torch.isfinite(p).all()) for p in self.models[k].parameters())
-
-    @torch.no_grad()
-    def _aggregate_group(self, members: list[int]) -> None:
-        """Exact weighted sum of every module's dW over the group, redistributed to each client's ranks.
-
-        A client whose state is not finite is left out of the sum (and logged); it still receives the
-        aggregate of the others, which is how it recovers.
-        """
+    def _exclude_non_finite(self, members: list[int]) -> list[int]:
         group = [k for k in members if self._finite(k)]
         for k in sorted(set(members) - set(group)):
             log.warning(
                 "round %d: client %d has a non-finite update; excluded from aggregation", self.round, k
             )
             self.excluded.add(k)
+        return group
+
+    def _owner(self, k: int, key: tuple) -> object:
+        """The adapter (client or server half) that holds module `key` for client k."""
+        return (
+            self.models[k].client.adapter if key[0] < self.models[k].split else self.models[k].server.adapter
+        )
+
+    def _keys(self, members: list[int]) -> list[tuple]:
+        return sorted(
+            set().union(
+                *(self.models[k].client.adapter.keys + self.models[k].server.adapter.keys for k in members)
+            )
+        )
+
+    @torch.no_grad()
+    def _personalize(self) -> None:
+        """dW_k <- sum_l W_kl dW_l for every client whose row has neighbours, all from the old factors.
+
+        A client with W_kk = 1 (eta = 0, or no neighbour) is not touched at all and sends nothing, so
+        eta = 0 is bitwise local training. Non-finite clients are dropped from every row (the row is
+        renormalized) and keep their own state only if nobody else is left in their row.
+        """
+        if self.mixing is None:
+            return
+        members = sorted({k for g in self.groups for k in g})
+        finite = set(self._exclude_non_finite(members))
+        rows: dict[int, dict[int, float]] = {}
+        for k in members:
+            row = {j: float(self.mixing[k, j]) for j in members if j in finite and self.mixing[k, j] > 0}
+            if k not in finite:
+                row.pop(k, None)
+            total = sum(row.values())
+            if total <= 0 or set(row) <= {k}:  # nobody else to move toward: untouched
+                continue
+            rows[k] = {j: w / total for j, w in row.items()}
+        if not rows:
+            return
+        senders = sorted({j for row in rows.values() for j in row})
+        for j in senders:
+            self.comm.upload(j, "adapter", self.models[j].client.adapter.parameters())
+        new: dict[int, dict[tuple, tuple[torch.Tensor, torch.Tensor, float]]] = {k: {} for k in rows}
+        for key in self._keys(members):
+            for k, row in rows.items():
+                neighbours = list(row)
+                updates = []
+                for j in neighbours:
+                    a, b = self._owner(j, key).pair(key)
+                    updates.append(LowRank(a.detach(), b.detach(), self._owner(j, key).scaling(key[0])))
+                u, s, vh = svd_from_factors(*stack(updates, [row[j] for j in neighbours]))
+                adapter = self._owner(k, key)
+                a, _ = adapter.pair(key)
+                new[k][key] = truncate(u, s, vh, a.shape[0], adapter.scaling(key[0]))
+        for k, factors in new.items():
+            errors = []
+            for key, (new_a, new_b, err) in factors.items():
+                a, b = self._owner(k, key).pair(key)
+                a.copy_(new_a.to(a.dtype))
+                b.copy_(new_b.to(b.dtype))
+                errors.append(err)
+            self.truncation_errors[k] = max(errors) if errors else 0.0
+        if self.head_aggregation == "group":
+            self._mix_heads(rows)
+        for k in rows:
+            self.comm.download(k, "adapter", self.models[k].client.adapter.parameters())
+
+    def _mix_heads(self, rows: dict[int, dict[int, float]]) -> None:
+        """Heads follow the same rows, restricted to neighbours whose head has the same shape."""
+        shape = {
+            k: tuple(tuple(p.shape) for p in self.models[k].server.head.parameters())
+            for k in range(len(self.models))
+        }
+        old = {
+            k: [p.detach().clone() for p in self.models[k].server.head.parameters()]
+            for k in range(len(self.models))
+        }
+        for k, row in rows.items():
+            same = {j: w for j, w in row.items() if shape[j] == shape[k]}
+            total = sum(same.values())
+            if total <= 0:
+                continue
+            for index, param in enumerate(self.models[k].server.head.parameters()):
+                param.copy_(sum(w / total * old[j][index] for j, w in same.items()))
+
+    def _finite(self, k: int) -> bool:
+        return all(bool(torch.isfinite(p).all()) for p in self.models[k].parameters())
+
+    @torch.no_grad()
+    def _aggregate_group(self, members: list[int]) -> None:
+        """One aggregate of every module over the group, given back at each client's own rank.
+
+        `stack`: the exact weighted sum of dW, redistributed by truncated SVD (error logged per client);
+        `fedavg` / `zeropad`: factors averaged separately and sliced back (no SVD, no error to report: the
+        error is the cross terms, by design of the baseline). A client whose state is not finite is left out
+        of the sum (and logged); it still receives the aggregate of the others, which is how it recovers.
+        """
+        group = self._exclude_non_finite(members)
         if not group:
             return
         weights = normalized_weights([self.sample_counts[k] for k in group])
-        adapters = {k: (self.models[k].client.adapter, self.models[k].server.adapter) for k in members}
         for k in group:  # each client uploads its client-half adapter; the server half is already there
             self.comm.upload(k, "adapter", self.models[k].client.adapter.parameters())
-        keys = sorted(set().union(*(a.keys + s.keys for a, s in adapters.values())))
         errors: dict[int, list[float]] = {k: [] for k in members}
-        for key in keys:
-            owner = {k: adapters[k][0] if key[0] < self.models[k].split else adapters[k][1] for k in members}
+        for key in self._keys(members):
             updates = []
             for k in group:
-                a, b = owner[k].pair(key)
-                updates.append(LowRank(a.detach(), b.detach(), owner[k].scaling(key[0])))
-            u, s, vh = svd_from_factors(*stack(updates, weights))
-            for k, adapter in owner.items():
+                a, b = self._owner(k, key).pair(key)
+                updates.append(LowRank(a.detach(), b.detach(), self._owner(k, key).scaling(key[0])))
+            if self.aggregation == "stack":
+                u, s, vh = svd_from_factors(*stack(updates, weights))
+            else:
+                mean_a, mean_b = fedavg_factors(updates, weights)
+            for k in members:
+                adapter = self._owner(k, key)
                 a, b = adapter.pair(key)
-                new_a, new_b, err = truncate(u, s, vh, a.shape[0], adapter.scaling(key[0]))
+                if self.aggregation == "stack":
+                    new_a, new_b, err = truncate(u, s, vh, a.shape[0], adapter.scaling(key[0]))
+                    errors[k].append(err)
+                else:
+                    new_a, new_b = slice_rank(mean_a, mean_b, a.shape[0])
                 a.copy_(new_a.to(a.dtype))
                 b.copy_(new_b.to(b.dtype))
-                errors[k].append(err)
         if self.head_aggregation == "group":
             self._average_heads(group, weights)
         for k in members:
             self.comm.download(k, "adapter", self.models[k].client.adapter.parameters())
-            self.truncation_errors[k] = max(errors[k]) if errors[k] else 0.0
+            if errors[k]:
+                self.truncation_errors[k] = max(errors[k])
 
     def _average_heads(self, group: list[int], weights: list[float]) -> None:
         """Combine heads with the same weights among clients whose heads have the same shape."""

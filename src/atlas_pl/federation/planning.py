@@ -7,7 +7,8 @@ shapes each client's ranks, rebuilds the client models with what was allocated, 
 
 Whose importance: `ablation.importance=cluster` gives every client its Phase 1 cluster's profile (ATLAS,
 fedavg_cluster, and local_only, which is ATLAS without aggregation: with the same ranks, atlas at eta=0
-is exactly local_only); `global` gives everyone the mean over all clients (the task-agnostic baselines).
+is exactly local_only); `global` gives everyone the mean over all clients (task-agnostic fedavg); `client`
+each its own profile, computed locally (HSplitLoRA).
 """
 
 from __future__ import annotations
@@ -63,8 +64,10 @@ def device_budgets(cfg: DictConfig) -> dict[str, int]:
 
 
 def importance_profiles(source: str, importance: np.ndarray, labels: list[int] | None) -> list[np.ndarray]:
-    """One importance profile per client: its cluster's, or the mean over everyone (`global`)."""
+    """One importance profile per client: its cluster's, the mean over everyone (`global`), or its own."""
     n = importance.shape[0]
+    if source == "client":
+        return [np.asarray(row) / row.sum() if row.sum() > 0 else np.asarray(row) for row in importance]
     groups = list(labels) if source == "cluster" and labels is not None else [0] * n
     by_group = cluster_importance(importance, groups)
     return [np.asarray(by_group[g]) for g in groups]
