@@ -30,8 +30,6 @@ ABLATIONS = (
     "hetlora",
     "centralized",
 )
-# ablations whose pipeline is wired end to end; the others arrive with their phases (see README status)
-WIRED_ABLATIONS = ("local_only", "fedavg", "fedavg_cluster", "atlas", "splitlora", "hsplitlora", "hetlora")
 LOGGERS = ("wandb", "csv", "none")
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
 
@@ -150,17 +148,14 @@ def validate_config(cfg: DictConfig) -> None:
 
     # ablation, federation, LoRA, allocation
     c.one_of("ablation.name", ABLATIONS)
-    if c.get("ablation.name") in ABLATIONS and c.get("ablation.name") not in WIRED_ABLATIONS:
-        c.problems.append(
-            f"ablation={c.get('ablation.name')} is not wired yet (its phases are still to come); "
-            f"valid now: {', '.join(WIRED_ABLATIONS)}"
-        )
     c.one_of("ablation.head_aggregation", ("local", "group"))
     c.one_of("ablation.ranks", ("allocated", "uniform"))
     if c.get("ablation.ranks") == "allocated":
         c.one_of("ablation.importance", ("cluster", "global", "client"))
     c.one_of("ablation.aggregation", ("stack", "fedavg", "zeropad", "none"))
     c.one_of("ablation.personalization", ("laplacian", "none"))
+    if c.get("ablation.pipeline") is not None:
+        c.one_of("ablation.pipeline", ("split", "centralized"))
     if c.get("ablation.personalization") == "laplacian" and c.get("ablation.clustering") is not True:
         c.fail(
             "ablation.clustering",

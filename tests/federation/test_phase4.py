@@ -155,3 +155,27 @@ def test_a_non_finite_client_is_left_out_of_its_neighbours_update(
     for k, model in enumerate(capture_models["fed"].models):
         if k != 1:
             assert all(torch.isfinite(d).all() for d in model.deltas().values()), k
+
+
+def test_centralized_trains_one_adapter_on_the_union_with_a_head_per_task(tmp_path, capture_models) -> None:
+    run_job(_cfg(tmp_path, "ablation=centralized", "fed.rounds=2"))
+    fed = capture_models["fed"]
+    models = fed.models
+    tasks = [c.task for c in fed.data.clients]
+    reference = models[0].deltas()
+    assert any(torch.count_nonzero(d) > 0 for d in reference.values())  # it trained
+    for k, model in enumerate(models):
+        assert all(torch.equal(d, reference[key]) for key, d in model.deltas().items())  # one adapter
+        same_task = [j for j in range(len(models)) if tasks[j] == tasks[k]]
+        assert all(models[j] is model for j in same_task)  # a task's clients hold the task's model
+    heads = {t: next(models[k] for k in range(len(models)) if tasks[k] == t).server.head for t in set(tasks)}
+    assert len({id(h) for h in heads.values()}) == 3
+    records = _records(tmp_path)
+    for k, client in enumerate(fed.data.clients):  # the raw data went up once, nothing else moves
+        t = client.train
+        raw = sum(x.numel() * x.element_size() for x in (t.input_ids, t.attention_mask, t.labels))
+        assert records[0]["clients"][str(k)]["upload_bytes"] == raw
+        assert records[1]["clients"][str(k)]["upload_bytes"] == 0
+        assert records[0]["clients"][str(k)]["download_bytes"] == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["ablation"] == "centralized" and summary["final"]["round"] == 2

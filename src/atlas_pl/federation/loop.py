@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from atlas_pl.data import shuffled_loader
+from atlas_pl.federation.centralized import run_centralized
 from atlas_pl.federation.comm import CommMeter
 from atlas_pl.federation.discovery import (
     K_SEARCH_COLUMNS,
@@ -30,7 +31,7 @@ from atlas_pl.federation.discovery import (
     write_clustering,
 )
 from atlas_pl.federation.evaluation import evaluate
-from atlas_pl.federation.modules import ClientModule, ServerModule
+from atlas_pl.federation.modules import ClientModule, ServerModule, balanced_class_weights
 from atlas_pl.federation.orchestrator import Orchestrator
 from atlas_pl.federation.planning import (
     RANK_COLUMNS,
@@ -99,19 +100,6 @@ def _without(groups: list[list[int]], dropped: list[bool]) -> list[list[int]]:
     """Aggregation groups without the clients Phase 2 dropped (they never train)."""
     kept = [[k for k in g if not dropped[k]] for g in groups]
     return [g for g in kept if g]
-
-
-def balanced_class_weights(labels: Any, num_labels: int) -> torch.Tensor:
-    """n / (C * n_c) from the client's own labels: every class weighs as much in the loss as the others.
-
-    For skewed tasks scored by MCC (CoLA is 70/30) the plain loss is minimised by answering the majority
-    class, which scores MCC 0 however informative the features are. Classes absent locally get weight 0.
-    """
-    counts = torch.bincount(torch.as_tensor(labels).long().flatten(), minlength=num_labels).double()
-    present = counts > 0
-    weights = torch.zeros(num_labels, dtype=torch.float64)
-    weights[present] = counts.sum() / (present.sum() * counts[present])
-    return weights.float()
 
 
 def _clusters_now(cfg: DictConfig, round_index: int) -> bool:
@@ -212,6 +200,36 @@ def run_federation(cfg: DictConfig, fed: Federation, tracker: Tracker) -> Federa
     )
     if mode == "laplacian":
         orchestrator.mixing = mixing_matrix(result.discoveries[-1].adjacency, float(cfg.fed.eta))
+    rounds = int(cfg.fed.rounds)
+    cumulative = {"upload": 0, "download": 0}
+
+    def finish_round(
+        round_index: int,
+        evals: dict[int, dict[str, float]],
+        train_loss: dict[int, float],
+        train_seconds: dict[int, float],
+        round_start: float,
+    ) -> None:
+        record = _round_record(round_index, fed, evals, train_loss, train_seconds, comm, orchestrator)
+        for key in ("upload", "download"):
+            cumulative[key] += record[f"{key}_bytes"]
+            record[f"cumulative_{key}_bytes"] = cumulative[key]
+        record["round_seconds"] = time.perf_counter() - round_start
+        result.records.append(record)
+        tracker.log_round(record)
+        log.info(
+            "round %d/%d: mean acc %.4f, worst %.4f, per task %s (%.1fs)",
+            round_index,
+            rounds,
+            record["mean_accuracy"],
+            record["worst_accuracy"],
+            {t: round(v["primary"], 4) for t, v in record["per_task"].items()},
+            record["round_seconds"],
+        )
+
+    if str(cfg.ablation.get("pipeline", "split")) == "centralized":
+        run_centralized(cfg, fed, tracker, result, finish_round)
+        return result
     lr, wd = float(cfg.fed.lr), float(cfg.fed.get("weight_decay", 0.0))
     head_lr = float(cfg.fed.get("head_lr") or lr)
     balanced = set(cfg.fed.get("balanced_tasks") or [])
@@ -240,10 +258,8 @@ def run_federation(cfg: DictConfig, fed: Federation, tracker: Tracker) -> Federa
     trainers = [_trainer(cfg, orchestrator, fed.device) for _ in range(n_clients)]
     result.client_modules, result.server_modules, result.trainers = clients, servers, trainers
     local_epochs = int(cfg.fed.local_epochs)
-    rounds = int(cfg.fed.rounds)
     participants = [k for k in range(n_clients) if not dropped[k]]
     fit_seconds = 0.0
-    cumulative = {"upload": 0, "download": 0}
 
     progress = tqdm(
         total=rounds * n_clients, desc="rounds x clients", unit="client", leave=False, disable=None
@@ -281,22 +297,7 @@ def run_federation(cfg: DictConfig, fed: Federation, tracker: Tracker) -> Federa
                 batch_size=max(32, int(cfg.fed.batch_size)),
                 device=fed.device,
             )
-        record = _round_record(round_index, fed, evals, train_loss, train_seconds, comm, orchestrator)
-        for key in ("upload", "download"):
-            cumulative[key] += record[f"{key}_bytes"]
-            record[f"cumulative_{key}_bytes"] = cumulative[key]
-        record["round_seconds"] = time.perf_counter() - round_start
-        result.records.append(record)
-        tracker.log_round(record)
-        log.info(
-            "round %d/%d: mean acc %.4f, worst %.4f, per task %s (%.1fs)",
-            round_index,
-            rounds,
-            record["mean_accuracy"],
-            record["worst_accuracy"],
-            {t: round(v["primary"], 4) for t, v in record["per_task"].items()},
-            record["round_seconds"],
-        )
+        finish_round(round_index, evals, train_loss, train_seconds, round_start)
     progress.close()
     step_seconds = sum(c.step_seconds for c in clients)
     result.overhead = {

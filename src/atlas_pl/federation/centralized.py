@@ -1,0 +1,174 @@
+"""The centralized upper bound: one LoRA model trained on the union of every client's data, no split.
+
+One adapter over all blocks is shared by every task; each task keeps its own head (label sets differ).
+Every training step sees one batch of every task (Lightning's CombinedLoader, `max_size_cycle`) and
+averages their losses, so no task is visited in long runs of its own. There is no split, so no
+activation traffic; what a real deployment would have to move is the clients' raw data, counted once in
+round 1 as `raw_data` (token ids, masks, labels at their dtypes). Evaluation and records use the same
+per-client format as the federated ablations: every client of a task holds the task's model.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import CombinedLoader
+from omegaconf import DictConfig
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from atlas_pl.data import shuffled_loader
+from atlas_pl.data.tokenized import TokenizedExamples
+from atlas_pl.federation.evaluation import evaluate
+from atlas_pl.federation.modules import balanced_class_weights
+from atlas_pl.federation.setup import Federation, build_client_model
+from atlas_pl.models.split import SplitClientModel
+
+log = logging.getLogger(__name__)
+
+
+def union(parts: list[TokenizedExamples]) -> TokenizedExamples:
+    """The examples of several clients of one task, as one set (same task, so same padding length)."""
+    return TokenizedExamples(
+        input_ids=torch.cat([p.input_ids for p in parts]),
+        attention_mask=torch.cat([p.attention_mask for p in parts]),
+        token_type_ids=torch.cat([p.token_type_ids for p in parts]),
+        labels=torch.cat([p.labels for p in parts]),
+    )
+
+
+def share_adapters(models: dict[str, SplitClientModel]) -> None:
+    """Make every task's model use the first one's adapters: one set of LoRA factors, one head per task."""
+    first = next(iter(models.values()))
+    for model in models.values():
+        model.client.adapter = first.client.adapter
+        model.server.adapter = first.server.adapter
+
+
+class CentralModule(pl.LightningModule):
+    """One shared adapter, one head per task; the loss is the mean over the tasks of one combined step."""
+
+    def __init__(
+        self,
+        models: dict[str, SplitClientModel],
+        *,
+        lr: float,
+        head_lr: float,
+        weight_decay: float,
+        class_weights: dict[str, Tensor | None],
+    ) -> None:
+        super().__init__()
+        self.task_models = nn.ModuleDict(models)
+        self.class_weights = class_weights
+        self.lr, self.head_lr, self.weight_decay = lr, head_lr, weight_decay
+        self.losses: dict[str, list[float]] = {t: [] for t in models}
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        first = next(iter(self.task_models.values()))
+        adapters = [*first.client.adapter.parameters(), *first.server.adapter.parameters()]
+        heads = [p for m in self.task_models.values() for p in m.server.head.parameters()]
+        return torch.optim.AdamW(
+            [{"params": adapters, "lr": self.lr}, {"params": heads, "lr": self.head_lr}],
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+        )
+
+    def training_step(self, batch: dict[str, dict[str, Tensor]], batch_idx: int) -> Tensor:
+        losses = []
+        for task, tb in batch.items():
+            logits = self.task_models[task](tb["input_ids"], tb["attention_mask"], tb.get("token_type_ids"))
+            weight = self.class_weights.get(task)
+            loss = F.cross_entropy(logits, tb["labels"], weight=None if weight is None else weight.to(logits))
+            self.losses[task].append(float(loss.detach()))
+            losses.append(loss)
+        return torch.stack(losses).mean()
+
+
+def run_centralized(cfg: DictConfig, fed: Federation, tracker: Any, result: Any, record_round: Any) -> None:
+    """Train the union model `fed.rounds` times `fed.local_epochs` epochs; log one record per round.
+
+    `record_round(round_index, evals, train_loss, train_seconds)` builds and logs the metrics.jsonl
+    record (the federated loop's), so both pipelines write the same format.
+    """
+
+    tasks = list(fed.data.specs)
+    # no split and no device: one model at the uniform rank, built at model.split_point (the split of an
+    # unsplit model only says which adapter object holds which block)
+    ranks = fed.models[0].ranks
+    models = {
+        t: build_client_model(
+            cfg, fed.backbone, fed.data.specs[t].num_labels, int(cfg.model.split_point), ranks
+        ).to(fed.device)
+        for t in tasks
+    }
+    share_adapters(models)
+    for k, client in enumerate(fed.data.clients):
+        fed.models[k] = models[client.task]
+    data = {t: union([c.train for c in fed.data.clients if c.task == t]) for t in tasks}
+    balanced = set(cfg.fed.get("balanced_tasks") or [])
+    module = CentralModule(
+        models,
+        lr=float(cfg.fed.lr),
+        head_lr=float(cfg.fed.get("head_lr") or cfg.fed.lr),
+        weight_decay=float(cfg.fed.get("weight_decay", 0.0)),
+        class_weights={
+            t: balanced_class_weights(data[t].labels, fed.data.specs[t].num_labels) if t in balanced else None
+            for t in tasks
+        },
+    )
+    loaders = {
+        t: shuffled_loader(data[t], batch_size=int(cfg.fed.batch_size), seed=int(cfg.seed) * 7919 + i)
+        for i, t in enumerate(tasks)
+    }
+    combined = CombinedLoader(loaders, mode="max_size_cycle")
+    device = fed.device
+    trainer = pl.Trainer(
+        accelerator="gpu" if device.type == "cuda" else device.type,
+        devices=int(cfg.trainer.devices),
+        precision=str(cfg.trainer.precision),
+        max_epochs=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        deterministic=bool(cfg.trainer.deterministic),
+    )
+    result.trainers = [trainer]
+    comm = result.comm
+    for round_index in range(1, int(cfg.fed.rounds) + 1):
+        round_start = time.perf_counter()
+        comm.start_round(round_index)
+        if round_index == 1:  # what centralizing costs: every client's training data, once
+            for k, client in enumerate(fed.data.clients):
+                t = client.train
+                comm.upload(k, "raw_data", [t.input_ids, t.attention_mask, t.labels])
+        module.losses = {t: [] for t in tasks}
+        trainer.fit_loop.max_epochs = round_index * int(cfg.fed.local_epochs)
+        start = time.perf_counter()
+        trainer.fit(module, combined)
+        seconds = time.perf_counter() - start
+        evals_by_task = {
+            t: evaluate(
+                models[t],
+                t,
+                fed.data.eval[t],
+                batch_size=max(32, int(cfg.fed.batch_size)),
+                device=device,
+            )
+            for t in tasks
+        }
+        n = len(fed.data.clients)
+        evals = {k: evals_by_task[c.task] for k, c in enumerate(fed.data.clients)}
+        train_loss = {
+            k: statistics.fmean(module.losses[c.task]) if module.losses[c.task] else float("nan")
+            for k, c in enumerate(fed.data.clients)
+        }
+        train_seconds = {k: seconds / n for k in range(n)}  # one model: its time, shared out evenly
+        record_round(round_index, evals, train_loss, train_seconds, round_start)
