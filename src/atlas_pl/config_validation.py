@@ -171,6 +171,7 @@ def validate_config(cfg: DictConfig) -> None:
     c.number("fed.batch_size", low=1, integer=True)
     c.number("fed.lr", low=0, strict_low=True)
     c.number("fed.head_lr", low=0, strict_low=True, optional=True)
+    c.number("fed.weight_decay", low=0.0, optional=True)
     balanced = c.get("fed.balanced_tasks")
     if (
         not isinstance(balanced, Sequence)
@@ -197,7 +198,7 @@ def validate_config(cfg: DictConfig) -> None:
     c.one_of("allocation.mode", ("importance", "uniform", "fixed"))
     c.number("allocation.uniform_rank", low=1, integer=True, optional=True)
     split_mode = c.get("allocation.split")
-    if split_mode != "auto" and spec is not None:
+    if split_mode not in ("auto", None) and spec is not None:
         if not (isinstance(split_mode, int) and not isinstance(split_mode, bool)) or not (
             1 <= split_mode < spec.num_layers
         ):
@@ -265,6 +266,9 @@ def validate_config(cfg: DictConfig) -> None:
     if c.get("resume"):
         c.fail("resume", True, "false (resuming from checkpoints is not implemented yet)")
     c.number("trainer.devices", low=1, high=1, integer=True)
+    c.one_of(
+        "trainer.precision", ("32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true")
+    )
     c.one_of("trainer.accelerator", ACCELERATORS)
     c.number("seed", low=0, integer=True)
 

@@ -171,7 +171,7 @@ def test_runs_are_deterministic_for_a_seed(tmp_path) -> None:
 
 
 def test_optimizer_state_and_trainers_persist_across_rounds(tmp_path, capture_models) -> None:
-    run_job(_cfg(tmp_path, "ablation=fedavg", "fed.rounds=2", "fed.local_epochs=1"))
+    run_job(_cfg(tmp_path, "ablation=local_only", "fed.rounds=2", "fed.local_epochs=1"))
     result = capture_models["result"]
     fed = capture_models["fed"]
     assert len(result.trainers) == len(fed.models)  # one Trainer per client, reused every round
@@ -181,6 +181,24 @@ def test_optimizer_state_and_trainers_persist_across_rounds(tmp_path, capture_mo
             steps = {int(state["step"]) for state in optimizer.state.values()}
             assert steps == {2 * batches}  # AdamW moments carried over from round 1 into round 2
         assert result.trainers[client.client_id].current_epoch == 2
+
+
+def test_aggregation_clears_the_state_of_rewritten_factors_only(tmp_path, capture_models) -> None:
+    """After the SVD the factors live in a new basis: their AdamW moments restart; the heads' do not."""
+    run_job(_cfg(tmp_path, "ablation=fedavg", "fed.rounds=2", "fed.local_epochs=1"))
+    result = capture_models["result"]
+    for module, server, client in zip(
+        result.client_modules, result.server_modules, capture_models["fed"].data.clients
+    ):
+        batches = -(-client.num_samples // 16)
+        adapters = [*module.client_half.adapter.parameters(), *server.server_half.adapter.parameters()]
+        heads = list(server.server_half.head.parameters())
+        for optimizer in (module.optimizer, server.optimizer):
+            for p, state in optimizer.state.items():
+                if any(p is q for q in adapters):
+                    assert int(state["step"]) == batches  # round 2 only
+                else:
+                    assert any(p is q for q in heads) and int(state["step"]) == 2 * batches
 
 
 def test_a_non_finite_client_is_excluded_from_aggregation(tmp_path, capture_models, monkeypatch) -> None:

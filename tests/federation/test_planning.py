@@ -163,8 +163,11 @@ def test_drop_infeasible_drops_the_client_and_runs_the_others(tmp_path, capture_
     for record in records:
         for cid in dropped:
             entry = record["clients"][str(cid)]
-            assert entry["dropped"] and "accuracy" not in entry and entry["upload_bytes"] == 0
+            assert entry["dropped"] and entry["accuracy"] is None and entry["primary"] is None
+            # it sent nothing but what Phase 1 asked of everyone before the drop
+            assert entry["upload_bytes"] == (record["round"] == 1) * 4 * 4
         kept = [c for c in record["clients"].values() if not c["dropped"]]
+        assert record["upload_bytes"] == sum(c["upload_bytes"] for c in record["clients"].values())
         assert record["mean_accuracy"] == pytest.approx(sum(c["accuracy"] for c in kept) / len(kept))
     trainers = capture_models["result"].trainers
     assert all(trainers[k].current_epoch == 0 for k in dropped)

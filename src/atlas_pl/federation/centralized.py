@@ -3,9 +3,9 @@
 One adapter over all blocks is shared by every task; each task keeps its own head (label sets differ).
 Every training step sees one batch of every task (Lightning's CombinedLoader, `max_size_cycle`) and
 averages their losses, so no task is visited in long runs of its own. There is no split, so no
-activation traffic; what a real deployment would have to move is the clients' raw data, counted once in
-round 1 as `raw_data` (token ids, masks, labels at their dtypes). Evaluation and records use the same
-per-client format as the federated ablations: every client of a task holds the task's model.
+activation traffic; what a real deployment would have to move is the clients' raw data, counted once
+in round 1 as `raw_data` (the real, unpadded token ids as int32, and the labels). Evaluation and
+records use the per-client format of the federated ablations: a task's clients hold the task's model.
 """
 
 from __future__ import annotations
@@ -97,9 +97,10 @@ def run_centralized(cfg: DictConfig, fed: Federation, tracker: Any, result: Any,
     """
 
     tasks = list(fed.data.specs)
-    # no split and no device: one model at the uniform rank, built at model.split_point (the split of an
-    # unsplit model only says which adapter object holds which block)
-    ranks = fed.models[0].ranks
+    # no split and no device budget: one model at the largest candidate rank, built at model.split_point
+    # (the split of an unsplit model only says which adapter object holds which block)
+    top = max(int(r) for r in cfg.allocation.rank_candidates)
+    ranks = dict.fromkeys(range(fed.backbone.num_layers), top)
     models = {
         t: build_client_model(
             cfg, fed.backbone, fed.data.specs[t].num_labels, int(cfg.model.split_point), ranks
@@ -145,10 +146,11 @@ def run_centralized(cfg: DictConfig, fed: Federation, tracker: Any, result: Any,
     for round_index in range(1, int(cfg.fed.rounds) + 1):
         round_start = time.perf_counter()
         comm.start_round(round_index)
-        if round_index == 1:  # what centralizing costs: every client's training data, once
+        if round_index == 1:  # what centralizing costs: every client's real tokens (int32) and labels, once
             for k, client in enumerate(fed.data.clients):
                 t = client.train
-                comm.upload(k, "raw_data", [t.input_ids, t.attention_mask, t.labels])
+                tokens = t.input_ids[t.attention_mask.bool()].to(torch.int32)
+                comm.upload(k, "raw_data", [tokens, t.labels])
         module.losses = {t: [] for t in tasks}
         trainer.fit_loop.max_epochs = round_index * int(cfg.fed.local_epochs)
         start = time.perf_counter()

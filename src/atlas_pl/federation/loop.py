@@ -187,17 +187,24 @@ def run_federation(cfg: DictConfig, fed: Federation, tracker: Tracker) -> Federa
     one_group = mode != "none" and not clustered(cfg)
     fed.meta["clusters"] = [0] * n_clients if one_group else list(range(n_clients))
     comm.start_round(1)
-    _phase2(cfg, fed, tracker, result)
+    centralized = str(cfg.ablation.get("pipeline", "split")) == "centralized"
+    if centralized:  # one unsplit model, no devices: neither Phase 1 nor Phase 2 applies
+        fed.meta["dropped"] = [False] * n_clients
+        fed.meta["clusters"] = [0] * n_clients
+        groups: list[list[int]] = []
+    else:
+        _phase2(cfg, fed, tracker, result)
+        groups = result.discoveries[-1].groups() if clustered(cfg) else _groups(cfg, n_clients)
     dropped = fed.meta["dropped"]
-    groups = result.discoveries[-1].groups() if clustered(cfg) else _groups(cfg, n_clients)
     orchestrator = Orchestrator(
         fed.models,
         [c.num_samples for c in fed.data.clients],
         comm,
-        aggregation=mode,
+        aggregation="none" if centralized else mode,
         groups=_without(groups, dropped),
         head_aggregation=str(cfg.ablation.get("head_aggregation", "local")),
     )
+    orchestrator.seed = int(cfg.seed)
     if mode == "laplacian":
         orchestrator.mixing = mixing_matrix(result.discoveries[-1].adjacency, float(cfg.fed.eta))
     rounds = int(cfg.fed.rounds)
@@ -227,7 +234,7 @@ def run_federation(cfg: DictConfig, fed: Federation, tracker: Tracker) -> Federa
             record["round_seconds"],
         )
 
-    if str(cfg.ablation.get("pipeline", "split")) == "centralized":
+    if centralized:
         run_centralized(cfg, fed, tracker, result, finish_round)
         return result
     lr, wd = float(cfg.fed.lr), float(cfg.fed.get("weight_decay", 0.0))
@@ -249,6 +256,7 @@ def run_federation(cfg: DictConfig, fed: Federation, tracker: Tracker) -> Federa
         ClientModule(c.client_id, m.client, s, comm, lr=lr, weight_decay=wd)
         for c, m, s in zip(fed.data.clients, fed.models, servers)
     ]
+    orchestrator.optimizers = [[c.optimizer, s.optimizer] for c, s in zip(clients, servers)]
     loaders = [
         shuffled_loader(
             client.train, batch_size=int(cfg.fed.batch_size), seed=int(cfg.seed) * 7919 + client.client_id
@@ -327,7 +335,17 @@ def _round_record(
             "device": fed.meta["devices"][k],
         }
         if k not in evals:  # dropped by Phase 2: it holds no model and is not scored
-            entry.update(split=0, ranks=[], dropped=True, upload_bytes=0, download_bytes=0, train_seconds=0.0)
+            entry.update(
+                split=0,
+                ranks=[],
+                accuracy=None,
+                primary=None,
+                loss=None,
+                dropped=True,
+                upload_bytes=comm.upload_bytes(round_index, k),  # Phase 1 ran before the drop
+                download_bytes=comm.download_bytes(round_index, k),
+                train_seconds=0.0,
+            )
             clients[str(client.client_id)] = entry
             continue
         metrics = evals[k]
@@ -352,7 +370,7 @@ def _round_record(
         if k in orchestrator.truncation_errors:
             entry["truncation_error"] = orchestrator.truncation_errors[k]
         clients[str(client.client_id)] = entry
-    scored = [c for c in clients.values() if "accuracy" in c]
+    scored = [c for c in clients.values() if c.get("accuracy") is not None]
     accuracies = [c["accuracy"] for c in scored]
     per_task: dict[str, dict[str, float]] = {}
     for task in fed.data.specs:

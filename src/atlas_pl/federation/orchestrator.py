@@ -15,6 +15,7 @@ The maths lives in `atlas_pl.phases`; this class only gathers factors, calls it 
 from __future__ import annotations
 
 import logging
+import zlib
 from collections.abc import Sequence
 
 import lightning.pytorch as pl
@@ -56,6 +57,9 @@ class Orchestrator(pl.Callback):
         self.head_aggregation = head_aggregation
         self.groups = [list(g) for g in groups] if groups else []
         self.mixing: np.ndarray | None = None  # laplacian: W over all clients, set once Phase 1 has run
+        # each client's optimizers (set by the loop): rewritten factors lose their AdamW state
+        self.optimizers: list[list[torch.optim.Optimizer]] = [[] for _ in self.models]
+        self.seed = 0
         self.pending: set[int] = set()
         self.round = 0
         self.truncation_errors: dict[int, float] = {}
@@ -107,6 +111,65 @@ class Orchestrator(pl.Callback):
         )
 
     @torch.no_grad()
+    def _write(self, k: int, key: tuple, new_a: torch.Tensor, new_b: torch.Tensor) -> None:
+        """Give client k its new factors for `key`, ready to train on.
+
+        Two things would otherwise go wrong in the next round. The SVD expresses the update in a new
+        basis, so AdamW's moments (per coordinate of the old basis) no longer describe these parameters:
+        their state is cleared. And where the aggregate has lower rank than r_k, both A and B come back
+        with zero rows/columns, which get no gradient ever again: those rows of A are re-drawn from a
+        seeded initialisation (B stays zero there, so dW is unchanged).
+        """
+        a, b = self._owner(k, key).pair(key)
+        a.copy_(new_a.to(a.dtype))
+        b.copy_(new_b.to(b.dtype))
+        dead = (a.abs().sum(dim=1) == 0) & (b.abs().sum(dim=0) == 0)
+        if bool(dead.any()):
+            gen = torch.Generator().manual_seed(zlib.crc32(f"{self.seed}/{self.round}/{k}/{key}".encode()))
+            bound = 1.0 / float(a.shape[1]) ** 0.5
+            fresh = (torch.rand(int(dead.sum()), a.shape[1], generator=gen) * 2 - 1) * bound
+            a[dead] = fresh.to(a)
+        self._reset_state(k, [a, b])
+
+    def _reset_state(self, k: int, params: list[torch.Tensor] | None = None) -> None:
+        """Forget AdamW state for `params` of client k (all of it when None)."""
+        for optimizer in self.optimizers[k]:
+            if params is None:
+                optimizer.state.clear()
+            else:
+                for p in params:
+                    optimizer.state.pop(p, None)
+
+    def _repair(self, excluded: list[int], donors: list[int]) -> None:
+        """An excluded (non-finite) client restarts clean: no optimizer state, a finite head."""
+        for k in excluded:
+            self._reset_state(k)
+            head = list(self.models[k].server.head.parameters())
+            if all(bool(torch.isfinite(p).all()) for p in head):
+                continue
+            shape = [tuple(p.shape) for p in head]
+            same = [
+                j
+                for j in donors
+                if [tuple(p.shape) for p in self.models[j].server.head.parameters()] == shape
+            ]
+            with torch.no_grad():
+                for index, param in enumerate(head):
+                    if same:
+                        mean = sum(list(self.models[j].server.head.parameters())[index] for j in same) / len(
+                            same
+                        )
+                        param.copy_(mean)
+                    else:
+                        param.zero_()
+            log.warning(
+                "round %d: client %d had a non-finite head; replaced by %s",
+                self.round,
+                k,
+                "its group's mean head" if same else "zeros",
+            )
+
+    @torch.no_grad()
     def _personalize(self) -> None:
         """dW_k <- sum_l W_kl dW_l for every client whose row has neighbours, all from the old factors.
 
@@ -147,13 +210,12 @@ class Orchestrator(pl.Callback):
         for k, factors in new.items():
             errors = []
             for key, (new_a, new_b, err) in factors.items():
-                a, b = self._owner(k, key).pair(key)
-                a.copy_(new_a.to(a.dtype))
-                b.copy_(new_b.to(b.dtype))
+                self._write(k, key, new_a, new_b)
                 errors.append(err)
             self.truncation_errors[k] = max(errors) if errors else 0.0
         if self.head_aggregation == "group":
             self._mix_heads(rows)
+        self._repair(sorted(set(members) - finite), sorted(finite))
         for k in rows:
             self.comm.download(k, "adapter", self.models[k].client.adapter.parameters())
 
@@ -210,11 +272,11 @@ class Orchestrator(pl.Callback):
                     new_a, new_b, err = truncate(u, s, vh, a.shape[0], adapter.scaling(key[0]))
                     errors[k].append(err)
                 else:
-                    new_a, new_b = slice_rank(mean_a, mean_b, a.shape[0])
-                a.copy_(new_a.to(a.dtype))
-                b.copy_(new_b.to(b.dtype))
+                    new_a, new_b = slice_rank(mean_a, mean_b, a.shape[0], adapter.scaling(key[0]))
+                self._write(k, key, new_a, new_b)
         if self.head_aggregation == "group":
             self._average_heads(group, weights)
+        self._repair(sorted(set(members) - set(group)), group)
         for k in members:
             self.comm.download(k, "adapter", self.models[k].client.adapter.parameters())
             if errors[k]:

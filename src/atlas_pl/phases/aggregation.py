@@ -76,21 +76,24 @@ def truncate(u: Tensor, s: Tensor, vh: Tensor, rank: int, scale: float) -> tuple
 
 
 def fedavg_factors(updates: Sequence[LowRank], weights: Sequence[float]) -> tuple[Tensor, Tensor]:
-    """FedIT / HetLoRA baselines: weighted average of A and of B separately, zero-padded to the largest rank.
+    """FedIT / HetLoRA baselines: weighted averages of A and of s_k B, zero-padded to the largest rank.
 
-    With equal ranks this is FedIT; with heterogeneous ranks it is HetLoRA's zero-padding. Either way
-    mean(B) @ mean(A) carries the cross terms B_k A_l (k != l) that stack aggregation does not: the
-    known approximation error these baselines exist to show. Client k takes back the first r_k rows of A
-    and columns of B (`slice_rank`).
+    With equal ranks this is FedIT; with heterogeneous ranks it is HetLoRA's zero-padding. B is averaged
+    with its LoRA scale folded in (s_k = alpha / r_k differs by rank), so identical dW on every client
+    stay identical; what remains is mean(s B) @ mean(A) != mean(s B @ A): the cross terms B_k A_l
+    (k != l) that stack aggregation does not have, the error these baselines exist to show. Client k takes
+    back the first r_k components (`slice_rank`).
     """
     rank = max(u.a.shape[0] for u in updates)
     a = sum(
         w * torch.nn.functional.pad(u.a, (0, 0, 0, rank - u.a.shape[0])) for u, w in zip(updates, weights)
     )
-    b = sum(w * torch.nn.functional.pad(u.b, (0, rank - u.b.shape[1])) for u, w in zip(updates, weights))
+    b = sum(
+        w * u.scale * torch.nn.functional.pad(u.b, (0, rank - u.b.shape[1])) for u, w in zip(updates, weights)
+    )
     return a, b
 
 
-def slice_rank(a: Tensor, b: Tensor, rank: int) -> tuple[Tensor, Tensor]:
-    """The first `rank` components of averaged factors: what a rank-r client keeps after zero-padding."""
-    return a[:rank], b[:, :rank]
+def slice_rank(a: Tensor, b: Tensor, rank: int, scale: float = 1.0) -> tuple[Tensor, Tensor]:
+    """The first `rank` components of averaged factors for a client with LoRA scale `scale`."""
+    return a[:rank], b[:, :rank] / scale
