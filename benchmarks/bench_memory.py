@@ -22,11 +22,8 @@ import torch
 from _report import experiment_config, write_report
 
 from atlas_pl.federation.planning import memory_settings
-from atlas_pl.federation.setup import DTYPES, build_client_model
-from atlas_pl.models.catalog import resolve_model_spec
-from atlas_pl.models.loading import load_base
+from atlas_pl.federation.setup import build_client_model, load_backbone
 from atlas_pl.models.measure import saved_activation_bytes
-from atlas_pl.models.split import SharedBackbone
 from atlas_pl.phases.memory import ModelArch, activation_bytes, base_bytes, client_memory
 
 
@@ -38,21 +35,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
     cfg = experiment_config([f"+experiment={args.experiment}"])
-    spec = resolve_model_spec(str(cfg.model.name))
-    base, _ = load_base(
-        spec,
-        attn_implementation=str(cfg.model.attn_implementation),
-        dtype=DTYPES[str(cfg.model.dtype)],
-        seed=int(cfg.seed),
-        cache_dir=Path(str(cfg.paths.cache_dir)) / "models",
-    )
-    backbone = SharedBackbone(
-        spec,
-        base,
-        targets=list(cfg.model.lora_targets) if cfg.model.lora_targets else None,
-        pooling=str(cfg.model.pooling),
-        head=str(cfg.model.get("head", "linear")),
-    )
+    spec, backbone, _, _ = load_backbone(cfg)
+    base = backbone.model
     arch = ModelArch.from_backbone(backbone)
     settings = memory_settings(cfg)
     gen = torch.Generator().manual_seed(0)

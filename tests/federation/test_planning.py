@@ -9,7 +9,7 @@ import torch
 
 from atlas_pl.config_validation import ConfigError, validate_config
 from atlas_pl.phases.allocation import InfeasibleClientError
-from atlas_pl.phases.memory import ModelArch, client_memory
+from atlas_pl.phases.memory import MemorySettings, ModelArch, client_memory
 from atlas_pl.run import run_job
 
 from .test_federation import _cfg, _records
@@ -59,18 +59,8 @@ def test_built_adapters_have_the_allocated_ranks_and_budgets_bind(tmp_path, capt
     assert allocation["importance_source"] == "cluster" and allocation["mode"] == "importance"
 
 
-def _settings(allocation: dict):
-    from atlas_pl.phases.memory import MemorySettings
-
-    s = allocation["settings"]
-    return MemorySettings(
-        batch_size=s["batch_size"],
-        seq_len=s["seq_len"],
-        base_dtype=s["base_dtype"],
-        lora_dtype=s["lora_dtype"],
-        attention=s["attention"],
-        lora_dropout=s["lora_dropout"],
-    )
+def _settings(allocation: dict) -> MemorySettings:
+    return MemorySettings(**allocation["settings"])  # allocation.json records exactly the fields
 
 
 def test_importance_shapes_ranks_within_a_budget(tmp_path, capture_models, monkeypatch) -> None:

@@ -4,36 +4,19 @@ from __future__ import annotations
 
 import pytest
 import torch
-import transformers
 from torch.nn import functional as F
 
-from atlas_pl.models.catalog import ENCODER, REGISTRY, ModelSpec
+from atlas_pl.models.catalog import REGISTRY, ModelSpec
 from atlas_pl.models.loading import load_base
 from atlas_pl.models.split import SharedBackbone, SplitClientModel, split_step
+
+from ..tiny_models import tiny_family
 
 TINY = ["tiny_bert", "tiny_gpt2", "tiny_llama"]
 
 
 def _extra_family(family: str) -> tuple[ModelSpec, torch.nn.Module]:
-    """RoBERTa and DistilBERT have no tiny registry entry; build random ones to cover their block code."""
-    torch.manual_seed(0)
-    if family == "roberta":
-        cfg = transformers.RobertaConfig(
-            hidden_size=32,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            intermediate_size=64,
-            vocab_size=256,
-            max_position_embeddings=64,
-            pad_token_id=1,
-        )
-    else:
-        cfg = transformers.DistilBertConfig(
-            dim=32, n_layers=3, n_heads=4, hidden_dim=64, vocab_size=256, max_position_embeddings=64
-        )
-    cfg._attn_implementation = "eager"
-    model = transformers.AutoModel.from_config(cfg).eval().requires_grad_(False)
-    return ModelSpec(f"tiny_{family}", family, ENCODER, "random", 3), model
+    return tiny_family(family, "eager")
 
 
 def _backbone(name: str, attn: str = "eager") -> SharedBackbone:

@@ -12,9 +12,8 @@ import functools
 
 import pytest
 import torch
-import transformers
 
-from atlas_pl.models.catalog import ENCODER, REGISTRY, ModelSpec
+from atlas_pl.models.catalog import REGISTRY
 from atlas_pl.models.loading import load_base
 from atlas_pl.models.measure import saved_activation_bytes
 from atlas_pl.models.split import SharedBackbone, SplitClientModel, split_step
@@ -31,30 +30,16 @@ from atlas_pl.phases.memory import (
     rank_cost,
 )
 
+from ..tiny_models import tiny_family
+
 TOLERANCE = 0.25  # the brief's bound on the activation estimate; on CPU it is measured exact
 
 
 @functools.cache
 def _backbone(name: str, attn: str = "sdpa", dtype: torch.dtype = torch.float32) -> SharedBackbone:
-    if name in ("roberta", "distilbert"):  # no tiny registry entry: build random ones like test_split
-        torch.manual_seed(0)
-        if name == "roberta":
-            cfg = transformers.RobertaConfig(
-                hidden_size=32,
-                num_hidden_layers=3,
-                num_attention_heads=4,
-                intermediate_size=64,
-                vocab_size=256,
-                max_position_embeddings=80,
-                pad_token_id=1,
-            )
-        else:
-            cfg = transformers.DistilBertConfig(
-                dim=32, n_layers=3, n_heads=4, hidden_dim=64, vocab_size=256, max_position_embeddings=80
-            )
-        cfg._attn_implementation = attn
-        model = transformers.AutoModel.from_config(cfg).eval().requires_grad_(False)
-        return SharedBackbone(ModelSpec(f"tiny_{name}", name, ENCODER, "random", 3), model)
+    if name in ("roberta", "distilbert"):  # no tiny registry entry
+        spec, model = tiny_family(name, attn)
+        return SharedBackbone(spec, model)
     model, _ = load_base(REGISTRY[name], attn_implementation=attn, dtype=dtype)
     return SharedBackbone(REGISTRY[name], model)
 

@@ -27,6 +27,7 @@ from atlas_pl.data.tokenized import TokenizedExamples
 from atlas_pl.federation.evaluation import evaluate
 from atlas_pl.federation.modules import balanced_class_weights
 from atlas_pl.federation.setup import Federation, build_client_model
+from atlas_pl.federation.trainers import make_trainer
 from atlas_pl.models.split import SplitClientModel
 
 log = logging.getLogger(__name__)
@@ -128,19 +129,7 @@ def run_centralized(cfg: DictConfig, fed: Federation, tracker: Any, result: Any,
     }
     combined = CombinedLoader(loaders, mode="max_size_cycle")
     device = fed.device
-    trainer = pl.Trainer(
-        accelerator="gpu" if device.type == "cuda" else device.type,
-        devices=int(cfg.trainer.devices),
-        precision=str(cfg.trainer.precision),
-        max_epochs=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        deterministic=bool(cfg.trainer.deterministic),
-    )
+    trainer = make_trainer(cfg, fed.device)
     result.trainers = [trainer]
     comm = result.comm
     for round_index in range(1, int(cfg.fed.rounds) + 1):

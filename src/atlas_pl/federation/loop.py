@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
@@ -43,6 +42,7 @@ from atlas_pl.federation.planning import (
     write_allocation,
 )
 from atlas_pl.federation.setup import Federation
+from atlas_pl.federation.trainers import make_trainer
 from atlas_pl.phases.allocation import ClientAllocation
 from atlas_pl.phases.personalization import mixing_matrix, rbf_adjacency
 from atlas_pl.tracking.tracker import Tracker
@@ -72,24 +72,6 @@ class FederationResult:
     client_modules: list[ClientModule] = field(default_factory=list)
     server_modules: list[ServerModule] = field(default_factory=list)
     trainers: list[pl.Trainer] = field(default_factory=list)
-
-
-def _trainer(cfg: DictConfig, orchestrator: Orchestrator, device: torch.device) -> pl.Trainer:
-    # the backbone already sits on the resolved device; Lightning must use that same one
-    return pl.Trainer(
-        accelerator="gpu" if device.type == "cuda" else device.type,
-        devices=int(cfg.trainer.devices),
-        precision=str(cfg.trainer.precision),
-        max_epochs=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        deterministic=bool(cfg.trainer.deterministic),
-        callbacks=[orchestrator],
-    )
 
 
 def _groups(cfg: DictConfig, n_clients: int) -> list[list[int]]:
@@ -263,7 +245,7 @@ def run_federation(cfg: DictConfig, fed: Federation, tracker: Tracker) -> Federa
         )
         for client in fed.data.clients
     ]
-    trainers = [_trainer(cfg, orchestrator, fed.device) for _ in range(n_clients)]
+    trainers = [make_trainer(cfg, fed.device, [orchestrator]) for _ in range(n_clients)]
     result.client_modules, result.server_modules, result.trainers = clients, servers, trainers
     local_epochs = int(cfg.fed.local_epochs)
     participants = [k for k in range(n_clients) if not dropped[k]]

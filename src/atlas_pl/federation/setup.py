@@ -70,11 +70,8 @@ def build_client_model(
     )
 
 
-def build_federation(cfg: DictConfig) -> Federation:
-    """Load the shared base once, build every client's data and its split model."""
-    seed_everything(int(cfg.seed))
-    if cfg.trainer.get("num_threads"):
-        torch.set_num_threads(int(cfg.trainer.num_threads))
+def load_backbone(cfg: DictConfig) -> tuple[ModelSpec, SharedBackbone, Any, torch.device]:
+    """The frozen base the config names, wrapped for the split, on the device the trainer will use."""
     spec = resolve_model_spec(str(cfg.model.name))
     device = pick_device(str(cfg.trainer.accelerator))
     base, tokenizer = load_base(
@@ -88,6 +85,16 @@ def build_federation(cfg: DictConfig) -> Federation:
     backbone = SharedBackbone(
         spec, base, targets=targets, pooling=str(cfg.model.pooling), head=str(cfg.model.get("head", "linear"))
     ).to(device)
+    return spec, backbone, tokenizer, device
+
+
+def build_federation(cfg: DictConfig) -> Federation:
+    """Load the shared base once, build every client's data and its split model."""
+    seed_everything(int(cfg.seed))
+    if cfg.trainer.get("num_threads"):
+        torch.set_num_threads(int(cfg.trainer.num_threads))
+    spec, backbone, tokenizer, device = load_backbone(cfg)
+    base = backbone.model
     tasks = list(cfg.task.names)
     data = build_federated_data(
         tasks=tasks,

@@ -1,0 +1,31 @@
+"""The one way this package builds a Lightning Trainer: quiet, no checkpoints, rounds driven from outside."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import lightning.pytorch as pl
+import torch
+from omegaconf import DictConfig
+
+
+def make_trainer(cfg: DictConfig, device: torch.device, callbacks: Sequence[pl.Callback] = ()) -> pl.Trainer:
+    """A Trainer on the device the backbone already sits on, starting at max_epochs=0.
+
+    The loop raises `fit_loop.max_epochs` by `fed.local_epochs` each round and calls `fit` again, so the
+    same optimizers continue; logging, checkpoints and validation are the job's, not Lightning's.
+    """
+    return pl.Trainer(
+        accelerator="gpu" if device.type == "cuda" else device.type,
+        devices=int(cfg.trainer.devices),
+        precision=str(cfg.trainer.precision),
+        max_epochs=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        deterministic=bool(cfg.trainer.deterministic),
+        callbacks=list(callbacks),
+    )
