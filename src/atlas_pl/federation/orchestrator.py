@@ -103,6 +103,12 @@ class Orchestrator(pl.Callback):
             self.models[k].client.adapter if key[0] < self.models[k].split else self.models[k].server.adapter
         )
 
+    def _update(self, k: int, key: tuple) -> LowRank:
+        """Client k's current update of module `key`, wherever (client or server half) it lives."""
+        adapter = self._owner(k, key)
+        a, b = adapter.pair(key)
+        return LowRank(a.detach(), b.detach(), adapter.scaling(key[0]))
+
     def _keys(self, members: list[int]) -> list[tuple]:
         return sorted(
             set().union(
@@ -147,26 +153,17 @@ class Orchestrator(pl.Callback):
             head = list(self.models[k].server.head.parameters())
             if all(bool(torch.isfinite(p).all()) for p in head):
                 continue
-            shape = [tuple(p.shape) for p in head]
-            same = [
-                j
-                for j in donors
-                if [tuple(p.shape) for p in self.models[j].server.head.parameters()] == shape
-            ]
-            with torch.no_grad():
-                for index, param in enumerate(head):
-                    if same:
-                        mean = sum(list(self.models[j].server.head.parameters())[index] for j in same) / len(
-                            same
-                        )
-                        param.copy_(mean)
-                    else:
+            self._mix_heads({k: dict.fromkeys(donors, 1.0)})  # the donors' mean, same-shape heads only
+            replaced = all(bool(torch.isfinite(p).all()) for p in head)
+            if not replaced:
+                with torch.no_grad():
+                    for param in head:
                         param.zero_()
             log.warning(
                 "round %d: client %d had a non-finite head; replaced by %s",
                 self.round,
                 k,
-                "its group's mean head" if same else "zeros",
+                "its group's mean head" if replaced else "zeros",
             )
 
     @torch.no_grad()
@@ -198,12 +195,8 @@ class Orchestrator(pl.Callback):
         new: dict[int, dict[tuple, tuple[torch.Tensor, torch.Tensor, float]]] = {k: {} for k in rows}
         for key in self._keys(members):
             for k, row in rows.items():
-                neighbours = list(row)
-                updates = []
-                for j in neighbours:
-                    a, b = self._owner(j, key).pair(key)
-                    updates.append(LowRank(a.detach(), b.detach(), self._owner(j, key).scaling(key[0])))
-                u, s, vh = svd_from_factors(*stack(updates, [row[j] for j in neighbours]))
+                updates = [self._update(j, key) for j in row]
+                u, s, vh = svd_from_factors(*stack(updates, list(row.values())))
                 adapter = self._owner(k, key)
                 a, _ = adapter.pair(key)
                 new[k][key] = truncate(u, s, vh, a.shape[0], adapter.scaling(key[0]))
@@ -257,10 +250,7 @@ class Orchestrator(pl.Callback):
             self.comm.upload(k, "adapter", self.models[k].client.adapter.parameters())
         errors: dict[int, list[float]] = {k: [] for k in members}
         for key in self._keys(members):
-            updates = []
-            for k in group:
-                a, b = self._owner(k, key).pair(key)
-                updates.append(LowRank(a.detach(), b.detach(), self._owner(k, key).scaling(key[0])))
+            updates = [self._update(k, key) for k in group]
             if self.aggregation == "stack":
                 u, s, vh = svd_from_factors(*stack(updates, weights))
             else:
@@ -274,27 +264,10 @@ class Orchestrator(pl.Callback):
                 else:
                     new_a, new_b = slice_rank(mean_a, mean_b, a.shape[0], adapter.scaling(key[0]))
                 self._write(k, key, new_a, new_b)
-        if self.head_aggregation == "group":
-            self._average_heads(group, weights)
+        if self.head_aggregation == "group":  # every member's row is the group's weights
+            self._mix_heads({k: dict(zip(group, weights)) for k in group})
         self._repair(sorted(set(members) - set(group)), group)
         for k in members:
             self.comm.download(k, "adapter", self.models[k].client.adapter.parameters())
             if errors[k]:
                 self.truncation_errors[k] = max(errors[k])
-
-    def _average_heads(self, group: list[int], weights: list[float]) -> None:
-        """Combine heads with the same weights among clients whose heads have the same shape."""
-        by_shape: dict[tuple, list[int]] = {}
-        for k in group:
-            shape = tuple(tuple(p.shape) for p in self.models[k].server.head.parameters())
-            by_shape.setdefault(shape, []).append(k)
-        weight_of = dict(zip(group, weights))
-        for members in by_shape.values():
-            if len(members) < 2:
-                continue
-            total = sum(weight_of[k] for k in members)
-            params = [list(self.models[k].server.head.parameters()) for k in members]
-            for index in range(len(params[0])):
-                mean = sum(weight_of[k] / total * params[i][index] for i, k in enumerate(members))
-                for i in range(len(members)):
-                    params[i][index].copy_(mean)

@@ -14,6 +14,7 @@ each its own profile, computed locally (HSplitLoRA).
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -64,10 +65,13 @@ def device_budgets(cfg: DictConfig) -> dict[str, int]:
 
 
 def importance_profiles(source: str, importance: np.ndarray, labels: list[int] | None) -> list[np.ndarray]:
-    """One importance profile per client: its cluster's, the mean over everyone (`global`), or its own."""
+    """One importance profile per client: its cluster's, the mean over everyone (`global`), or its own.
+
+    Profiles need not sum to 1: `allocate` normalizes each one (and reads all-zero as uniform).
+    """
     n = importance.shape[0]
     if source == "client":
-        return [np.asarray(row) / row.sum() if row.sum() > 0 else np.asarray(row) for row in importance]
+        return [np.asarray(row) for row in importance]
     groups = list(labels) if source == "cluster" and labels is not None else [0] * n
     by_group = cluster_importance(importance, groups)
     return [np.asarray(by_group[g]) for g in groups]
@@ -184,14 +188,7 @@ def allocation_record(
         "mode": allocation_mode(cfg),
         "importance_source": importance_source(cfg),
         "rank_candidates": sorted({int(r) for r in cfg.allocation.rank_candidates}),
-        "settings": {
-            "batch_size": settings.batch_size,
-            "seq_len": settings.seq_len,
-            "base_dtype": str(settings.base_dtype),
-            "lora_dtype": str(settings.lora_dtype),
-            "attention": settings.attention,
-            "lora_dropout": settings.lora_dropout,
-        },
+        "settings": asdict(settings),  # dtypes are names here (memory_settings), so JSON-ready
         "devices": {
             "mix": str(cfg.devices.get("name", "")),
             "scale": float(cfg.devices.get("scale", 1.0)),
