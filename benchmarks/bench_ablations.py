@@ -9,73 +9,50 @@ Run the jobs first (sequentially with the basic launcher; each job is one proces
         fed.eta=0.01,0.1,0.5,1.0 seed=0,1,2 hydra.sweep.dir=multirun/ablations_atlas
     .venv/bin/python benchmarks/bench_ablations.py multirun/ablations multirun/ablations_atlas
 
-For every (ablation, eta) it reads each seed's summary.json and metrics.jsonl and reports, per task, the
-mean over seeds (± std) of the mean and of the worst client's primary metric in the last round, plus total
-bytes and seconds. Prints a markdown table and writes JSON to benchmarks/results/ablations.json.
+For every (ablation, eta) it reads each seed's summary.json and metrics.jsonl (through atlas_pl.reporting,
+the reader `python -m atlas_pl.report` uses) and reports, per task, the mean over seeds (± population std)
+of the mean and of the worst client's primary metric in the last round, plus total bytes and seconds.
+Prints a markdown table and writes JSON to benchmarks/results/ablations.json. For figures and a
+report.md/report.csv of the same runs: `python -m atlas_pl.report multirun`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
-from collections import defaultdict
+import sys
 from pathlib import Path
 from typing import Any
 
 from _report import write_report
 
+from atlas_pl.reporting import Group, ReportError, aggregate, load_jobs
+from atlas_pl.reporting.tables import incomplete_rows
 
-def _jobs(roots: list[Path]) -> list[Path]:
-    return sorted({p.parent for root in roots for p in root.rglob("summary.json")})
 
-
-def _mean_std(values: list[float]) -> dict[str, float]:
+def _row(group: Group) -> dict[str, Any]:
     return {
-        "mean": statistics.fmean(values),
-        "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
-        "n": len(values),
+        "seeds": group.seeds,
+        "rounds": group.rounds,
+        "mean_primary": group.mean_primary.as_dict(),
+        "per_task": {
+            t: {"mean": ts.mean.as_dict(), "worst": ts.worst.as_dict()}
+            for t, ts in sorted(group.per_task.items())
+        },
+        "bytes": group.bytes.as_dict(),
+        "seconds": group.seconds.as_dict(),
     }
 
 
 def collect(roots: list[Path]) -> dict[str, Any]:
-    runs: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for job in _jobs(roots):
-        summary = json.loads((job / "summary.json").read_text())
-        if summary.get("status") != "completed":
-            continue
-        cfg = summary["config"]
-        ablation = summary["ablation"]
-        label = f"{ablation} (eta={cfg['fed']['eta']})" if ablation == "atlas" else ablation
-        last = json.loads((job / "metrics.jsonl").read_text().splitlines()[-1])
-        runs[label].append(
-            {
-                "seed": cfg["seed"],
-                "rounds": last["round"],
-                "per_task": {t: (v["primary"], v["worst_primary"]) for t, v in last["per_task"].items()},
-                "mean_primary": last["mean_primary"],
-                "bytes": summary["totals"]["upload_bytes"] + summary["totals"]["download_bytes"],
-                "seconds": summary["totals"]["seconds"],
-            }
+    """{label: row} over the completed jobs under `roots` (the atlas_pl.reporting reader and statistics);
+    jobs that did not complete are printed to stderr, not counted."""
+    jobs = load_jobs(*roots)
+    for row in incomplete_rows(jobs):
+        print(
+            f"not counted: {row['job']} ({row['status']}, round {row['last_round']}) {row['detail']}",
+            file=sys.stderr,
         )
-    table: dict[str, Any] = {}
-    for label, seeds in sorted(runs.items()):
-        tasks = sorted(seeds[0]["per_task"])
-        table[label] = {
-            "seeds": sorted(s["seed"] for s in seeds),
-            "rounds": seeds[0]["rounds"],
-            "mean_primary": _mean_std([s["mean_primary"] for s in seeds]),
-            "per_task": {
-                t: {
-                    "mean": _mean_std([s["per_task"][t][0] for s in seeds]),
-                    "worst": _mean_std([s["per_task"][t][1] for s in seeds]),
-                }
-                for t in tasks
-            },
-            "bytes": _mean_std([s["bytes"] for s in seeds]),
-            "seconds": _mean_std([s["seconds"] for s in seeds]),
-        }
-    return table
+    return {group.label: _row(group) for group in aggregate(jobs)}
 
 
 def markdown(table: dict[str, Any]) -> str:
@@ -103,7 +80,10 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     parser.add_argument("--name", default="ablations")
     args = parser.parse_args()
-    table = collect(args.roots)
+    try:
+        table = collect(args.roots)
+    except ReportError as exc:
+        sys.exit(f"bench_ablations: {exc}")
     print(markdown(table))
     write_report(args.out, args.name, {"roots": [str(r) for r in args.roots], "table": table}, echo=False)
 

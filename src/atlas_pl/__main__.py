@@ -22,6 +22,16 @@ if not OmegaConf.has_resolver("atlas_root"):
 
 log = logging.getLogger("atlas_pl")
 
+# conf/hydra/launcher/{joblib,submitit_local,submitit_slurm}.yaml share their names with the launcher
+# plugins' ConfigStore entries on purpose (users keep typing hydra/launcher=joblib); Hydra merges them onto
+# those schemas, which checks our keys, and warns that this matching is deprecated
+# (see src/hydra_plugins/atlas_pl_launcher/fresh_process_launcher.py).
+warnings.filterwarnings(
+    "ignore",
+    message=r"\s*'hydra/launcher/(joblib|submitit_local|submitit_slurm)' is validated against ConfigStore",
+    category=UserWarning,
+)
+
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def app(cfg: DictConfig) -> float | None:

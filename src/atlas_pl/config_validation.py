@@ -263,8 +263,10 @@ def validate_config(cfg: DictConfig) -> None:
 
     # run plumbing
     c.one_of("logger.name", LOGGERS)
-    if c.get("resume"):
-        c.fail("resume", True, "false (resuming from checkpoints is not implemented yet)")
+    for key in ("resume", "checkpoint.enabled"):
+        if not isinstance(c.get(key), bool):
+            c.fail(key, c.get(key), "true or false")
+    c.number("checkpoint.keep", low=0, integer=True)
     c.number("trainer.devices", low=1, high=1, integer=True)
     c.one_of(
         "trainer.precision", ("32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true")

@@ -1,14 +1,26 @@
-"""One Hydra job: build the federation, run the rounds, write the job's result files (DESIGN.md §7)."""
+"""One Hydra job: build the federation, run the rounds, write the job's result files (DESIGN.md §7).
+
+A job directory ends in one of three states: `done` (+ summary.json) when it finished, `failed.json`
+when it raised, or neither while it runs or after it was killed. `resume=true` skips a done job
+(returning its metric, so a sweep re-run skips it) and continues any other from its last checkpoint.
+Without `resume`, a directory that already holds a job is refused, so nothing written is overwritten.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import sys
 import time
+import traceback
+from datetime import datetime, timezone
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from atlas_pl.federation.checkpoint import Checkpoint, CheckpointError, complete_rounds, latest_checkpoint
 from atlas_pl.federation.loop import run_federation
+from atlas_pl.federation.resume import RoundCheckpointer, check_resumable, checkpoint_root
 from atlas_pl.federation.setup import build_federation
 from atlas_pl.tracking.results import peak_memory, versions, write_json
 from atlas_pl.tracking.tracker import Tracker
@@ -16,18 +28,73 @@ from atlas_pl.tracking.tracker import Tracker
 log = logging.getLogger(__name__)
 
 
+DONE = "done"
+FAILED = "failed.json"
+JOB_FILES = ("metrics.jsonl", "summary.json", DONE, FAILED, "checkpoints")
+
+
+class JobDirectoryError(RuntimeError):
+    """The output directory already holds a job and resume is off: refusing to overwrite it."""
+
+
+def _prepare(cfg: DictConfig, out_dir: Path) -> tuple[float | None, Checkpoint | None]:
+    """(metric of an already finished job, checkpoint to resume from), decided before any real work."""
+    if not cfg.get("resume", False):
+        present = [name for name in JOB_FILES if (out_dir / name).exists()]
+        if present:
+            raise JobDirectoryError(
+                f"{out_dir} already holds a job ({', '.join(present)}); resume=true continues it (or skips "
+                "it if it is done); to start over choose another hydra.run.dir / hydra.sweep.dir"
+            )
+        return None, None
+    done = out_dir / DONE
+    if done.is_file():
+        metric = float(json.loads(done.read_text())["final_mean_primary"])
+        log.info("resume=true: %s is done (final mean primary %.4f); skipped", out_dir, metric)
+        return metric, None
+    checkpoint = latest_checkpoint(checkpoint_root(out_dir))
+    if checkpoint is None:
+        log.info("resume=true: no checkpoint in %s; starting from round 1", out_dir)
+        return None, None
+    check_resumable(cfg, checkpoint)
+    return None, checkpoint
+
+
+def _write_failure(out_dir: Path, err: BaseException, result_round: int | None) -> None:
+    write_json(
+        out_dir / FAILED,
+        {
+            "error": f"{type(err).__name__}: {err}",
+            "last_complete_round": result_round,
+            "time": datetime.now(timezone.utc).isoformat(),
+            "traceback": traceback.format_exc(),
+        },
+    )
+
+
 def run_job(cfg: DictConfig) -> float:
     """Run one job; returns the final mean primary metric over clients (what sweepers optimise)."""
     started = time.perf_counter()
     out_dir = Path(str(cfg.paths.output_dir))
     out_dir.mkdir(parents=True, exist_ok=True)
-    tracker = Tracker(cfg, out_dir)
+    try:
+        finished, checkpoint = _prepare(cfg, out_dir)
+    except (CheckpointError, JobDirectoryError) as err:
+        print(f"atlas_pl: {err}", file=sys.stderr)
+        sys.exit(2)
+    if finished is not None:
+        return finished
+    checkpointer = RoundCheckpointer(cfg, out_dir, checkpoint, started)
+    if checkpoint is None and (out_dir / "metrics.jsonl").exists():
+        (out_dir / "metrics.jsonl").unlink()  # resume=true without a checkpoint: the partial history restarts
+    tracker = Tracker(cfg, out_dir, wandb_id=checkpoint.state.get("wandb_id") if checkpoint else None)
+    checkpointer.extra["wandb_id"] = tracker.wandb_id
     failed = True
     try:
         fed = build_federation(cfg)
         ablation = str(cfg.ablation.name)
         build_seconds = time.perf_counter() - started
-        result = run_federation(cfg, fed, tracker)
+        result = run_federation(cfg, fed, tracker, checkpointer)
         final = result.records[-1]
         summary = {
             "status": "completed",
@@ -49,7 +116,8 @@ def run_job(cfg: DictConfig) -> float:
             },
             "totals": {
                 **result.comm.totals(),
-                "seconds": time.perf_counter() - started,
+                "seconds": result.elapsed_before + time.perf_counter() - started,
+                "resumed_from_round": checkpoint.round if checkpoint else None,
                 "build_seconds": build_seconds,
                 "train_seconds": sum(
                     sum(c["train_seconds"] for c in r["clients"].values()) for r in result.records
@@ -69,16 +137,26 @@ def run_job(cfg: DictConfig) -> float:
                 }
                 for a in result.allocations
             ],
-            "clustering": [
-                {"round": d.round, "k": d.k, "labels": d.labels, **d.quality, "seconds": d.seconds}
-                for d in result.discoveries
-            ],
+            "clustering": result.clustering_summaries,
             "peak_memory": peak_memory(),
             "versions": versions(),
         }
         write_json(out_dir / "summary.json", summary)
+        write_json(
+            out_dir / DONE,
+            {
+                "final_mean_primary": final["mean_primary"],
+                "round": final["round"],
+                "time": datetime.now(timezone.utc).isoformat(),
+            },
+        )
+        (out_dir / FAILED).unlink(missing_ok=True)  # an earlier attempt's failure is history now
         log.info("final mean primary %.4f; wrote %s", final["mean_primary"], out_dir)
         failed = False
         return float(final["mean_primary"])
+    except Exception as err:
+        rounds = complete_rounds(checkpoint_root(out_dir))
+        _write_failure(out_dir, err, rounds[-1] if rounds else None)
+        raise
     finally:
         tracker.close(failed=failed)

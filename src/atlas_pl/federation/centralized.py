@@ -27,7 +27,7 @@ from atlas_pl.data.tokenized import TokenizedExamples
 from atlas_pl.federation.evaluation import evaluate
 from atlas_pl.federation.modules import balanced_class_weights
 from atlas_pl.federation.setup import Federation, build_client_model
-from atlas_pl.federation.trainers import make_trainer
+from atlas_pl.federation.trainers import make_trainer, set_completed_epochs
 from atlas_pl.models.split import SplitClientModel
 
 log = logging.getLogger(__name__)
@@ -90,11 +90,21 @@ class CentralModule(pl.LightningModule):
         return torch.stack(losses).mean()
 
 
-def run_centralized(cfg: DictConfig, fed: Federation, tracker: Any, result: Any, record_round: Any) -> None:
+def run_centralized(
+    cfg: DictConfig,
+    fed: Federation,
+    result: Any,
+    record_round: Any,
+    checkpointer: Any = None,
+    json_state: Any = None,
+) -> None:
     """Train the union model `fed.rounds` times `fed.local_epochs` epochs; log one record per round.
 
     `record_round(round_index, evals, train_loss, train_seconds)` builds and logs the metrics.jsonl
-    record (the federated loop's), so both pipelines write the same format.
+    record (the federated loop's), so both pipelines write the same format. With a `checkpointer`,
+    every round ends with a checkpoint (`json_state()` gives its JSON part) and a resumed job restores
+    the shared adapter, the heads, the loaders' orders and the RNGs. The optimizer is Lightning's,
+    created anew by every `fit`, so it carries no state from round to round to save.
     """
 
     tasks = list(fed.data.specs)
@@ -132,7 +142,17 @@ def run_centralized(cfg: DictConfig, fed: Federation, tracker: Any, result: Any,
     trainer = make_trainer(cfg, fed.device)
     result.trainers = [trainer]
     comm = result.comm
-    for round_index in range(1, int(cfg.fed.rounds) + 1):
+    stateful = {
+        "modules": {f"model/{t}": m for t, m in models.items()},
+        "optimizers": {},
+        "generators": [loaders[t].generator for t in tasks],
+    }
+    start_round = 1
+    if checkpointer is not None and checkpointer.resume is not None:
+        checkpointer.restore(**stateful)
+        start_round = checkpointer.start_round
+        set_completed_epochs(trainer, (start_round - 1) * int(cfg.fed.local_epochs))
+    for round_index in range(start_round, int(cfg.fed.rounds) + 1):
         round_start = time.perf_counter()
         comm.start_round(round_index)
         if round_index == 1:  # what centralizing costs: every client's real tokens (int32) and labels, once
@@ -163,3 +183,5 @@ def run_centralized(cfg: DictConfig, fed: Federation, tracker: Any, result: Any,
         }
         train_seconds = {k: seconds / n for k in range(n)}  # one model: its time, shared out evenly
         record_round(round_index, evals, train_loss, train_seconds, round_start)
+        if checkpointer is not None:
+            checkpointer.save(round_index, json_state=json_state(), **stateful)

@@ -51,3 +51,18 @@ class CommMeter:
             "upload_bytes": sum(sum(v.values()) for v in self._up.values()),
             "download_bytes": sum(sum(v.values()) for v in self._down.values()),
         }
+
+    def to_json(self) -> dict[str, list[list]]:
+        """Every counter as [round, client, kind, bytes] rows (what a checkpoint stores)."""
+        return {
+            name: [[r, c, kind, size] for (r, c), kinds in table.items() for kind, size in kinds.items()]
+            for name, table in (("upload", self._up), ("download", self._down))
+        }
+
+    def load_json(self, payload: dict[str, list[list]]) -> None:
+        """Replace every counter by what `to_json` wrote."""
+        self._up.clear()
+        self._down.clear()
+        for name, table in (("upload", self._up), ("download", self._down)):
+            for r, c, kind, size in payload[name]:
+                table[(int(r), int(c))][str(kind)] = int(size)

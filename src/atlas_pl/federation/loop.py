@@ -41,8 +41,9 @@ from atlas_pl.federation.planning import (
     rank_rows,
     write_allocation,
 )
+from atlas_pl.federation.resume import RoundCheckpointer, mixing_from_state
 from atlas_pl.federation.setup import Federation
-from atlas_pl.federation.trainers import make_trainer
+from atlas_pl.federation.trainers import make_trainer, set_completed_epochs
 from atlas_pl.phases.allocation import ClientAllocation
 from atlas_pl.phases.personalization import mixing_matrix, rbf_adjacency
 from atlas_pl.tracking.tracker import Tracker
@@ -72,6 +73,10 @@ class FederationResult:
     client_modules: list[ClientModule] = field(default_factory=list)
     server_modules: list[ServerModule] = field(default_factory=list)
     trainers: list[pl.Trainer] = field(default_factory=list)
+    # JSON views of the discoveries, kept so a resumed job can rewrite clustering.json and summary.json
+    clustering_records: list[dict[str, Any]] = field(default_factory=list)
+    clustering_summaries: list[dict[str, Any]] = field(default_factory=list)
+    elapsed_before: float = 0.0  # seconds spent by earlier processes of a resumed job
 
 
 def _groups(cfg: DictConfig, n_clients: int) -> list[list[int]]:
@@ -125,8 +130,18 @@ def _phase1(
             round_index=round_index,
         )
     result.discoveries.append(discovery)
+    result.clustering_records.append(clustering_record(cfg, fed, discovery))
+    result.clustering_summaries.append(
+        {
+            "round": discovery.round,
+            "k": discovery.k,
+            "labels": discovery.labels,
+            **discovery.quality,
+            "seconds": discovery.seconds,
+        }
+    )
     fed.meta["clusters"] = list(discovery.labels)
-    write_clustering(tracker.out_dir, [clustering_record(cfg, fed, d) for d in result.discoveries])
+    write_clustering(tracker.out_dir, result.clustering_records)
     tracker.log_table(
         "clustering/k_search",
         ["round", *K_SEARCH_COLUMNS],
@@ -159,11 +174,59 @@ def _phase2(cfg: DictConfig, fed: Federation, tracker: Tracker, result: Federati
     tracker.log_table("allocation/ranks", RANK_COLUMNS, rank_rows(fed, allocations), round_index=1)
 
 
-def run_federation(cfg: DictConfig, fed: Federation, tracker: Tracker) -> FederationResult:
-    """Run `fed.rounds` rounds; every round is logged through `tracker` as one metrics.jsonl record."""
+def _restore_phase2(
+    fed: Federation, result: FederationResult, state: dict[str, Any], cfg: DictConfig
+) -> None:
+    """A resumed job re-applies the allocation it started with instead of re-running Phases 1 and 2."""
+    result.allocations = [ClientAllocation.from_json(a) for a in state["allocations"]]
+    apply_allocation(cfg, fed, result.allocations)
+    result.clustering_records = list(state["clustering_records"])
+    result.clustering_summaries = list(state["clustering_summaries"])
+    fed.meta["clusters"] = list(state["meta"]["clusters"])
+    fed.meta["dropped"] = list(state["meta"]["dropped"])
+
+
+def _json_state(
+    result: FederationResult,
+    fed: Federation,
+    orchestrator: Orchestrator | None,
+    cumulative: dict[str, int],
+    fit_seconds: float,
+) -> dict[str, Any]:
+    """Everything but tensors that the rounds after this one depend on (checkpoint.py adds RNGs, config)."""
+    return {
+        "records": result.records,
+        "comm": result.comm.to_json(),
+        "cumulative": dict(cumulative),
+        "fit_seconds": fit_seconds,
+        "meta": {"clusters": fed.meta["clusters"], "dropped": fed.meta["dropped"]},
+        "allocations": [a.to_json() for a in result.allocations],
+        "clustering_records": result.clustering_records,
+        "clustering_summaries": result.clustering_summaries,
+        "orchestrator": None
+        if orchestrator is None
+        else {
+            "groups": orchestrator.groups,
+            "mixing": orchestrator.mixing,
+            "aggregated_rounds": orchestrator.aggregated_rounds,
+        },
+    }
+
+
+def run_federation(
+    cfg: DictConfig, fed: Federation, tracker: Tracker, checkpointer: RoundCheckpointer | None = None
+) -> FederationResult:
+    """Run `fed.rounds` rounds; every round is logged through `tracker` as one metrics.jsonl record.
+
+    With a checkpointer, a checkpoint is written after every round, and a checkpointer that holds a
+    checkpoint (resume=true) makes the job continue after that checkpoint's round.
+    """
     n_clients = len(fed.models)
     result = FederationResult()
     comm = result.comm
+    resuming = checkpointer is not None and checkpointer.resume is not None
+    start_round = checkpointer.start_round if checkpointer is not None else 1
+    state = checkpointer.state if resuming else {}
     mode = aggregation_mode(cfg)
     # the "cluster" of metrics.jsonl: the Phase 1 label where Phase 1 ran, else the aggregation group
     one_group = mode != "none" and not clustered(cfg)
@@ -174,6 +237,9 @@ def run_federation(cfg: DictConfig, fed: Federation, tracker: Tracker) -> Federa
         fed.meta["dropped"] = [False] * n_clients
         fed.meta["clusters"] = [0] * n_clients
         groups: list[list[int]] = []
+    elif resuming:
+        _restore_phase2(fed, result, state, cfg)
+        groups = state["orchestrator"]["groups"]
     else:
         _phase2(cfg, fed, tracker, result)
         groups = result.discoveries[-1].groups() if clustered(cfg) else _groups(cfg, n_clients)
@@ -187,10 +253,21 @@ def run_federation(cfg: DictConfig, fed: Federation, tracker: Tracker) -> Federa
         head_aggregation=str(cfg.ablation.get("head_aggregation", "local")),
     )
     orchestrator.seed = int(cfg.seed)
-    if mode == "laplacian":
+    if resuming and not centralized:
+        orchestrator.mixing = mixing_from_state(state["orchestrator"]["mixing"])
+        orchestrator.aggregated_rounds = list(state["orchestrator"]["aggregated_rounds"])
+    elif mode == "laplacian" and not centralized:
         orchestrator.mixing = mixing_matrix(result.discoveries[-1].adjacency, float(cfg.fed.eta))
     rounds = int(cfg.fed.rounds)
     cumulative = {"upload": 0, "download": 0}
+    fit_seconds = 0.0
+    if resuming:
+        result.records = list(state["records"])
+        comm.load_json(state["comm"])
+        cumulative.update(state["cumulative"])
+        fit_seconds = float(state["fit_seconds"])
+        result.elapsed_before = checkpointer.elapsed_before
+        tracker.restore(result.records)
 
     def finish_round(
         round_index: int,
@@ -217,7 +294,14 @@ def run_federation(cfg: DictConfig, fed: Federation, tracker: Tracker) -> Federa
         )
 
     if centralized:
-        run_centralized(cfg, fed, tracker, result, finish_round)
+        run_centralized(
+            cfg,
+            fed,
+            result,
+            finish_round,
+            checkpointer,
+            lambda: _json_state(result, fed, None, cumulative, 0.0),
+        )
         return result
     lr, wd = float(cfg.fed.lr), float(cfg.fed.get("weight_decay", 0.0))
     head_lr = float(cfg.fed.get("head_lr") or lr)
@@ -249,12 +333,26 @@ def run_federation(cfg: DictConfig, fed: Federation, tracker: Tracker) -> Federa
     result.client_modules, result.server_modules, result.trainers = clients, servers, trainers
     local_epochs = int(cfg.fed.local_epochs)
     participants = [k for k in range(n_clients) if not dropped[k]]
-    fit_seconds = 0.0
+    stateful = {
+        "modules": {f"model/{k}": fed.models[k] for k in participants},
+        "optimizers": {
+            f"optim/{k}/{i}": opt for k in participants for i, opt in enumerate(orchestrator.optimizers[k])
+        },
+        "generators": [loader.generator for loader in loaders],
+    }
+    if resuming:
+        checkpointer.restore(**stateful)
+        for trainer in trainers:
+            set_completed_epochs(trainer, (start_round - 1) * local_epochs)
 
     progress = tqdm(
-        total=rounds * n_clients, desc="rounds x clients", unit="client", leave=False, disable=None
+        total=(rounds - start_round + 1) * n_clients,
+        desc="rounds x clients",
+        unit="client",
+        leave=False,
+        disable=None,
     )
-    for round_index in range(1, rounds + 1):
+    for round_index in range(start_round, rounds + 1):
         round_start = time.perf_counter()
         comm.start_round(round_index)
         if round_index > 1 and _clusters_now(cfg, round_index):  # round 1's ran in _phase2
@@ -288,6 +386,12 @@ def run_federation(cfg: DictConfig, fed: Federation, tracker: Tracker) -> Federa
                 device=fed.device,
             )
         finish_round(round_index, evals, train_loss, train_seconds, round_start)
+        if checkpointer is not None:
+            checkpointer.save(
+                round_index,
+                json_state=_json_state(result, fed, orchestrator, cumulative, fit_seconds),
+                **stateful,
+            )
     progress.close()
     step_seconds = sum(c.step_seconds for c in clients)
     result.overhead = {
@@ -295,7 +399,7 @@ def run_federation(cfg: DictConfig, fed: Federation, tracker: Tracker) -> Federa
         "step_seconds": step_seconds,
         "lightning_overhead_seconds": fit_seconds - step_seconds,
         "overhead_fraction": (fit_seconds - step_seconds) / step_seconds if step_seconds else 0.0,
-        "fit_calls": rounds * len(participants),
+        "fit_calls": (rounds - start_round + 1) * len(participants),
     }
     return result
 

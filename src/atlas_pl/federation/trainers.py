@@ -29,3 +29,14 @@ def make_trainer(cfg: DictConfig, device: torch.device, callbacks: Sequence[pl.C
         deterministic=bool(cfg.trainer.deterministic),
         callbacks=list(callbacks),
     )
+
+
+def set_completed_epochs(trainer: pl.Trainer, epochs: int) -> None:
+    """Make a fresh Trainer count `epochs` as already done, as the uninterrupted job's Trainer would.
+
+    Lightning starts a data iterator once per `fit` and once more per epoch after the first one the
+    Trainer has ever run, and each start draws from the loader's generator; a resumed job's Trainer
+    must therefore be past its first epoch too, or every later batch order shifts.
+    """
+    progress = trainer.fit_loop.epoch_progress.current
+    progress.ready = progress.started = progress.processed = progress.completed = int(epochs)

@@ -123,6 +123,26 @@ class ClientAllocation:
             "importance": list(self.importance),
         }
 
+    @classmethod
+    def from_json(cls, payload: Mapping[str, Any]) -> ClientAllocation:
+        """The inverse of `to_json` (a resumed job re-applies the allocation it was started with)."""
+        memory_fields = MemoryBreakdown.__dataclass_fields__
+        return cls(
+            client=payload["client"],
+            device=str(payload["device"]),
+            budget_bytes=int(payload["budget_bytes"]),
+            split=int(payload["split"]),
+            ranks={b: int(r) for b, r in enumerate(payload["ranks"])},
+            rank_star=int(payload["rank_star"]),
+            rank_budget=int(payload["rank_budget"]),
+            memory=MemoryBreakdown(**{k: int(v) for k, v in payload["memory"].items() if k in memory_fields}),
+            adapter_bytes=int(payload["adapter_bytes"]),
+            server_adapter_bytes=int(payload["server_adapter_bytes"]),
+            dropped=bool(payload["dropped"]),
+            shortfall_bytes=int(payload["shortfall_bytes"]),
+            importance=tuple(float(v) for v in payload["importance"]),
+        )
+
 
 def rank_candidates(candidates: Sequence[int] | None) -> tuple[int, ...]:
     """Sorted distinct positive candidates (the default set when None); a clear error otherwise."""

@@ -14,7 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from atlas_pl.tracking.results import append_jsonl
+from atlas_pl.tracking.results import append_jsonl, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -45,24 +45,37 @@ def flatten_round(record: dict[str, Any]) -> dict[str, float]:
     return flat
 
 
+def _sweep_tag() -> list[str]:
+    """`sweep=<sweep dir name>` for multirun jobs, so one sweep's runs can be filtered out of a group."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hydra_cfg = HydraConfig.get()
+    except (ImportError, ValueError):  # not inside a Hydra app (tests, notebooks)
+        return []
+    if "MULTIRUN" not in str(hydra_cfg.mode):
+        return []
+    return [f"sweep={Path(str(hydra_cfg.sweep.dir)).name}"]
+
+
 class Tracker:
     """Writes metrics.jsonl and forwards each round to the configured logger."""
 
-    def __init__(self, cfg: DictConfig, out_dir: Path) -> None:
+    def __init__(self, cfg: DictConfig, out_dir: Path, wandb_id: str | None = None) -> None:
+        """`wandb_id`: the W&B run a resumed job continues (None starts a new run)."""
         self.out_dir = out_dir
         self.metrics_path = out_dir / "metrics.jsonl"
         self.kind = str(cfg.logger.name)
         self.logger: Any = None
-        if self.metrics_path.exists() and not cfg.get("resume", False):
-            self.metrics_path.unlink()  # a fresh job in a reused directory starts a fresh history
+        self.wandb_id: str | None = None
         if self.kind == "wandb":
-            self._start_wandb(cfg)
+            self._start_wandb(cfg, wandb_id)
         elif self.kind == "csv":
             from lightning.pytorch.loggers import CSVLogger
 
             self.logger = CSVLogger(save_dir=str(out_dir), name="csv", version="")
 
-    def _start_wandb(self, cfg: DictConfig) -> None:
+    def _start_wandb(self, cfg: DictConfig, wandb_id: str | None) -> None:
         from lightning.pytorch.loggers import WandbLogger
 
         mode = str(cfg.logger.get("mode") or os.environ.get("WANDB_MODE", "offline"))
@@ -71,21 +84,34 @@ class Tracker:
             f"seed={cfg.seed}",
             f"model={cfg.model.name}",
             *cfg.logger.get("tags", []),
+            *_sweep_tag(),
         ]
         self.logger = WandbLogger(
             project=str(cfg.logger.project),
             entity=cfg.logger.get("entity"),
-            group=str(cfg.get("experiment_name", "default")),
+            group=str(cfg.logger.get("group") or cfg.get("experiment_name", "default")),
             job_type=str(cfg.ablation.name),
             tags=tags,
             save_dir=str(self.out_dir),
             mode=mode,
             config=OmegaConf.to_container(cfg, resolve=True),
             reinit="finish_previous",
+            **({"id": wandb_id, "resume": "allow"} if wandb_id else {}),
         )
         run = self.logger.experiment
+        self.wandb_id = run.id
         run.define_metric("round")
         run.define_metric("*", step_metric="round")
+
+    def restore(self, records: list[dict[str, Any]]) -> None:
+        """A resumed job: metrics.jsonl holds exactly the checkpointed rounds (a round the killed process
+        logged after its last checkpoint is dropped, it will be run again). CSV gets them again too, as its
+        file is rewritten from memory; W&B already has them in the resumed run."""
+        write_jsonl(self.metrics_path, records)
+        if self.kind == "csv" and self.logger is not None:
+            for record in records:
+                self.logger.log_metrics(flatten_round(record), step=int(record["round"]))
+            self.logger.save()
 
     def log_round(self, record: dict[str, Any]) -> None:
         append_jsonl(self.metrics_path, record)

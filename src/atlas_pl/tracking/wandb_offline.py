@@ -45,7 +45,7 @@ def _records(raw: bytes) -> list[bytes]:
 
 
 def read_offline_run(run_dir: str | Path) -> dict[str, Any]:
-    """Return {'history': [row dicts], 'group', 'job_type', 'tags', 'project'} of an offline run dir."""
+    """Return {'history': [row dicts], 'id', 'group', 'job_type', 'tags', 'project'} of an offline run dir."""
     from wandb.proto import wandb_internal_pb2 as pb
 
     files = sorted(Path(run_dir).glob("run-*.wandb"))
@@ -64,6 +64,7 @@ def read_offline_run(run_dir: str | Path) -> dict[str, Any]:
             info["history"].append(row)
         elif kind == "run":
             info.update(
+                id=record.run.run_id,
                 group=record.run.run_group,
                 job_type=record.run.job_type,
                 tags=list(record.run.tags),

@@ -1,0 +1,140 @@
+"""What a round checkpoint holds for this loop, and how a resumed job gets it back.
+
+`checkpoint.py` knows files; this module knows the loop's objects: which modules, optimizers and data
+generators carry state across rounds, and which of the result's lists a resumed job must continue.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from atlas_pl.federation.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    config_differences,
+    generator_tensors,
+    module_tensors,
+    optimizer_tensors,
+    restore_generators,
+    restore_module,
+    restore_optimizer,
+    restore_rng,
+    rng_state,
+    save_checkpoint,
+)
+
+log = logging.getLogger(__name__)
+
+
+def checkpoint_root(out_dir: Path) -> Path:
+    return out_dir / "checkpoints"
+
+
+def check_resumable(cfg: DictConfig, checkpoint: Checkpoint) -> None:
+    """Refuse, before any work, to continue a checkpoint under different settings or past its rounds."""
+    current = OmegaConf.to_container(cfg, resolve=True)
+    differences = config_differences(checkpoint.state["config"], current)
+    if differences:
+        shown = "; ".join(differences[:8]) + (
+            f"; and {len(differences) - 8} more" if len(differences) > 8 else ""
+        )
+        raise CheckpointError(
+            f"resume=true: {checkpoint.path} was written with different settings ({shown}); "
+            "resume with the original settings (only fed.rounds, logger, paths and checkpoint.* may change), "
+            "or start a new run in another directory"
+        )
+    if int(cfg.fed.rounds) < checkpoint.round:
+        raise CheckpointError(
+            f"resume=true: {checkpoint.path} is after round {checkpoint.round} but fed.rounds="
+            f"{int(cfg.fed.rounds)}; valid: fed.rounds >= {checkpoint.round}"
+        )
+
+
+class RoundCheckpointer:
+    """Saves one checkpoint per completed round; on resume, puts a checkpoint's state back in place."""
+
+    def __init__(self, cfg: DictConfig, out_dir: Path, resume: Checkpoint | None, started: float) -> None:
+        ckpt_cfg = cfg.get("checkpoint") or {}
+        self.enabled = bool(ckpt_cfg.get("enabled", True))
+        self.keep = int(ckpt_cfg.get("keep", 2))
+        self.root = checkpoint_root(out_dir)
+        self.resume = resume
+        self.started = started
+        self.config = OmegaConf.to_container(cfg, resolve=True)
+        self.extra: dict[str, Any] = {}  # job-level facts to carry along (the W&B run id)
+
+    @property
+    def start_round(self) -> int:
+        return self.resume.round + 1 if self.resume else 1
+
+    @property
+    def elapsed_before(self) -> float:
+        """Seconds the earlier processes of this job spent (so totals cover the whole job)."""
+        return float(self.resume.state.get("elapsed_seconds", 0.0)) if self.resume else 0.0
+
+    @property
+    def state(self) -> dict[str, Any]:
+        if self.resume is None:
+            raise RuntimeError("no checkpoint to restore from")
+        return self.resume.state
+
+    def save(
+        self,
+        round_index: int,
+        *,
+        json_state: Mapping[str, Any],
+        modules: Mapping[str, torch.nn.Module],
+        optimizers: Mapping[str, torch.optim.Optimizer],
+        generators: Sequence[torch.Generator],
+    ) -> None:
+        if not self.enabled:
+            return
+        rng_json, tensors = rng_state()
+        for prefix, module in modules.items():
+            tensors.update(module_tensors(prefix, module))
+        for prefix, optimizer in optimizers.items():
+            tensors.update(optimizer_tensors(prefix, optimizer))
+        tensors.update(generator_tensors("loader", generators))
+        state = {
+            **json_state,
+            **self.extra,
+            "config": self.config,
+            "rng": rng_json,
+            "elapsed_seconds": self.elapsed_before + time.perf_counter() - self.started,
+        }
+        path = save_checkpoint(self.root, round_index, state, tensors, keep=self.keep)
+        log.info("checkpoint after round %d: %s", round_index, path)
+
+    def restore(
+        self,
+        *,
+        modules: Mapping[str, torch.nn.Module],
+        optimizers: Mapping[str, torch.optim.Optimizer],
+        generators: Sequence[torch.Generator],
+    ) -> None:
+        """Parameters, optimizer moments, loader orders and global RNGs as they were after the round."""
+        if self.resume is None:
+            return
+        tensors = self.resume.tensors
+        for prefix, module in modules.items():
+            restore_module(prefix, module, tensors)
+        for prefix, optimizer in optimizers.items():
+            restore_optimizer(prefix, optimizer, tensors)
+        try:
+            restore_generators("loader", generators, tensors)
+        except KeyError as err:
+            raise CheckpointError(f"{self.resume.path}: no saved state for data loader {err}") from err
+        restore_rng(self.resume.state["rng"], tensors)
+        log.info("resumed from %s: continuing at round %d", self.resume.path, self.start_round)
+
+
+def mixing_from_state(value: Any) -> np.ndarray | None:
+    return None if value is None else np.asarray(value, dtype=np.float64)

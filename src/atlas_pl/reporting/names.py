@@ -1,0 +1,80 @@
+"""How tasks, metrics and run groups are named and ordered in tables and figures.
+
+One place for these so the markdown table, the CSV, every figure and the notebook say the same thing
+(`MRPC F1`, `atlas (eta=0.1)`) in the same order.
+"""
+
+from __future__ import annotations
+
+from atlas_pl.data.errors import DataError
+from atlas_pl.data.tasks import task_spec
+
+# The order readers expect: baselines first, the method, then the other split-learning baselines, the bound.
+ABLATION_ORDER = (
+    "local_only",
+    "fedavg",
+    "fedavg_cluster",
+    "atlas",
+    "splitlora",
+    "hsplitlora",
+    "hetlora",
+    "centralized",
+)
+# Only ATLAS's Laplacian personalization reads fed.eta; for every other ablation it is an unused default.
+ETA_ABLATIONS = ("atlas",)
+
+_TASK_TITLES = {
+    "sst2": "SST-2",
+    "mrpc": "MRPC",
+    "cola": "CoLA",
+    "rte": "RTE",
+    "qnli": "QNLI",
+    "qqp": "QQP",
+    "mnli": "MNLI",
+}
+_METRIC_TITLES = {"accuracy": "accuracy", "f1": "F1", "mcc": "MCC"}
+
+GroupKey = tuple[str, "float | None"]
+
+
+def group_key(ablation: str, eta: float | None) -> GroupKey:
+    """(ablation, eta) where eta is kept only for ablations that use it, so fedavg runs are one group."""
+    return (ablation, float(eta) if ablation in ETA_ABLATIONS and eta is not None else None)
+
+
+def group_label(key: GroupKey) -> str:
+    """`atlas (eta=0.1)` or `fedavg`: the label of a group in every table, legend and file."""
+    ablation, eta = key
+    return f"{ablation} (eta={eta:g})" if eta is not None else ablation
+
+
+def group_sort_key(key: GroupKey) -> tuple[int, str, float]:
+    """Known ablations in ABLATION_ORDER, unknown ones after them alphabetically; etas ascending."""
+    ablation, eta = key
+    rank = ABLATION_ORDER.index(ablation) if ablation in ABLATION_ORDER else len(ABLATION_ORDER)
+    return (rank, ablation, -1.0 if eta is None else eta)
+
+
+def metric_name(task: str) -> str:
+    """The name of the task's primary metric (`accuracy`, `F1`, `MCC`), from the task registry."""
+    try:
+        metric = task_spec(task).primary_metric
+    except DataError:
+        return "primary metric"
+    return _METRIC_TITLES.get(metric, metric)
+
+
+def task_title(task: str) -> str:
+    """The task as GLUE spells it (`SST-2`), or its own name for synthetic or unknown tasks."""
+    return _TASK_TITLES.get(task, task)
+
+
+def task_metric_title(task: str) -> str:
+    """`SST-2 accuracy`, `MRPC F1`, `CoLA MCC`: what a column or a panel shows."""
+    return f"{task_title(task)} {metric_name(task)}"
+
+
+def task_sort_key(task: str) -> tuple[int, str]:
+    """Tasks in the order the configs list GLUE tasks (SST-2, MRPC, CoLA, ...), then the rest by name."""
+    order = list(_TASK_TITLES)
+    return (order.index(task) if task in order else len(order), task)

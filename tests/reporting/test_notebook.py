@@ -1,0 +1,37 @@
+"""The analysis notebook: stored without outputs, and it runs end to end on a smoke multirun."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from ..conftest import REPO_ROOT
+
+NOTEBOOK = REPO_ROOT / "notebooks" / "analysis.ipynb"
+
+
+def test_notebook_is_stored_without_outputs() -> None:
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nbformat.validate(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code
+    assert all(c.outputs == [] and c.execution_count is None for c in code)
+    assert 'os.environ.get("ATLAS_RUN_DIR"' in code[0].source
+
+
+def test_notebook_runs_on_a_multirun(smoke_multirun: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ATLAS_RUN_DIR", str(smoke_multirun))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}
+    ).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(images) == 6  # every figure, the eta sweep included (2 etas)
+    tables = [o for o in outputs if "text/html" in o.get("data", {})]
+    assert any("atlas (eta=0.5)" in o["data"]["text/html"] for o in tables)
