@@ -13,9 +13,9 @@ def capture_models(monkeypatch):
     seen = {}
     real = loop_module.run_federation
 
-    def spy(cfg, fed, tracker):
+    def spy(cfg, fed, tracker, *args):
         seen["fed"] = fed
-        seen["result"] = real(cfg, fed, tracker)
+        seen["result"] = real(cfg, fed, tracker, *args)
         return seen["result"]
 
     monkeypatch.setattr("atlas_pl.run.run_federation", spy)

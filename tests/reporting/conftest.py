@@ -33,6 +33,7 @@ def smoke_multirun(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "logger=csv",
             "ablation=atlas",
             "fed.eta=0.1,0.5",
+            "fed.rounds=2",  # two rounds are enough for per-round curves and bands
             "seed=0,1",
             f"hydra.sweep.dir={root}",
         ],
