@@ -8,8 +8,11 @@ numbers, and so the sweeps stay light on a small machine.
 from __future__ import annotations
 
 import json
+import multiprocessing
+import operator
 import os
 import re
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -17,8 +20,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import cloudpickle
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.core.utils import JobStatus
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -26,6 +31,7 @@ import atlas_pl.__main__  # noqa: F401  (registers the atlas_root resolver)
 from atlas_pl.tracking.wandb_offline import read_offline_run
 from hydra_plugins.atlas_pl_launcher.fresh_process_launcher import (
     FreshProcessLauncher,
+    _run_in_fresh_process,
     resolve_n_jobs,
     threads_per_job,
     usable_cpus,
@@ -290,21 +296,86 @@ def test_eta_optuna_config(experiment: str) -> None:
     assert dict(sweeper.params) == {"fed.eta": "interval(0.0, 1.0)", "ablation": "atlas"}
 
 
-def test_a_failing_job_fails_the_joblib_sweep(tmp_path: Path) -> None:
+def _job_error(sweep: Sweep) -> str:
+    """What the sweep reported for a failed job: Hydra's JobReturn.return_value writes "Error executing job
+    with overrides" and raises the job's error, so this text is there only if the launcher returned a
+    FAILED JobReturn (had launch() raised instead, the sweeper would never have read a return value)."""
+    marker = "Error executing job with overrides: ["
+    assert marker in sweep.output, sweep.output[-6000:]
+    return sweep.output.split(marker, 1)[1]
+
+
+def test_a_failing_job_fails_the_joblib_sweep_with_its_message(tmp_path: Path) -> None:
+    """atlas_pl calls sys.exit(2) on an invalid config: the sweep fails with the job's own message."""
     sweep = _sweep(tmp_path / "sweep", *FAST, "hydra/launcher=joblib", "fed.eta=1.5", expect_ok=False)
-    assert "fed.eta=1.5 is invalid" in sweep.output
-    assert "job #0 exited with status 2" in sweep.output
+    error = _job_error(sweep)
+    assert "RuntimeError: job #0 failed: SystemExit: exit status 2" in error
+    assert "fed.eta=1.5 is invalid" in error  # what the job printed to stderr, carried by the error
 
 
 def test_a_job_past_its_timeout_is_stopped_and_fails_the_sweep(tmp_path: Path) -> None:
     overrides = [*FAST, "hydra/launcher=joblib", "hydra.launcher.timeout=4"]
     sweep = _sweep(tmp_path / "sweep", *overrides, expect_ok=False)
-    assert "job #0 exceeded hydra.launcher.timeout=4.0 s; stopped" in sweep.output
+    error = _job_error(sweep)
+    assert "job #0 failed: TimeoutError: exceeded hydra.launcher.timeout=4.0 s; stopped" in error
     for job in sweep.job_dirs():  # none if the job was stopped before Hydra made its directory
         assert not (job / "summary.json").exists()
         for pid in _launcher_events(job).get("pids", set()):
             with pytest.raises(ProcessLookupError):
                 os.kill(pid, 0)  # the job's process is gone, not left running
+
+
+INFEASIBLE = "atlas_pl.phases.allocation.InfeasibleClientError: client 0 on device 'cpu_2gb' cannot hold"
+
+
+@pytest.mark.parametrize("sweeper", ["basic", "optuna"])
+def test_a_job_error_that_cannot_be_unpickled_reaches_the_sweeper(tmp_path: Path, sweeper: str) -> None:
+    """InfeasibleClientError's __init__ takes several arguments, so the exception pickles but does not
+    unpickle; the job's error must still arrive, as text, instead of a TypeError from the launcher.
+    (devices.scale=1e-9 leaves every client a budget of a few bytes.)"""
+    overrides = [*FAST, "logger=csv", "hydra/launcher=joblib", "devices.scale=1e-9"]
+    if sweeper == "optuna":  # one trial, and failures allowed: Optuna records it and carries on
+        overrides += [
+            "hparams_search=eta_optuna",
+            "hydra.sweeper.n_trials=1",
+            "hydra.sweeper.max_failure_rate=1.0",
+        ]
+    sweep = _sweep(tmp_path / "sweep", *overrides, expect_ok=False)
+    assert "missing 4 required positional arguments" not in sweep.output
+    error = _job_error(sweep)
+    assert f"job #0 failed: {INFEASIBLE}" in error
+    assert "Traceback in the job's process:" in error and 'allocation.py", line' in error
+    if sweeper == "basic":  # the basic sweeper raises the job's error: the sweep fails with it
+        assert f"RuntimeError: job #0 failed: {INFEASIBLE}" in error
+    else:  # within max_failure_rate: a failed trial, and the study goes on (to find no completed trial)
+        assert f"Failed experiment: job #0 failed: {INFEASIBLE}" in sweep.output
+        assert "No trials are completed yet" in error
+
+
+class _Unpickles:
+    """Pickled as `func(*args)`, which the job process calls when it unpickles its payload."""
+
+    def __init__(self, func: Any, *args: Any) -> None:
+        self.call = (func, args)
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return self.call
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        (_Unpickles(signal.raise_signal, signal.SIGKILL), r"its process \d+ was killed by SIGKILL before"),
+        (_Unpickles(operator.truediv, 1, 0), r"outside its task: ZeroDivisionError: division by zero"),
+    ],
+    ids=["killed", "error-outside-the-task"],
+)
+def test_a_job_process_that_dies_or_breaks_is_a_failed_return(payload: _Unpickles, expected: str) -> None:
+    context = multiprocessing.get_context(FreshProcessLauncher.start_method)
+    ret = _run_in_fresh_process(cloudpickle.dumps(payload), 7, ["a=1"], 1, 60.0, context)
+    assert ret.status == JobStatus.FAILED and ret.overrides == ["a=1"]
+    with pytest.raises(RuntimeError, match=r"^job #7 failed: " + expected):
+        ret.return_value  # noqa: B018  (raises the job's error, as a sweeper sees it)
 
 
 def test_n_jobs_and_threads_per_job(monkeypatch: pytest.MonkeyPatch) -> None:

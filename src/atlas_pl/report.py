@@ -3,6 +3,10 @@
 Writes OUT/report.md (tables, excluded jobs, figures), OUT/report.csv (one row per group and task) and
 OUT/figures/*.png; OUT defaults to DIR. Exit code 2 when DIR has no job directory, so a wrong path fails
 in a script instead of producing an empty report.
+
+A group is an ablation (with its eta for atlas) and any other config settings that differ between the jobs
+(not the seed or paths): a sweep over fed.local_epochs or model makes groups like
+`fedavg (fed.local_epochs=2)`, never a mean over different settings.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from pathlib import Path
 
 from atlas_pl.reporting import figures as figs
 from atlas_pl.reporting.reader import COMPLETED, Job, ReportError, load_jobs
+from atlas_pl.reporting.split import Split, find_split
 from atlas_pl.reporting.tables import Group, aggregate, markdown, write_csv
 
 
@@ -27,6 +32,7 @@ class Report:
     markdown: Path
     csv: Path
     figures: list[Path]
+    split: Split  # the settings besides ablation and eta that split the groups (usually none)
 
 
 def build_report(run_dir: Path | str, out_dir: Path | str | None = None) -> Report:
@@ -42,7 +48,7 @@ def build_report(run_dir: Path | str, out_dir: Path | str | None = None) -> Repo
     md = out / "report.md"
     md.write_text(markdown(jobs, groups, run_dir, captions))
     csv_path = write_csv(groups, out / "report.csv")
-    return Report(jobs=jobs, groups=groups, markdown=md, csv=csv_path, figures=pngs)
+    return Report(jobs=jobs, groups=groups, markdown=md, csv=csv_path, figures=pngs, split=find_split(jobs))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -65,6 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"wrote {report.markdown}, {report.csv} and {len(report.figures)} figure(s) under "
         f"{report.markdown.parent / 'figures'}"
     )
+    if report.split:
+        print(f"groups also split by settings that differ between the jobs: {report.split.describe()}")
     if done < len(report.jobs):
         print(f"{len(report.jobs) - done} job(s) not completed: listed in {report.markdown}", file=sys.stderr)
     return 0

@@ -8,8 +8,10 @@ Without `resume`, a directory that already holds a job is refused, so nothing wr
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
 import sys
 import time
 import traceback
@@ -20,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from atlas_pl.federation.checkpoint import Checkpoint, CheckpointError, complete_rounds, latest_checkpoint
 from atlas_pl.federation.loop import run_federation
-from atlas_pl.federation.resume import RoundCheckpointer, check_resumable, checkpoint_root
+from atlas_pl.federation.resume import RoundCheckpointer, check_resumable, check_settings, checkpoint_root
 from atlas_pl.federation.setup import build_federation
 from atlas_pl.tracking.results import peak_memory, versions, write_json
 from atlas_pl.tracking.tracker import Tracker
@@ -30,11 +32,23 @@ log = logging.getLogger(__name__)
 
 DONE = "done"
 FAILED = "failed.json"
-JOB_FILES = ("metrics.jsonl", "summary.json", DONE, FAILED, "checkpoints")
+JOB_FILES = ("job_config.json", "metrics.jsonl", "summary.json", DONE, FAILED, "checkpoints")
 
 
 class JobDirectoryError(RuntimeError):
     """The output directory already holds a job and resume is off: refusing to overwrite it."""
+
+
+def _lock(out_dir: Path) -> int:
+    """Hold `out_dir/.lock` for the job's lifetime: a second process (a sweep re-run started while the
+    first still runs) is refused instead of writing the same checkpoints and metrics concurrently."""
+    fd = os.open(out_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as err:
+        os.close(fd)
+        raise JobDirectoryError(f"{out_dir} is in use by another running atlas_pl process") from err
+    return fd
 
 
 def _prepare(cfg: DictConfig, out_dir: Path) -> tuple[float | None, Checkpoint | None]:
@@ -49,9 +63,29 @@ def _prepare(cfg: DictConfig, out_dir: Path) -> tuple[float | None, Checkpoint |
         return None, None
     done = out_dir / DONE
     if done.is_file():
-        metric = float(json.loads(done.read_text())["final_mean_primary"])
-        log.info("resume=true: %s is done (final mean primary %.4f); skipped", out_dir, metric)
-        return metric, None
+        marker = json.loads(done.read_text())
+        if "config" in marker:
+            check_settings(cfg, marker["config"], done)
+        rounds, finished_round = int(cfg.fed.rounds), int(marker["round"])
+        if rounds == finished_round:
+            metric = float(marker["final_mean_primary"])
+            log.info("resume=true: %s is done (final mean primary %.4f); skipped", out_dir, metric)
+            return metric, None
+        if rounds < finished_round:
+            raise CheckpointError(
+                f"resume=true: {out_dir} is done after {finished_round} rounds, fed.rounds={rounds} asks "
+                f"for fewer; valid: fed.rounds >= {finished_round} (more rounds extend the job)"
+            )
+        checkpoint = latest_checkpoint(checkpoint_root(out_dir))
+        if checkpoint is None or checkpoint.round != finished_round:
+            raise CheckpointError(
+                f"resume=true: cannot extend {out_dir} to {rounds} rounds: no checkpoint of its last round "
+                f"{finished_round} (checkpoint.enabled was false?)"
+            )
+        check_resumable(cfg, checkpoint)
+        log.info("resume=true: extending %s from %d to %d rounds", out_dir, finished_round, rounds)
+        done.unlink()
+        return None, checkpoint
     checkpoint = latest_checkpoint(checkpoint_root(out_dir))
     if checkpoint is None:
         log.info("resume=true: no checkpoint in %s; starting from round 1", out_dir)
@@ -78,12 +112,26 @@ def run_job(cfg: DictConfig) -> float:
     out_dir = Path(str(cfg.paths.output_dir))
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
+        lock = _lock(out_dir)
         finished, checkpoint = _prepare(cfg, out_dir)
     except (CheckpointError, JobDirectoryError) as err:
         print(f"atlas_pl: {err}", file=sys.stderr)
         sys.exit(2)
-    if finished is not None:
-        return finished
+    try:
+        if finished is not None:
+            return finished
+        return _run(cfg, out_dir, checkpoint, started)
+    finally:
+        os.close(lock)  # releases the flock
+
+
+def _run(cfg: DictConfig, out_dir: Path, checkpoint: Checkpoint | None, started: float) -> float:
+    if (out_dir / FAILED).exists():  # an earlier attempt's failure: kept, but no longer the job's state
+        os.replace(out_dir / FAILED, out_dir / "failed.previous.json")
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    if checkpoint is None:
+        # the job's own settings: Hydra rewrites .hydra/ whenever anything is launched into this directory
+        write_json(out_dir / "job_config.json", resolved)
     checkpointer = RoundCheckpointer(cfg, out_dir, checkpoint, started)
     if checkpoint is None and (out_dir / "metrics.jsonl").exists():
         (out_dir / "metrics.jsonl").unlink()  # resume=true without a checkpoint: the partial history restarts
@@ -99,7 +147,7 @@ def run_job(cfg: DictConfig) -> float:
         summary = {
             "status": "completed",
             "ablation": ablation,
-            "config": OmegaConf.to_container(cfg, resolve=True),
+            "config": resolved,
             "model": {
                 "name": fed.spec.name,
                 "family": fed.spec.family,
@@ -148,6 +196,7 @@ def run_job(cfg: DictConfig) -> float:
                 "final_mean_primary": final["mean_primary"],
                 "round": final["round"],
                 "time": datetime.now(timezone.utc).isoformat(),
+                "config": resolved,  # a later resume=true checks it is asked for the same job
             },
         )
         (out_dir / FAILED).unlink(missing_ok=True)  # an earlier attempt's failure is history now

@@ -16,6 +16,7 @@ import torch
 from atlas_pl.federation.checkpoint import (
     CheckpointError,
     complete_rounds,
+    config_differences,
     latest_checkpoint,
     load_checkpoint,
     optimizer_tensors,
@@ -89,7 +90,8 @@ def _metrics(run_dir: Path) -> list[dict]:
 
 
 def _results(run_dir: Path) -> dict[Path, int]:
-    """The job's result files and checkpoints with their mtimes (Hydra's own .hydra/ and log excluded)."""
+    """The job's files and checkpoints with their mtimes; not Hydra's .hydra/ and log, which Hydra rewrites
+    whenever anything is launched into the directory (job_config.json keeps the job's own settings)."""
     return {
         p: p.stat().st_mtime_ns
         for p in run_dir.rglob("*")
@@ -170,6 +172,57 @@ def test_resume_under_different_settings_is_refused_naming_them(uninterrupted, t
     assert not (run_dir / "done").exists()
 
 
+def test_a_done_job_is_extended_by_more_rounds_and_refuses_fewer_or_other_settings(
+    uninterrupted, tmp_path
+) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(uninterrupted, run_dir)
+    base = [o for o in SMOKE if not o.startswith("fed.rounds")]
+    fewer = _cli(tmp_path, run_dir, *base, "fed.rounds=1", "logger=csv", "resume=true")
+    assert fewer.returncode == 2 and "fed.rounds >= 2" in fewer.stderr, fewer.stderr[-2000:]
+    other_eta = [o for o in SMOKE if not o.startswith("fed.eta")]
+    other = _cli(tmp_path, run_dir, *other_eta, "fed.eta=0.3", "logger=csv", "resume=true")
+    assert other.returncode == 2 and "fed.eta: 0.5 -> 0.3" in other.stderr, other.stderr[-2000:]
+    assert json.loads((run_dir / "done").read_text())["round"] == 2  # both refusals left the job as it was
+
+    more = _cli(tmp_path, run_dir, *base, "fed.rounds=3", "logger=csv", "resume=true")
+    assert more.returncode == 0, more.stderr[-4000:]
+    assert "extending" in more.stdout + more.stderr
+    records = _metrics(run_dir)
+    assert [r["round"] for r in records] == [1, 2, 3]
+    assert records[:2] == _metrics(uninterrupted)
+    assert json.loads((run_dir / "done").read_text())["round"] == 3
+    assert json.loads((run_dir / "summary.json").read_text())["overhead"]["fit_calls"] == 3 * 9
+
+
+def test_a_job_directory_in_use_is_refused(uninterrupted, tmp_path) -> None:
+    import fcntl
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(uninterrupted, run_dir)
+    (run_dir / "done").unlink()
+    with (run_dir / ".lock").open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        result = _cli(tmp_path, run_dir, *SMOKE, "logger=csv", "resume=true")
+    assert result.returncode == 2 and "in use by another running atlas_pl process" in result.stderr
+
+
+def test_settings_check_ignores_paths_and_keys_newer_than_the_checkpoint() -> None:
+    saved = {
+        "fed": {"lr": 0.01, "rounds": 2},
+        "data": {"glue_dir": "/a/glue", "max_len": 32},
+        "paths": {"x": 1},
+    }
+    current = {
+        "fed": {"lr": 0.01, "rounds": 5, "new_setting": 1},
+        "data": {"glue_dir": "/b/glue", "max_len": 32},
+        "paths": {"x": 2},
+    }
+    assert config_differences(saved, current) == []
+    current["data"]["max_len"] = 64
+    assert config_differences(saved, current) == ["data.max_len: 32 -> 64"]
+
+
 def test_centralized_resumes_exactly_too(tmp_path) -> None:
     """The centralized pipeline: shared adapter, heads, loader orders and RNGs come back from round 1."""
     overrides = [
@@ -216,7 +269,8 @@ def test_sweep_rerun_skips_finished_jobs_and_resumes_the_others(tmp_path) -> Non
     assert multirun().returncode == 0
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
     assert [j.name for j in jobs] == [
-        f"{i}_+experiment=smoke,checkpoint.keep=0,fed.rounds=2,seed={i}" for i in (0, 1)
+        f"{i}_+experiment=smoke,fed.rounds=2,seed={i}"
+        for i in (0, 1)  # checkpoint.* is not in names
     ]
     finished, killed = jobs
     reference = _metrics(killed)

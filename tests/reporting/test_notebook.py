@@ -35,3 +35,31 @@ def test_notebook_runs_on_a_multirun(smoke_multirun: Path, monkeypatch: pytest.M
     assert len(images) == 6  # every figure, the eta sweep included (2 etas)
     tables = [o for o in outputs if "text/html" in o.get("data", {})]
     assert any("atlas (eta=0.5)" in o["data"]["text/html"] for o in tables)
+
+
+@pytest.mark.parametrize("case", ["partial_only", "no_jobs"])
+def test_notebook_runs_without_a_completed_job(
+    case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_dir = tmp_path / "multirun"
+    job = run_dir / "0_seed=0"
+    (job / ".hydra").mkdir(parents=True)
+    if case == "partial_only":  # started, killed before its first round completed
+        (job / ".hydra" / "config.yaml").write_text("seed: 0\nablation:\n  name: fedavg\nfed:\n  rounds: 3\n")
+    monkeypatch.setenv("ATLAS_RUN_DIR", str(run_dir if case == "partial_only" else tmp_path / "absent"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}
+    ).execute()
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    outputs = [o for c in code for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert not [o for o in outputs if "image/png" in o.get("data", {})]
+    printed = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert "no statistics to show" in printed and "no figures to draw" in printed
+    if case == "partial_only":
+        assert "No completed job yet" in printed
+        assert any("partial" in o.get("data", {}).get("text/html", "") for o in outputs)
+    else:
+        assert "Nothing to analyse" in printed and "No job found" in printed

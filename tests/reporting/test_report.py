@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from atlas_pl.report import main
+from atlas_pl.reporting import load_job
 
 from ..conftest import REPO_ROOT
 
@@ -171,3 +172,91 @@ def test_empty_directory_fails_clearly(tmp_path: Path) -> None:
 
 def test_missing_directory_fails_clearly(tmp_path: Path) -> None:
     assert main([str(tmp_path / "absent")]) == 2
+
+
+def _set_config(job: Path, edit) -> None:
+    """Apply `edit` to the config in every file of `job` that records one (summary.json, job_config.json,
+    checkpoints' state.json) and to .hydra/config.yaml, as if the job had been run with those settings."""
+    from omegaconf import OmegaConf
+
+    for path in [job / "summary.json", job / "job_config.json", *job.glob("checkpoints/round_*/state.json")]:
+        if path.is_file():
+            payload = json.loads(path.read_text())
+            edit(payload if path.name == "job_config.json" else payload["config"])
+            path.write_text(json.dumps(payload))
+    hydra = OmegaConf.to_container(OmegaConf.load(job / ".hydra" / "config.yaml"))
+    edit(hydra)
+    (job / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(hydra)))
+
+
+def test_a_job_with_other_settings_forms_its_own_group(smoke_multirun: Path, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    shutil.copytree(smoke_multirun, runs)
+    originals = sorted(p for p in runs.iterdir() if p.is_dir())
+    source = next(j for j in originals if _job_values(j)["eta"] == 0.1 and _job_values(j)["seed"] == 0)
+    copy = runs / "4_local_epochs_2"
+    shutil.copytree(source, copy)
+    _set_config(copy, lambda cfg: cfg["fed"].update(local_epochs=2))
+    # the copy's numbers differ from its source's, so pooling it would move the source group's mean
+    records = [json.loads(line) for line in (copy / "metrics.jsonl").read_text().splitlines()]
+    for client in records[-1]["clients"].values():
+        client["primary"] = client["primary"] / 2
+    for task in records[-1]["per_task"].values():
+        task["primary"], task["worst_primary"] = task["primary"] / 2, task["worst_primary"] / 2
+    (copy / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    out = tmp_path / "report"
+    assert main([str(runs), "--out", str(out)]) == 0
+    rows = _csv(out / "report.csv")
+    # the original groups: the same numbers as without the copy, under labels that say their setting
+    expected = {
+        (label.replace(")", ", fed.local_epochs=1)"), task): row
+        for (label, task), row in _expected(originals).items()
+    }
+    expected.update(
+        {("atlas (eta=0.1, fed.local_epochs=2)", task): row for (_, task), row in _expected([copy]).items()}
+    )
+    _assert_matches(rows, expected)
+    assert {r["settings"] for r in rows.values()} == {"fed.local_epochs=1", "fed.local_epochs=2"}
+
+    report = (out / "report.md").read_text()
+    assert "Settings that differ here: `fed.local_epochs`." in report
+    assert "more than once" not in report
+    assert any(line.startswith("| atlas (eta=0.1, fed.local_epochs=2) | 0 |") for line in report.splitlines())
+
+    # in the figures it keeps atlas's colour family: a shade of the same hue, distinct from its siblings
+    from matplotlib.colors import rgb_to_hsv, to_rgb
+
+    from atlas_pl.reporting import aggregate, load_jobs
+    from atlas_pl.reporting.figures import ABLATION_COLORS, group_styles
+
+    groups = aggregate(load_jobs(runs))
+    colors = [style.color for style in group_styles(groups).values()]
+    assert len(set(colors)) == len(groups) == 3
+    hue = rgb_to_hsv(to_rgb(ABLATION_COLORS["atlas"]))[0]
+    assert all(rgb_to_hsv(to_rgb(c))[0] == pytest.approx(hue, abs=0.01) for c in colors)
+
+
+def test_a_partial_job_is_filed_under_its_job_config_not_a_later_hydra_config(
+    smoke_multirun: Path, tmp_path: Path
+) -> None:
+    runs = tmp_path / "runs"
+    shutil.copytree(smoke_multirun, runs)
+    jobs = sorted(p for p in runs.iterdir() if p.is_dir())
+    killed = next(j for j in jobs if _job_values(j)["eta"] == 0.1)
+    config = json.loads((killed / "summary.json").read_text())["config"]
+    (killed / "job_config.json").write_text(json.dumps(config))
+    for name in ("summary.json", "done"):
+        (killed / name).unlink()
+    # a later launch into the same directory (refused: it holds a job) rewrote .hydra with another eta
+    hydra = (killed / ".hydra" / "config.yaml").read_text()
+    assert "eta: 0.1\n" in hydra
+    (killed / ".hydra" / "config.yaml").write_text(hydra.replace("eta: 0.1\n", "eta: 0.5\n"))
+
+    loaded = load_job(killed)
+    assert (loaded.status, loaded.config_source, loaded.eta) == ("partial", "job_config.json", 0.1)
+    out = tmp_path / "report"
+    assert main([str(runs), "--out", str(out)]) == 0
+    _assert_matches(_csv(out / "report.csv"), _expected([j for j in jobs if j != killed]))
+    line = next(line for line in (out / "report.md").read_text().splitlines() if f"`{killed.name}`" in line)
+    assert "| partial | atlas (eta=0.1) |" in line and ".hydra" not in line

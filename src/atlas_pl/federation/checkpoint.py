@@ -31,7 +31,16 @@ FORMAT = 1
 TENSORS = "tensors.safetensors"
 STATE = "state.json"
 # keys that may differ between the run that wrote a checkpoint and the one resuming it
-RESUMABLE_DIFFERENCES = ("resume", "logger", "paths", "fed.rounds", "trainer.num_threads", "checkpoint")
+RESUMABLE_DIFFERENCES = (
+    "resume",
+    "logger",
+    "paths",
+    "data.glue_dir",  # resolved from paths: a moved checkout or another mount is the same data
+    "data.cache_dir",
+    "fed.rounds",
+    "trainer.num_threads",
+    "checkpoint",
+)
 
 
 class CheckpointError(ValueError):
@@ -77,9 +86,9 @@ def save_checkpoint(
     """Write round `round_index` atomically and keep only the newest `keep` rounds (0 = keep all)."""
     root.mkdir(parents=True, exist_ok=True)
     final = round_dir(root, round_index)
+    for stale in root.glob(".round_*.tmp-*"):  # left by a process killed mid-write (one writer per job)
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = root / f".{final.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
     tmp.mkdir()
     cpu = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     save_file(cpu, str(tmp / TENSORS))
@@ -163,20 +172,24 @@ def comparable_config(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """'key: saved -> current' for every setting that differs (resuming under them would mix two runs)."""
+    """'key: saved -> current' for every saved setting that differs (resuming would mix two runs).
+
+    Keys the saved config does not have are settings added to atlas_pl since; their defaults keep the
+    old behaviour, so they do not block resuming an older checkpoint.
+    """
     a, b = comparable_config(saved), comparable_config(current)
-    return [
-        f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
-        for k in sorted(set(a) | set(b))
-        if a.get(k, "<absent>") != b.get(k, "<absent>")
-    ]
+    return [f"{k}: {a[k]!r} -> {b.get(k, '<absent>')!r}" for k in sorted(a) if a[k] != b.get(k, "<absent>")]
 
 
 # ---- what goes in: RNG states, optimizer moments, module parameters ----
 
 
 def rng_state() -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Python, NumPy and torch global RNG states as (JSON part, tensor part)."""
+    """Python, NumPy and torch global RNG states as (JSON part, tensor part).
+
+    On a GPU run, the current CUDA device's generator too (only when CUDA is already in use: asking for
+    the state would otherwise start CUDA on every visible GPU for a CPU job).
+    """
     version, internal, gauss = random.getstate()
     name, keys, pos, has_gauss, cached = np.random.get_state()
     json_part = {
@@ -184,9 +197,8 @@ def rng_state() -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
     }
     tensors = {"rng/torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng/cuda/{i}"] = s
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors["rng/cuda"] = torch.cuda.get_rng_state()
     return json_part, tensors
 
 
@@ -196,9 +208,11 @@ def restore_rng(json_part: Mapping[str, Any], tensors: Mapping[str, torch.Tensor
     name, keys, pos, has_gauss, cached = json_part["numpy"]
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(tensors["rng/torch"])
-    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng/cuda/"))]
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda)
+    if "rng/cuda" in tensors:
+        if torch.cuda.is_available():
+            torch.cuda.set_rng_state(tensors["rng/cuda"])
+        else:
+            log.warning("the checkpoint comes from a GPU run; resumed on CPU it will not repeat it exactly")
 
 
 def optimizer_tensors(prefix: str, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:

@@ -340,6 +340,7 @@ def run_federation(
         },
         "generators": [loader.generator for loader in loaders],
     }
+    step_before = float(state.get("step_seconds", 0.0)) if resuming else 0.0  # earlier processes'
     if resuming:
         checkpointer.restore(**stateful)
         for trainer in trainers:
@@ -387,19 +388,17 @@ def run_federation(
             )
         finish_round(round_index, evals, train_loss, train_seconds, round_start)
         if checkpointer is not None:
-            checkpointer.save(
-                round_index,
-                json_state=_json_state(result, fed, orchestrator, cumulative, fit_seconds),
-                **stateful,
-            )
+            json_state = _json_state(result, fed, orchestrator, cumulative, fit_seconds)
+            json_state["step_seconds"] = step_before + sum(c.step_seconds for c in clients)
+            checkpointer.save(round_index, json_state=json_state, **stateful)
     progress.close()
-    step_seconds = sum(c.step_seconds for c in clients)
+    step_seconds = step_before + sum(c.step_seconds for c in clients)
     result.overhead = {
         "fit_seconds": fit_seconds,
         "step_seconds": step_seconds,
         "lightning_overhead_seconds": fit_seconds - step_seconds,
         "overhead_fraction": (fit_seconds - step_seconds) / step_seconds if step_seconds else 0.0,
-        "fit_calls": (rounds - start_round + 1) * len(participants),
+        "fit_calls": rounds * len(participants),
     }
     return result
 

@@ -38,19 +38,24 @@ def checkpoint_root(out_dir: Path) -> Path:
     return out_dir / "checkpoints"
 
 
-def check_resumable(cfg: DictConfig, checkpoint: Checkpoint) -> None:
-    """Refuse, before any work, to continue a checkpoint under different settings or past its rounds."""
+def check_settings(cfg: DictConfig, saved_config: Mapping[str, Any], source: Path) -> None:
+    """Refuse, before any work, to continue a job (from `source`) under settings it was not run with."""
     current = OmegaConf.to_container(cfg, resolve=True)
-    differences = config_differences(checkpoint.state["config"], current)
+    differences = config_differences(saved_config, current)
     if differences:
         shown = "; ".join(differences[:8]) + (
             f"; and {len(differences) - 8} more" if len(differences) > 8 else ""
         )
         raise CheckpointError(
-            f"resume=true: {checkpoint.path} was written with different settings ({shown}); "
-            "resume with the original settings (only fed.rounds, logger, paths and checkpoint.* may change), "
-            "or start a new run in another directory"
+            f"resume=true: {source} was written with different settings ({shown}); resume with the "
+            "original settings (only fed.rounds, logger, paths, trainer.num_threads and checkpoint.* may "
+            "change), or start a new run in another directory"
         )
+
+
+def check_resumable(cfg: DictConfig, checkpoint: Checkpoint) -> None:
+    """Same settings, and not asked to stop before the round the checkpoint is already past."""
+    check_settings(cfg, checkpoint.state["config"], checkpoint.path)
     if int(cfg.fed.rounds) < checkpoint.round:
         raise CheckpointError(
             f"resume=true: {checkpoint.path} is after round {checkpoint.round} but fed.rounds="

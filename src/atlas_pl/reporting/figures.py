@@ -2,8 +2,9 @@
 
 No pyplot: nothing global is touched, so the figures render the same from the CLI, a test or a notebook
 (where a returned Figure displays inline). Every figure colours a group the same way (`group_styles`): one
-fixed colour-blind-safe colour per ablation (Okabe–Ito), and for ATLAS one shade of its colour per eta, darker
-for larger eta, so a reader can carry the colour from one figure to the next.
+fixed colour-blind-safe colour per ablation (Okabe–Ito), and where an ablation has several groups (ATLAS's
+etas, or other settings that differ between the jobs) one shade of its colour per group, lighter to darker in
+report order (larger eta darker), so a reader can carry the colour from one figure to the next.
 """
 
 from __future__ import annotations
@@ -22,7 +23,16 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from atlas_pl.reporting.names import ETA_ABLATIONS, GroupKey, metric_name, task_metric_title, task_title
+from atlas_pl.reporting.names import (
+    ETA_ABLATIONS,
+    GroupKey,
+    group_label,
+    group_sort_key,
+    metric_name,
+    settings_text,
+    task_metric_title,
+    task_title,
+)
 from atlas_pl.reporting.reader import Job
 from atlas_pl.reporting.tables import MB, Group, all_tasks
 
@@ -74,22 +84,23 @@ class Style:
 def group_styles(groups: Sequence[Group]) -> dict[GroupKey, Style]:
     """The colour and marker of each group, fixed per ablation so every figure agrees.
 
-    Eta variants of an ablation get shades of its colour, light to dark with increasing eta (a single eta
-    keeps the ablation's own colour).
+    Several groups of one ablation (eta variants, or other settings that split the jobs) get shades of its
+    colour, light to dark in report order, so with increasing eta (a single group keeps the ablation's own
+    colour).
     """
     keys = [g.key for g in groups]
     styles: dict[GroupKey, Style] = {}
-    unknown = sorted({a for a, _ in keys if a not in ABLATION_COLORS})
+    unknown = sorted({k[0] for k in keys if k[0] not in ABLATION_COLORS})
     for i, key in enumerate(keys):
-        ablation, eta = key
+        ablation = key[0]
         if ablation in ABLATION_COLORS:
             base = ABLATION_COLORS[ablation]
         else:
             base = _EXTRA_COLORS[unknown.index(ablation) % len(_EXTRA_COLORS)]
-        siblings = sorted(e for a, e in keys if a == ablation and e is not None)
+        siblings = sorted({k for k in keys if k[0] == ablation}, key=group_sort_key)
         color = base
-        if eta is not None and len(siblings) > 1:
-            color = _shade(base, -0.4 + 0.8 * siblings.index(eta) / (len(siblings) - 1))
+        if len(siblings) > 1:
+            color = _shade(base, -0.4 + 0.8 * siblings.index(key) / (len(siblings) - 1))
         depth = (len(keys) - 1 - i) / max(1, len(keys) - 1)
         styles[key] = Style(
             color=color,
@@ -258,22 +269,22 @@ def ablation_comparison(groups: Sequence[Group]) -> Figure:
 
 
 def eta_groups(groups: Sequence[Group]) -> dict[str, list[Group]]:
-    """Per eta-using ablation, its groups in eta order, where it was run at two or more etas."""
-    out = {}
+    """Per eta-using ablation and settings (`atlas`, or `atlas (fed.local_epochs=2)` when other settings
+    split the jobs), its groups in eta order, where it was run at two or more etas."""
+    sweeps: dict[str, list[Group]] = {}
     for ablation in ETA_ABLATIONS:
-        members = sorted(
-            (g for g in groups if g.ablation == ablation and g.eta is not None), key=lambda g: g.eta
-        )
-        if len(members) >= 2:
-            out[ablation] = members
-    return out
+        for g in groups:
+            if g.ablation == ablation and g.eta is not None:
+                sweeps.setdefault(group_label((ablation, None, g.settings)), []).append(g)
+    return {name: sorted(m, key=lambda g: g.eta) for name, m in sweeps.items() if len(m) >= 2}
 
 
 def eta_sweep(groups: Sequence[Group]) -> Figure | None:
     """Last-round metric against eta per task, with the other groups as reference lines; None below 2 etas.
 
     The axis is categorical (eta = 0 has no place on a log axis and the values run is what matters); each
-    point keeps its group's shade, so it matches the same group's curve in the other figures.
+    point keeps its group's shade, so it matches the same group's curve in the other figures. Sweeps of one
+    ablation under different settings share the axis and the colour, and differ by marker.
     """
     sweeps = eta_groups(groups)
     if not sweeps:
@@ -282,15 +293,19 @@ def eta_sweep(groups: Sequence[Group]) -> Figure | None:
     tasks = all_tasks(groups)
     fig = _new_figure(4.0 * len(tasks) + 0.6, 4.6)
     axes = fig.subplots(1, len(tasks), squeeze=False)[0]
-    others = [g for g in groups if g.ablation not in sweeps]
-    kinds = (("mean", "-", "o", -0.05, "mean over clients"), ("worst", ":", "v", 0.05, "worst client"))
+    swept = {id(g) for members in sweeps.values() for g in members}
+    others = [g for g in groups if id(g) not in swept]
+    etas = sorted({g.eta for members in sweeps.values() for g in members})
+    line_colors = {name: ABLATION_COLORS.get(m[0].ablation, "#555555") for name, m in sweeps.items()}
+    kinds = (("mean", "-", -0.05, "mean over clients"), ("worst", ":", 0.05, "worst client"))
+    markers = {name: (("o", "v"), ("s", "^"), ("D", "<"), ("P", ">"))[i % 4] for i, name in enumerate(sweeps)}
     for ax, task in zip(axes, tasks):
-        for ablation, members in sweeps.items():
-            pos = np.arange(len(members))
-            for attr, ls, marker, shift, _ in kinds:
+        for name, members in sweeps.items():
+            pos = np.array([etas.index(g.eta) for g in members])
+            for (attr, ls, shift, _), marker in zip(kinds, markers[name]):
                 stats = [getattr(g.per_task[task], attr) if task in g.per_task else None for g in members]
                 means = np.array([s.mean if s else np.nan for s in stats])
-                ax.plot(pos + shift, means, color=ABLATION_COLORS.get(ablation, "#555555"), ls=ls, lw=1.4)
+                ax.plot(pos + shift, means, color=line_colors[name], ls=ls, lw=1.4)
                 for p, g, stat in zip(pos, members, stats):
                     if stat is not None:
                         ax.errorbar(
@@ -302,8 +317,8 @@ def eta_sweep(groups: Sequence[Group]) -> Figure | None:
                             ms=6,
                             capsize=3,
                         )
-            ax.set_xticks(pos, [f"{g.eta:g}" for g in members])
-            ax.set_xlim(-0.5, len(members) - 0.5)
+        ax.set_xticks(np.arange(len(etas)), [f"{eta:g}" for eta in etas])
+        ax.set_xlim(-0.5, len(etas) - 0.5)
         for g in others:
             if task in g.per_task:
                 ax.axhline(g.per_task[task].mean.mean, color=styles[g.key].color, ls="--", lw=1.2)
@@ -313,9 +328,9 @@ def eta_sweep(groups: Sequence[Group]) -> Figure | None:
         ax.grid(alpha=0.3)
     fig.suptitle("Eta sweep (mean over seeds, error bars: std over seeds)", fontsize=11)
     handles = [
-        Line2D([], [], color=ABLATION_COLORS.get(a, "#555555"), ls=ls, marker=m, label=f"{a}, {what}")
-        for a in sweeps
-        for _, ls, m, _, what in kinds
+        Line2D([], [], color=line_colors[name], ls=ls, marker=marker, label=f"{name}, {what}")
+        for name in sweeps
+        for (_, ls, _, what), marker in zip(kinds, markers[name])
     ] + [
         Line2D([], [], color=styles[g.key].color, ls="--", label=f"{g.label}, mean over clients")
         for g in others
@@ -358,18 +373,26 @@ def _same(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def _panel_title(members: Sequence[Group], job: Job, width: int = 60) -> str:
-    """`local_only, atlas (eta=0, 0.1, 0.5), seed 0`: the groups sharing a panel, etas folded together."""
-    names: list[str] = []
-    etas: dict[str, list[float]] = {}
+    """`local_only, atlas (eta=0, 0.1, 0.5), seed 0`: the groups sharing a panel, etas folded together
+    (`atlas (eta=0.1, 0.5; fed.local_epochs=2)` where other settings split the groups)."""
+    names: list[str | tuple] = []
+    etas: dict[tuple, list[float]] = {}
     for g in members:
         if g.eta is None:
             names.append(g.label)
         else:
-            if g.ablation not in etas:
-                names.append(g.ablation)
-            etas.setdefault(g.ablation, []).append(g.eta)
-    names = [f"{n} (eta={', '.join(f'{e:g}' for e in etas[n])})" if n in etas else n for n in names]
-    return "\n".join(textwrap.wrap(f"{', '.join(names)}; seed {job.seed}", width))
+            base = (g.ablation, g.settings)
+            if base not in etas:
+                names.append(base)
+            etas.setdefault(base, []).append(g.eta)
+    shown = [
+        n
+        if isinstance(n, str)
+        else f"{n[0]} (eta={', '.join(f'{e:g}' for e in etas[n])}"
+        + (f"; {settings_text(n[1])})" if n[1] else ")")
+        for n in names
+    ]
+    return "\n".join(textwrap.wrap(f"{', '.join(shown)}; seed {job.seed}", width))
 
 
 def _adjacency_matrix(job: Job) -> tuple[np.ndarray] | None:

@@ -6,6 +6,8 @@ One place for these so the markdown table, the CSV, every figure and the noteboo
 
 from __future__ import annotations
 
+import re
+
 from atlas_pl.data.errors import DataError
 from atlas_pl.data.tasks import task_spec
 
@@ -34,25 +36,59 @@ _TASK_TITLES = {
 }
 _METRIC_TITLES = {"accuracy": "accuracy", "f1": "F1", "mcc": "MCC"}
 
-GroupKey = tuple[str, "float | None"]
+# A group's settings beyond ablation and eta: (shown key, value) pairs, e.g. (("fed.local_epochs", "2"),).
+Settings = tuple[tuple[str, str], ...]
+GroupKey = tuple[str, "float | None", Settings]
 
 
-def group_key(ablation: str, eta: float | None) -> GroupKey:
-    """(ablation, eta) where eta is kept only for ablations that use it, so fedavg runs are one group."""
-    return (ablation, float(eta) if ablation in ETA_ABLATIONS and eta is not None else None)
+def group_key(ablation: str, eta: float | None, settings: Settings = ()) -> GroupKey:
+    """(ablation, eta, settings) where eta is kept only for ablations that use it, so fedavg runs are one
+    group; `settings` are the other config settings that split the jobs (`reporting.split`), usually none."""
+    return (
+        ablation,
+        float(eta) if ablation in ETA_ABLATIONS and eta is not None else None,
+        tuple(settings),
+    )
+
+
+def settings_text(settings: Settings) -> str:
+    """`fed.local_epochs=2, model=tiny_bert`: a group's settings as its label shows them."""
+    return ", ".join(f"{key}={value}" for key, value in settings)
 
 
 def group_label(key: GroupKey) -> str:
-    """`atlas (eta=0.1)` or `fedavg`: the label of a group in every table, legend and file."""
-    ablation, eta = key
-    return f"{ablation} (eta={eta:g})" if eta is not None else ablation
+    """`atlas (eta=0.1)`, `fedavg` or `fedavg (fed.local_epochs=2)`: the label of a group in every table,
+    legend and file."""
+    ablation, eta, settings = key
+    parts = ([f"eta={eta:g}"] if eta is not None else []) + ([settings_text(settings)] if settings else [])
+    return f"{ablation} ({', '.join(parts)})" if parts else ablation
 
 
-def group_sort_key(key: GroupKey) -> tuple[int, str, float]:
-    """Known ablations in ABLATION_ORDER, unknown ones after them alphabetically; etas ascending."""
-    ablation, eta = key
+def group_sort_key(key: GroupKey) -> tuple:
+    """Known ablations in ABLATION_ORDER, unknown ones after them alphabetically; etas ascending, then the
+    settings (numbers in numeric order)."""
+    ablation, eta, settings = key
     rank = ABLATION_ORDER.index(ablation) if ablation in ABLATION_ORDER else len(ABLATION_ORDER)
-    return (rank, ablation, -1.0 if eta is None else eta)
+    return (
+        rank,
+        ablation,
+        -1.0 if eta is None else eta,
+        tuple((name, value_sort_key(value)) for name, value in settings),
+    )
+
+
+def value_sort_key(text: str) -> tuple:
+    """Numbers in numeric order (`5e-4` before `0.001`, `2` before `10`), then text with digit runs
+    compared as numbers."""
+    try:
+        return (0, float(text), [])
+    except ValueError:
+        return (1, 0.0, natural_key(text))
+
+
+def natural_key(text: str) -> list[tuple[int, int | str]]:
+    """`2_x` before `10_x`: digit runs compare as numbers."""
+    return [(0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", text)]
 
 
 def metric_name(task: str) -> str:

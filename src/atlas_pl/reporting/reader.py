@@ -5,6 +5,13 @@ notebook) goes through `load_jobs`, so they agree on which jobs count. A job's s
 of DESIGN.md §7: *completed* (a `done` marker, or summary.json `status: completed` for runs older than the
 marker), *failed* (`failed.json`), otherwise *partial* (killed or still running). Only completed jobs enter
 the statistics; the others are kept and listed so nothing disappears silently.
+
+A job's settings come from, in order: summary.json `config` (a completed job), `job_config.json` (the
+resolved config the job writes at its first start), the newest `checkpoints/round_*/state.json` `config`,
+and last `.hydra/config.yaml`, which Hydra rewrites whenever anything is launched into the directory (a
+later relaunch, even one the job refused, so it may not describe the job). `load_jobs` then sets each
+job's `settings`: the config settings besides ablation, eta and seed that differ between the jobs
+(`reporting.split`), which keep a sweep over them from being pooled as if its runs were seeds.
 """
 
 from __future__ import annotations
@@ -16,11 +23,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from atlas_pl.reporting.names import GroupKey, group_key, group_label
+from atlas_pl.reporting.names import GroupKey, Settings, group_key, group_label, natural_key
+from atlas_pl.reporting.split import assign_settings
 
 COMPLETED, PARTIAL, FAILED = "completed", "partial", "failed"
 # Any of these makes a directory a job directory (a Hydra job writes .hydra/ before anything else).
-JOB_MARKERS = ("metrics.jsonl", "summary.json", "done", "failed.json", "checkpoints", ".hydra")
+JOB_MARKERS = (
+    "metrics.jsonl",
+    "summary.json",
+    "job_config.json",
+    "done",
+    "failed.json",
+    "checkpoints",
+    ".hydra",
+)
+HYDRA_CONFIG = ".hydra/config.yaml"
 # Subdirectories that never hold jobs: skipping them keeps the walk cheap on large output trees.
 _SKIP_DIRS = {"wandb", "checkpoints", "csv", "figures", "__pycache__", "node_modules"}
 
@@ -45,11 +62,14 @@ class Job:
     allocation: dict[str, Any] | None = None
     error: str | None = None
     problems: list[str] = field(default_factory=list)
+    config_source: str | None = None  # the file `config` was read from, relative to the job directory
+    settings: Settings = ()  # the settings that split groups (reporting.split), set by load_jobs/aggregate
 
     @property
     def key(self) -> GroupKey:
-        """The group this job's seed belongs to: (ablation, eta), eta only for ablations that use it."""
-        return group_key(self.ablation, self.eta)
+        """The group this job's seed belongs to: (ablation, eta, settings), eta only for ablations that use
+        it, settings the other config settings that differ between the jobs reported (usually none)."""
+        return group_key(self.ablation, self.eta, self.settings)
 
     @property
     def label(self) -> str:
@@ -98,7 +118,7 @@ def discover(root: Path | str) -> list[Path]:
             dirnames[:] = []
             continue
         dirnames[:] = [d for d in dirnames if not d.startswith(".") and d not in _SKIP_DIRS]
-    return sorted(found, key=lambda p: _natural_key(str(p.relative_to(root))))
+    return sorted(found, key=lambda p: natural_key(str(p.relative_to(root))))
 
 
 def is_job_dir(path: Path) -> bool:
@@ -106,7 +126,8 @@ def is_job_dir(path: Path) -> bool:
 
 
 def load_jobs(*roots: Path | str) -> list[Job]:
-    """Every job under each root, loaded; raises ReportError when the roots hold no job directory."""
+    """Every job under each root, loaded, with its group settings set from all of them (`settings`);
+    raises ReportError when the roots hold no job directory."""
     paths: list[Path] = []
     seen: set[Path] = set()
     for root in roots:
@@ -120,7 +141,9 @@ def load_jobs(*roots: Path | str) -> list[Job]:
             f"no job directories under {where} (looked for directories containing "
             f"{', '.join(JOB_MARKERS)}; point it at a Hydra run or multirun directory)"
         )
-    return [load_job(p) for p in paths]
+    jobs = [load_job(p) for p in paths]
+    assign_settings(jobs)
+    return jobs
 
 
 def load_job(path: Path | str) -> Job:
@@ -131,7 +154,7 @@ def load_job(path: Path | str) -> Job:
     done = (path / "done").exists()
     failed = _read_json(path / "failed.json", problems)
     records = _read_records(path / "metrics.jsonl", problems)
-    config = (summary or {}).get("config") or _read_hydra_config(path, problems)
+    config, config_source = _read_config(path, summary, problems)
 
     if done or (summary or {}).get("status") == COMPLETED:
         status = COMPLETED
@@ -160,6 +183,7 @@ def load_job(path: Path | str) -> Job:
         allocation=_read_json(path / "allocation.json", problems),
         error=error,
         problems=problems,
+        config_source=config_source,
     )
 
 
@@ -199,9 +223,40 @@ def _read_records(path: Path, problems: list[str]) -> list[dict[str, Any]]:
     return [by_round[r] for r in sorted(by_round)]
 
 
+def _read_config(path: Path, summary: Any, problems: list[str]) -> tuple[dict[str, Any], str | None]:
+    """(config, the file it came from): summary.json, job_config.json, the newest checkpoint's state.json,
+    .hydra/config.yaml, the first that has one; ({}, None) when none does."""
+    config = summary.get("config") if isinstance(summary, dict) else None
+    if isinstance(config, dict) and config:
+        return config, "summary.json"
+    config = _read_json(path / "job_config.json", problems)
+    if isinstance(config, dict) and config:
+        return config, "job_config.json"
+    for state_path in _checkpoint_states(path / "checkpoints"):
+        state = _read_json(state_path, problems)
+        config = state.get("config") if isinstance(state, dict) else None
+        if isinstance(config, dict) and config:
+            return config, str(state_path.relative_to(path))
+    config = _read_hydra_config(path, problems)
+    return (config, HYDRA_CONFIG) if config else ({}, None)
+
+
+def _checkpoint_states(root: Path) -> list[Path]:
+    """checkpoints/round_NNN/state.json, newest round first (temporary `.round_*.tmp-*` dirs are not
+    checkpoints)."""
+    if not root.is_dir():
+        return []
+    rounds = [
+        (int(m.group(1)), d / "state.json")
+        for d in root.iterdir()
+        if (m := re.fullmatch(r"round_(\d+)", d.name)) and (d / "state.json").is_file()
+    ]
+    return [state for _, state in sorted(rounds, reverse=True)]
+
+
 def _read_hydra_config(path: Path, problems: list[str]) -> dict[str, Any]:
     """The composed config Hydra saved, unresolved (interpolations need Hydra's runtime to resolve)."""
-    cfg_path = path / ".hydra" / "config.yaml"
+    cfg_path = path / HYDRA_CONFIG
     if not cfg_path.is_file():
         return {}
     from omegaconf import OmegaConf
@@ -209,7 +264,7 @@ def _read_hydra_config(path: Path, problems: list[str]) -> dict[str, Any]:
     try:
         cfg = OmegaConf.to_container(OmegaConf.load(cfg_path), resolve=False)
     except Exception as exc:  # any parse error: note it, keep the job listed
-        problems.append(f".hydra/config.yaml unreadable: {exc}")
+        problems.append(f"{HYDRA_CONFIG} unreadable: {exc}")
         return {}
     return cfg if isinstance(cfg, dict) else {}
 
@@ -220,7 +275,3 @@ def _get(config: dict[str, Any], *keys: str) -> Any:
             return None
         config = config.get(key)
     return config
-
-
-def _natural_key(text: str) -> list[Any]:
-    return [(0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", text)]

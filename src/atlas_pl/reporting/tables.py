@@ -1,6 +1,8 @@
 """Per-group statistics over seeds, and the report.md / report.csv that show them.
 
-A group is one (ablation, eta); its seeds are its completed jobs. For every task the statistic is taken
+A group is one configuration: (ablation, eta, settings), the settings being every other config setting that
+differs between the jobs (`reporting.split`; none in a plain ablation or eta sweep); its seeds are its
+completed jobs. For every task the statistic is taken
 over seeds of the last round's value: the mean over the task's clients and the worst client, each as
 mean ± population standard deviation (`statistics.pstdev`: the seeds run are the whole population being
 described, and it is 0 rather than undefined for a single seed).
@@ -17,14 +19,18 @@ from pathlib import Path
 from typing import Any
 
 from atlas_pl.reporting.names import (
+    ETA_ABLATIONS,
     GroupKey,
+    Settings,
     group_label,
     group_sort_key,
     metric_name,
+    settings_text,
     task_metric_title,
     task_sort_key,
 )
-from atlas_pl.reporting.reader import COMPLETED, PARTIAL, Job
+from atlas_pl.reporting.reader import COMPLETED, HYDRA_CONFIG, PARTIAL, Job
+from atlas_pl.reporting.split import assign_settings
 
 MB = 1e6
 
@@ -60,7 +66,8 @@ class TaskStats:
 
 @dataclass
 class Group:
-    """One (ablation, eta) over its completed seeds: the numbers of a table row and the data of figures."""
+    """One (ablation, eta, settings) over its completed seeds: the numbers of a table row and the data of
+    figures."""
 
     key: GroupKey
     jobs: list[Job]
@@ -82,6 +89,10 @@ class Group:
     @property
     def eta(self) -> float | None:
         return self.key[1]
+
+    @property
+    def settings(self) -> Settings:
+        return self.key[2]
 
     @property
     def seeds(self) -> list[int | None]:
@@ -114,7 +125,12 @@ def job_seconds(job: Job) -> float:
 
 
 def aggregate(jobs: Sequence[Job]) -> list[Group]:
-    """Groups of the completed jobs, in report order (ABLATION_ORDER, then eta)."""
+    """Groups of the completed jobs, in report order (ABLATION_ORDER, then eta, then settings).
+
+    Pass every job (not only the completed ones): the settings that split groups are found over all of
+    them and set on each (`split.assign_settings`), as `load_jobs` does, so labels agree everywhere.
+    """
+    assign_settings(jobs)
     by_key: dict[GroupKey, list[Job]] = defaultdict(list)
     for job in jobs:
         if job.status == COMPLETED:
@@ -171,6 +187,7 @@ CSV_COLUMNS = (
     "group",
     "ablation",
     "eta",
+    "settings",
     "task",
     "metric",
     "n_seeds",
@@ -199,6 +216,7 @@ def csv_rows(groups: Sequence[Group]) -> list[dict[str, Any]]:
                     "group": g.label,
                     "ablation": g.ablation,
                     "eta": "" if g.eta is None else g.eta,
+                    "settings": settings_text(g.settings),
                     "task": task,
                     "metric": metric_name(task),
                     "n_seeds": len(g.jobs),
@@ -229,7 +247,9 @@ def write_csv(groups: Sequence[Group], path: Path) -> Path:
 
 
 def incomplete_rows(jobs: Sequence[Job], root: Path | None = None) -> list[dict[str, Any]]:
-    """Partial and failed jobs (and any job with unreadable files), for the report's exclusion list."""
+    """Partial and failed jobs (and any job with unreadable files), for the report's exclusion list; `jobs`
+    are all the jobs, as for `aggregate` (their group labels depend on each other)."""
+    assign_settings(jobs)
     rows = []
     for j in jobs:
         if j.status == COMPLETED and not j.problems:
@@ -241,6 +261,10 @@ def incomplete_rows(jobs: Sequence[Job], root: Path | None = None) -> list[dict[
             detail.append("no done marker or completed summary.json: killed or still running")
         if j.status != COMPLETED and (j.path / "checkpoints").is_dir():
             detail.append("has checkpoints/ (resume=true continues it)")
+        if j.config_source == HYDRA_CONFIG:
+            detail.append(
+                f"settings from {HYDRA_CONFIG}: the last launch into the directory, maybe not this job's"
+            )
         rows.append(
             {
                 "job": _relative(j.path, root),
@@ -271,6 +295,7 @@ def markdown(
     (`figures`: file stem under figures/ -> caption)."""
     counts = {s: sum(j.status == s for j in jobs) for s in ("completed", "partial", "failed")}
     tasks = all_tasks(groups)
+    split = split_note(jobs)
     out = [
         f"# Report: {root}",
         "",
@@ -282,6 +307,7 @@ def markdown(
         "clients averaged, *worst* the task's worst client."
         + (f" Primary metric: {', '.join(task_metric_title(t) for t in tasks)}." if tasks else ""),
         "",
+        *([split, ""] if split else []),
         "## Final primary metric per task",
         "",
     ]
@@ -347,6 +373,19 @@ def markdown(
         for name, caption in figures.items():
             out += [f"![{name}](figures/{name}.png)", "", caption, ""]
     return "\n".join(out).rstrip() + "\n"
+
+
+def split_note(jobs: Sequence[Job]) -> str | None:
+    """The sentence saying which settings split the groups besides ablation and eta; None when none do."""
+    described = assign_settings(jobs).describe()
+    if described is None:
+        return None
+    return (
+        f"Groups are split by ablation, by eta for {', '.join(ETA_ABLATIONS)}, and by every other "
+        "setting whose value differs between the jobs (seed and run plumbing such as paths, logger and "
+        f"checkpoint settings aside), so each group's ± is over seeds only. Settings that differ here: "
+        f"{described}."
+    )
 
 
 def _md_table(head: list[str], rows: list[list[str]]) -> list[str]:

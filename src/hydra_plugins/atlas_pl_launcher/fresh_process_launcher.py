@@ -9,6 +9,16 @@ and a forked child would copy the parent's state, which is what we want to avoid
 ends. The job and its result travel as cloudpickle bytes over a pipe, so return values still reach the
 sweeper (Optuna needs them).
 
+A job that fails comes back as a FAILED `JobReturn`, as with Hydra's basic and joblib launchers, whatever
+went wrong: its task raised, it called sys.exit (atlas_pl does on an invalid config), it ran past
+`timeout`, or its process died. `launch()` itself does not raise for a job, so the sweeper decides: Hydra's
+basic sweeper reads every return value and so raises the first failure (the sweep still fails, with the
+job's error), and Optuna's counts failed trials against `max_failure_rate`. The error is a RuntimeError
+whose message holds the original error's type, message and traceback (for sys.exit, the end of what the
+job wrote to stderr): the child turns the exception into text itself, because an exception can pickle and
+still fail to unpickle (one whose __init__ takes several arguments, like InfeasibleClientError), and the
+original exception's traceback would not survive pickling anyway.
+
 Parallel jobs would each start one torch thread per core and fight over the CPUs, so every job gets
 OMP_NUM_THREADS = MKL_NUM_THREADS = usable cores // n_jobs (at least 1), set in the child before torch is
 imported. A thread count the user exported in OMP_NUM_THREADS is kept, and `trainer.num_threads` still wins
@@ -32,6 +42,8 @@ import functools
 import logging
 import multiprocessing
 import os
+import signal
+import sys
 import traceback
 import warnings
 from collections.abc import Sequence
@@ -42,7 +54,14 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
+from hydra.core.utils import (
+    JobReturn,
+    JobStatus,
+    configure_log,
+    filter_overrides,
+    run_job,
+    setup_globals,
+)
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
@@ -123,38 +142,122 @@ def _execute_job(
     )
 
 
+def _traceback_text(error: BaseException) -> str:
+    trace = "".join(traceback.format_exception(type(error), error, error.__traceback__)).rstrip()
+    return f"Traceback in the job's process:\n{trace}"
+
+
+def _describe(error: BaseException) -> str:
+    """`Type: message`, then the traceback, as text: what reaches the launcher of an error in the child."""
+    summary = "".join(traceback.format_exception_only(type(error), error)).strip()
+    return f"{summary}\n\n{_traceback_text(error)}"
+
+
+class _StderrTail:
+    """sys.stderr of a job process: writes go through, and the last `limit` characters are kept."""
+
+    def __init__(self, stream: Any, limit: int = 2000) -> None:
+        self._stream = stream
+        self._limit = limit
+        self._tail = ""
+
+    def write(self, text: str) -> int:
+        self._tail = (self._tail + text)[-self._limit :]
+        return self._stream.write(text)
+
+    def tail(self) -> str:
+        text = self._tail
+        if len(text) == self._limit and "\n" in text:
+            text = text.split("\n", 1)[1]  # drop the partial first line
+        return text.strip()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _encode(message: tuple[Any, ...]) -> bytes:
+    """Pickle a message for the launcher, and unpickle it here first: a value that pickles may still not
+    unpickle (an exception whose __init__ takes several arguments), and that must fail here, not there."""
+    import cloudpickle
+
+    data = cloudpickle.dumps(message)
+    cloudpickle.loads(data)
+    return data
+
+
 def _child_main(payload: bytes, conn: Connection, threads: int | None) -> None:
     """Entry point of a job process: thread limits first (before anything imports torch), then the job.
 
-    Sends back ("ok", JobReturn) - a job whose task raised is a JobReturn too, as with any launcher -,
-    ("exit", code) when the task called sys.exit (atlas_pl does on an invalid config), or ("error", text).
+    Sends back ("ok", JobReturn) for a job that completed, ("failed", JobReturn, text) for one whose task
+    raised (the JobReturn without the exception, which travels as text), ("exit", text) when the task
+    called sys.exit, or ("error", text) when something else failed.
     """
     if threads is not None:
         for var in THREAD_ENV_VARS:
             os.environ[var] = str(threads)
     import cloudpickle
 
+    stderr = _StderrTail(sys.stderr)
+    sys.stderr = stderr  # type: ignore[assignment]
+    message: tuple[Any, ...]
     try:
         args = cloudpickle.loads(payload)
         ret = _execute_job(*args)
-        try:
-            data = cloudpickle.dumps(("ok", ret))
-        except Exception:  # an exception the task raised may not pickle: keep its text
-            failure = ret._return_value
-            ret._return_value = RuntimeError(f"{type(failure).__name__}: {failure}")
-            data = cloudpickle.dumps(("ok", ret))
+        if ret.status == JobStatus.FAILED:
+            text = _describe(ret._return_value)
+            ret.return_value = None
+            message = ("failed", ret, text)
+        else:
+            message = ("ok", ret)
     except SystemExit as stop:
-        data = cloudpickle.dumps(("exit", stop.code))
-    except BaseException:
-        data = cloudpickle.dumps(("error", traceback.format_exc()))
+        text = f"SystemExit: exit status {stop.code!r}"
+        if stderr.tail():
+            text += f"\n\nThe end of what the job wrote to stderr:\n{stderr.tail()}"
+        message = ("exit", f"{text}\n\n{_traceback_text(stop)}")
+    except BaseException as error:
+        message = ("error", _describe(error))
+    try:
+        data = _encode(message)
+    except BaseException as error:  # e.g. a return value that cannot travel
+        text = f"its result could not be sent to the launcher: {_describe(error)}"
+        data = cloudpickle.dumps(("error", text))
     conn.send_bytes(data)
     conn.close()
 
 
+def _failed(job_num: int, overrides: Sequence[str], text: str, ret: JobReturn | None = None) -> JobReturn:
+    """A FAILED JobReturn; its return value, raised when a sweeper reads it, is a RuntimeError with `text`."""
+    if ret is None:
+        ret = JobReturn(overrides=list(overrides))
+    ret.status = JobStatus.FAILED
+    ret.return_value = RuntimeError(f"job #{job_num} failed: {text}")
+    log.warning("job #%d failed: %s", job_num, text.split("\n", 1)[0])
+    return ret
+
+
+def _exit_reason(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "is still running"
+    if exitcode < 0:
+        try:
+            return f"was killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"was killed by signal {-exitcode}"
+    return f"exited with code {exitcode}"
+
+
 def _run_in_fresh_process(
-    payload: bytes, job_num: int, threads: int | None, timeout: float | None, context: Any
+    payload: bytes,
+    job_num: int,
+    overrides: Sequence[str],
+    threads: int | None,
+    timeout: float | None,
+    context: Any,
 ) -> JobReturn:
-    """Start one process for one job, wait for its result, and make sure the process is gone afterwards."""
+    """Start one process for one job, wait for its result, and make sure the process is gone afterwards.
+
+    Never raises for the job: a job that fails in any way comes back as a FAILED JobReturn (see `_failed`).
+    """
     import cloudpickle
 
     receive, send = context.Pipe(duplex=False)
@@ -163,28 +266,41 @@ def _run_in_fresh_process(
     )
     process.start()
     send.close()  # only the child writes; EOF on `receive` then means the child is gone
+    message: tuple[Any, ...] | None = None
+    problem: str | None = None
     try:
         if not receive.poll(timeout):
             process.terminate()
-            raise TimeoutError(f"job #{job_num} exceeded hydra.launcher.timeout={timeout} s; stopped")
-        try:
-            status, value = cloudpickle.loads(receive.recv_bytes())
-        except EOFError:
-            process.join()
-            raise RuntimeError(
-                f"job #{job_num} (process {process.pid}) died with exit code {process.exitcode}"
-            ) from None
+            problem = f"TimeoutError: exceeded hydra.launcher.timeout={timeout} s; stopped"
+        else:
+            try:
+                message = cloudpickle.loads(receive.recv_bytes())
+            except EOFError:
+                pass  # it died without a result: reported below, once its exit code is known
+            except Exception as error:
+                problem = f"the launcher could not read its result: {_describe(error)}"
     finally:
         receive.close()
         process.join(timeout=60)  # the child exits right after sending its result
         if process.is_alive():
             process.kill()
             process.join()
+    if problem is not None:
+        return _failed(job_num, overrides, problem)
+    if message is None:
+        return _failed(
+            job_num,
+            overrides,
+            f"its process {process.pid} {_exit_reason(process.exitcode)} before sending a result",
+        )
+    status = message[0]
+    if status == "ok":
+        return message[1]
+    if status == "failed":
+        return _failed(job_num, overrides, message[2], ret=message[1])
     if status == "exit":
-        raise RuntimeError(f"job #{job_num} exited with status {value} (its message is above)")
-    if status == "error":
-        raise RuntimeError(f"job #{job_num} failed outside its task:\n{value}")
-    return value
+        return _failed(job_num, overrides, message[1])
+    return _failed(job_num, overrides, f"outside its task: {message[1]}")
 
 
 # joblib keys of the plugin's schema that only configure loky, with the values that mean "not set"
@@ -224,7 +340,10 @@ class FreshProcessLauncher(Launcher):
         self.hydra_context = hydra_context
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        """Run the batch; results come back in the order of `job_overrides`, as Hydra's sweepers expect."""
+        """Run the batch; results come back in the order of `job_overrides`, as Hydra's sweepers expect.
+
+        A failed job is a FAILED JobReturn in the list, not an exception: the sweeper decides what it means.
+        """
         import cloudpickle
 
         setup_globals()
@@ -247,15 +366,15 @@ class FreshProcessLauncher(Launcher):
         )
         log.info("Launching jobs, sweep output dir : %s", sweep_dir)
         singleton_state = Singleton.get_state()
-        payloads: list[tuple[bytes, int]] = []
+        payloads: list[tuple[bytes, int, Sequence[str]]] = []
         for idx, overrides in enumerate(job_overrides):
             job_num = initial_job_idx + idx
             log.info("\t#%d : %s", job_num, " ".join(filter_overrides(overrides)))
             args = (job_num, overrides, self.hydra_context, self.config, self.task_function, singleton_state)
-            payloads.append((cloudpickle.dumps(args), job_num))
+            payloads.append((cloudpickle.dumps(args), job_num, overrides))
 
-        def run_one(item: tuple[bytes, int]) -> JobReturn:
-            return _run_in_fresh_process(item[0], item[1], threads, self.timeout, context)
+        def run_one(item: tuple[bytes, int, Sequence[str]]) -> JobReturn:
+            return _run_in_fresh_process(*item, threads, self.timeout, context)
 
         with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="atlas_pl-launcher") as pool:
             return list(pool.map(run_one, payloads))
