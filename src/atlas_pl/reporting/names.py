@@ -8,20 +8,13 @@ from __future__ import annotations
 
 import re
 
+from atlas_pl.config_validation import ABLATIONS
 from atlas_pl.data.errors import DataError
 from atlas_pl.data.tasks import task_spec
 
-# The order readers expect: baselines first, the method, then the other split-learning baselines, the bound.
-ABLATION_ORDER = (
-    "local_only",
-    "fedavg",
-    "fedavg_cluster",
-    "atlas",
-    "splitlora",
-    "hsplitlora",
-    "hetlora",
-    "centralized",
-)
+# The order readers expect (config validation lists them so): baselines first, the method, then the other
+# split-learning baselines, the bound.
+ABLATION_ORDER = ABLATIONS
 # Only ATLAS's Laplacian personalization reads fed.eta; for every other ablation it is an unused default.
 ETA_ABLATIONS = ("atlas",)
 
