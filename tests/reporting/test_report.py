@@ -121,12 +121,17 @@ def test_report_writes_every_figure_as_a_png(smoke_report: Path) -> None:
         assert f"(figures/{name}.png)" in report
 
 
+def _copy(smoke_multirun: Path, tmp_path: Path) -> tuple[Path, list[Path]]:
+    """A writable copy of the shared multirun and its job directories (the fixture stays untouched)."""
+    runs = tmp_path / "runs"
+    shutil.copytree(smoke_multirun, runs)
+    return runs, sorted(p for p in runs.iterdir() if p.is_dir())
+
+
 def test_partial_and_failed_jobs_are_listed_and_left_out_of_the_statistics(
     smoke_multirun: Path, tmp_path: Path
 ) -> None:
-    runs = tmp_path / "runs"
-    shutil.copytree(smoke_multirun, runs)
-    jobs = sorted(p for p in runs.iterdir() if p.is_dir())
+    runs, jobs = _copy(smoke_multirun, tmp_path)
     killed = next(j for j in jobs if _job_values(j)["eta"] == 0.1)
     crashed = next(j for j in jobs if _job_values(j)["eta"] == 0.5)
     for job in (killed, crashed):
@@ -190,9 +195,7 @@ def _set_config(job: Path, edit) -> None:
 
 
 def test_a_job_with_other_settings_forms_its_own_group(smoke_multirun: Path, tmp_path: Path) -> None:
-    runs = tmp_path / "runs"
-    shutil.copytree(smoke_multirun, runs)
-    originals = sorted(p for p in runs.iterdir() if p.is_dir())
+    runs, originals = _copy(smoke_multirun, tmp_path)
     source = next(j for j in originals if _job_values(j)["eta"] == 0.1 and _job_values(j)["seed"] == 0)
     copy = runs / "4_local_epochs_2"
     shutil.copytree(source, copy)
@@ -240,9 +243,7 @@ def test_a_job_with_other_settings_forms_its_own_group(smoke_multirun: Path, tmp
 def test_a_partial_job_is_filed_under_its_job_config_not_a_later_hydra_config(
     smoke_multirun: Path, tmp_path: Path
 ) -> None:
-    runs = tmp_path / "runs"
-    shutil.copytree(smoke_multirun, runs)
-    jobs = sorted(p for p in runs.iterdir() if p.is_dir())
+    runs, jobs = _copy(smoke_multirun, tmp_path)
     killed = next(j for j in jobs if _job_values(j)["eta"] == 0.1)
     config = json.loads((killed / "summary.json").read_text())["config"]
     (killed / "job_config.json").write_text(json.dumps(config))
