@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -179,3 +180,11 @@ def test_centralized_trains_one_adapter_on_the_union_with_a_head_per_task(tmp_pa
         assert records[0]["clients"][str(k)]["download_bytes"] == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["ablation"] == "centralized" and summary["final"]["round"] == 2
+    # one optimizer for the whole run: after 2 rounds every parameter's AdamW step count is both rounds' steps
+    optimizer = capture_models["result"].trainers[0].optimizers[0]
+    cfg = _cfg(tmp_path, "ablation=centralized")
+    batch = int(cfg.fed.batch_size)
+    sizes = {t: sum(c.train.labels.numel() for c in fed.data.clients if c.task == t) for t in set(tasks)}
+    per_round = max(math.ceil(n / batch) for n in sizes.values())
+    steps = {int(s["step"]) for s in optimizer.state.values()}
+    assert steps == {2 * per_round * int(cfg.fed.local_epochs)}

@@ -66,18 +66,23 @@ class CentralModule(pl.LightningModule):
         super().__init__()
         self.task_models = nn.ModuleDict(models)
         self.class_weights = class_weights
-        self.lr, self.head_lr, self.weight_decay = lr, head_lr, weight_decay
         self.losses: dict[str, list[float]] = {t: [] for t in models}
+        first = next(iter(models.values()))
+        adapters = [*first.client.adapter.parameters(), *first.server.adapter.parameters()]
+        heads = [p for m in models.values() for p in m.server.head.parameters()]
+        # created once: every round's `fit` continues with the same AdamW moments, as one long
+        # centralized run would (a fresh optimizer per round would restart its bias correction)
+        self.optimizer = torch.optim.AdamW(
+            [
+                {"params": [p for p in adapters if p.requires_grad], "lr": lr},
+                {"params": [p for p in heads if p.requires_grad], "lr": head_lr},
+            ],
+            lr=lr,
+            weight_decay=weight_decay,
+        )
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        first = next(iter(self.task_models.values()))
-        adapters = [*first.client.adapter.parameters(), *first.server.adapter.parameters()]
-        heads = [p for m in self.task_models.values() for p in m.server.head.parameters()]
-        return torch.optim.AdamW(
-            [{"params": adapters, "lr": self.lr}, {"params": heads, "lr": self.head_lr}],
-            lr=self.lr,
-            weight_decay=self.weight_decay,
-        )
+        return self.optimizer
 
     def training_step(self, batch: dict[str, dict[str, Tensor]], batch_idx: int) -> Tensor:
         losses = []
@@ -103,8 +108,8 @@ def run_centralized(
     `record_round(round_index, evals, train_loss, train_seconds)` builds and logs the metrics.jsonl
     record (the federated loop's), so both pipelines write the same format. With a `checkpointer`,
     every round ends with a checkpoint (`json_state()` gives its JSON part) and a resumed job restores
-    the shared adapter, the heads, the loaders' orders and the RNGs. The optimizer is Lightning's,
-    created anew by every `fit`, so it carries no state from round to round to save.
+    the shared adapter, the heads, the AdamW moments, the loaders' orders and the RNGs. The optimizer
+    is created once, so its moments carry from round to round like the federated clients' do.
     """
 
     tasks = list(fed.data.specs)
@@ -144,7 +149,7 @@ def run_centralized(
     comm = result.comm
     stateful = {
         "modules": {f"model/{t}": m for t, m in models.items()},
-        "optimizers": {},
+        "optimizers": {"optim/central": module.optimizer},
         "generators": [loaders[t].generator for t in tasks],
     }
     start_round = 1
