@@ -25,7 +25,7 @@ from torch.nn import functional as F
 from atlas_pl.data import shuffled_loader
 from atlas_pl.data.tokenized import TokenizedExamples
 from atlas_pl.federation.evaluation import evaluate
-from atlas_pl.federation.modules import balanced_class_weights
+from atlas_pl.federation.modules import adapter_head_adamw, balanced_class_weights
 from atlas_pl.federation.setup import Federation, build_client_model
 from atlas_pl.federation.trainers import make_trainer, set_completed_epochs
 from atlas_pl.models.split import SplitClientModel
@@ -72,14 +72,7 @@ class CentralModule(pl.LightningModule):
         heads = [p for m in models.values() for p in m.server.head.parameters()]
         # created once: every round's `fit` continues with the same AdamW moments, as one long
         # centralized run would (a fresh optimizer per round would restart its bias correction)
-        self.optimizer = torch.optim.AdamW(
-            [
-                {"params": [p for p in adapters if p.requires_grad], "lr": lr},
-                {"params": [p for p in heads if p.requires_grad], "lr": head_lr},
-            ],
-            lr=lr,
-            weight_decay=weight_decay,
-        )
+        self.optimizer = adapter_head_adamw(adapters, heads, lr, head_lr, weight_decay)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer
@@ -109,7 +102,7 @@ def run_centralized(
     record (the federated loop's), so both pipelines write the same format. With a `checkpointer`,
     every round ends with a checkpoint (`json_state()` gives its JSON part) and a resumed job restores
     the shared adapter, the heads, the AdamW moments, the loaders' orders and the RNGs. The optimizer
-    is created once, so its moments carry from round to round like the federated clients' do.
+    is created once, so its moments carry from round to round as in one long centralized run.
     """
 
     tasks = list(fed.data.specs)

@@ -10,11 +10,12 @@ activations (+ mask, labels) to its server module, gets back dL/dh and finishes 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn import functional as F
 
 from atlas_pl.federation.comm import CommMeter
@@ -25,11 +26,21 @@ def _adamw(params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     return torch.optim.AdamW([p for p in params if p.requires_grad], lr=lr, weight_decay=weight_decay)
 
 
-def _server_adamw(half: ServerHalf, lr: float, head_lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """Adapter and head in two groups: a freshly initialised head needs a larger step than LoRA factors."""
-    groups = [{"params": [p for p in half.adapter.parameters() if p.requires_grad], "lr": lr}]
-    groups.append({"params": [p for p in half.head.parameters() if p.requires_grad], "lr": head_lr})
+def adapter_head_adamw(
+    adapters: Iterable[nn.Parameter],
+    heads: Iterable[nn.Parameter],
+    lr: float,
+    head_lr: float,
+    weight_decay: float,
+) -> torch.optim.Optimizer:
+    """Adapters and heads in two groups: a freshly initialised head needs a larger step than LoRA factors."""
+    groups = [{"params": [p for p in adapters if p.requires_grad], "lr": lr}]
+    groups.append({"params": [p for p in heads if p.requires_grad], "lr": head_lr})
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, weight_decay=weight_decay)
+
+
+def _server_adamw(half: ServerHalf, lr: float, head_lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    return adapter_head_adamw(half.adapter.parameters(), half.head.parameters(), lr, head_lr, weight_decay)
 
 
 def balanced_class_weights(labels: Any, num_labels: int) -> torch.Tensor:
