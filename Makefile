@@ -42,12 +42,12 @@ test-full: $(STAMP) ## Every test, slow ones included
 	$(PY) -m pytest -q -m "slow or not slow"
 
 lint: $(STAMP) ## Ruff lint and format check
-	$(PY) -m ruff check src tests benchmarks
-	$(PY) -m ruff format --check src tests benchmarks
+	$(PY) -m ruff check src tests benchmarks notebooks
+	$(PY) -m ruff format --check src tests benchmarks notebooks
 
 format: $(STAMP) ## Apply ruff fixes and formatting
-	$(PY) -m ruff check --fix src tests benchmarks
-	$(PY) -m ruff format src tests benchmarks
+	$(PY) -m ruff check --fix src tests benchmarks notebooks
+	$(PY) -m ruff format src tests benchmarks notebooks
 
 bench: $(STAMP) ## Run the benchmarks (they print and write JSON to benchmarks/results/)
 	$(PY) benchmarks/bench_split_step.py

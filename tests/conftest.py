@@ -16,6 +16,18 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 GLUE_DIR = Path(os.environ.get("ATLAS_GLUE_DIR", REPO_ROOT.parent / "shared" / "data" / "glue"))
 
 
+def cli_env(cache: Path, **extra: str) -> dict[str, str]:
+    """Environment for a CLI subprocess: offline hub and W&B, and its own model/data cache so tests cannot
+    share (or corrupt) each other's cached tokenizations."""
+    return {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "WANDB_MODE": "offline",
+        "ATLAS_CACHE_DIR": str(cache),
+        **extra,
+    }
+
+
 @pytest.fixture(scope="session")
 def glue_dir() -> Path:
     if not (GLUE_DIR / "sst2" / "train.tsv").is_file():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -12,16 +11,11 @@ import wandb
 
 from atlas_pl.tracking.wandb_offline import read_offline_run
 
-from .conftest import REPO_ROOT
+from .conftest import REPO_ROOT, cli_env
 
 
 def _run(tmp_path, *overrides: str) -> dict:
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "WANDB_MODE": "offline",
-        "ATLAS_CACHE_DIR": str(tmp_path / "cache"),
-    }
+    env = cli_env(tmp_path / "cache")
     result = subprocess.run(
         [sys.executable, "-m", "atlas_pl", *overrides, f"hydra.run.dir={tmp_path / 'run'}"],
         capture_output=True,

@@ -37,7 +37,7 @@ from hydra_plugins.atlas_pl_launcher.fresh_process_launcher import (
     usable_cpus,
 )
 
-from .conftest import REPO_ROOT
+from .conftest import REPO_ROOT, cli_env
 
 # our conf/hydra/launcher files are merged onto the plugins' schemas on purpose (see atlas_pl/__main__.py)
 pytestmark = pytest.mark.filterwarnings(
@@ -65,24 +65,13 @@ def _job_num(path: Path) -> int:
     return int(path.name.split("_", 1)[0])
 
 
-def _env(cache: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "WANDB_MODE": "offline",
-        "OMP_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
-        "ATLAS_CACHE_DIR": str(cache),
-    }
-
-
 def _sweep(sweep_dir: Path, *overrides: str, expect_ok: bool = True) -> Sweep:
     process = subprocess.Popen(
         [sys.executable, "-m", "atlas_pl", "-m", *overrides, f"hydra.sweep.dir={sweep_dir}"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env=_env(sweep_dir.parent / "cache"),
+        env=cli_env(sweep_dir.parent / "cache", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"),
         cwd=REPO_ROOT,
     )
     output, _ = process.communicate(timeout=900)

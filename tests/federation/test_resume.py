@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from atlas_pl.federation.checkpoint import (
 )
 from atlas_pl.tracking.wandb_offline import read_offline_run
 
-from ..conftest import REPO_ROOT
+from ..conftest import REPO_ROOT, cli_env
 
 SMOKE = ["+experiment=smoke", "ablation=atlas", "fed.eta=0.5", "fed.rounds=2", "checkpoint.keep=0"]
 TIMING = ("round_seconds",)
@@ -54,22 +53,13 @@ KILLER = textwrap.dedent(
 )
 
 
-def _env(tmp_path: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "WANDB_MODE": "offline",
-        "ATLAS_CACHE_DIR": str(tmp_path.parent / "cache"),
-    }
-
-
 def _cli(tmp_path: Path, run_dir: Path, *overrides: str, script: str | None = None):
     cmd = [sys.executable, "-c", script] if script else [sys.executable, "-m", "atlas_pl"]
     return subprocess.run(
         [*cmd, *overrides, f"hydra.run.dir={run_dir}"],
         capture_output=True,
         text=True,
-        env=_env(tmp_path),
+        env=cli_env(tmp_path.parent / "cache"),
         cwd=REPO_ROOT,
         timeout=1800,
     )
@@ -261,7 +251,7 @@ def test_sweep_rerun_skips_finished_jobs_and_resumes_the_others(tmp_path) -> Non
             [sys.executable, "-m", "atlas_pl", *args, *extra],
             capture_output=True,
             text=True,
-            env=_env(tmp_path),
+            env=cli_env(tmp_path.parent / "cache"),
             cwd=REPO_ROOT,
             timeout=1800,
         )

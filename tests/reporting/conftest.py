@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from ..conftest import REPO_ROOT
+from ..conftest import REPO_ROOT, cli_env
 
 
 @pytest.fixture(scope="session")
@@ -17,12 +16,7 @@ def smoke_multirun(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished multirun directory with 4 jobs; tests copy it before changing anything in it."""
     base = tmp_path_factory.mktemp("reporting")
     root = base / "multirun"
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "WANDB_MODE": "offline",
-        "ATLAS_CACHE_DIR": str(base / "cache"),
-    }
+    env = cli_env(base / "cache")
     result = subprocess.run(
         [
             sys.executable,
