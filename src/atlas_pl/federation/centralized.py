@@ -144,6 +144,7 @@ def run_centralized(
         "modules": {f"model/{t}": m for t, m in models.items()},
         "optimizers": {"optim/central": module.optimizer},
         "generators": [loaders[t].generator for t in tasks],
+        "scalers": {"precision/central": trainer.precision_plugin},
     }
     start_round = 1
     if checkpointer is not None and checkpointer.resume is not None:

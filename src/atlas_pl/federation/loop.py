@@ -43,7 +43,7 @@ from atlas_pl.federation.planning import (
 )
 from atlas_pl.federation.resume import RoundCheckpointer, mixing_from_state
 from atlas_pl.federation.setup import Federation
-from atlas_pl.federation.trainers import make_trainer, set_completed_epochs
+from atlas_pl.federation.trainers import make_trainer, server_grad_scaler, set_completed_epochs
 from atlas_pl.phases.allocation import ClientAllocation
 from atlas_pl.phases.personalization import mixing_matrix, rbf_adjacency
 from atlas_pl.tracking.tracker import Tracker
@@ -315,6 +315,7 @@ def run_federation(
             class_weights=balanced_class_weights(c.train.labels, m.server.head.num_labels)
             if c.task in balanced
             else None,
+            scaler=server_grad_scaler(cfg, fed.device),
         )
         for c, m in zip(fed.data.clients, fed.models)
     ]
@@ -339,6 +340,10 @@ def run_federation(
             f"optim/{k}/{i}": opt for k in participants for i, opt in enumerate(orchestrator.optimizers[k])
         },
         "generators": [loader.generator for loader in loaders],
+        "scalers": {
+            **{f"precision/{k}": trainers[k].precision_plugin for k in participants},
+            **{f"scaler/server/{k}": servers[k].scaler for k in participants if servers[k].scaler},
+        },
     }
     step_before = float(state.get("step_seconds", 0.0)) if resuming else 0.0  # earlier processes'
     if resuming:

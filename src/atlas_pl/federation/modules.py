@@ -67,9 +67,13 @@ class ServerModule(pl.LightningModule):
         head_lr: float | None = None,
         weight_decay: float = 0.0,
         class_weights: Tensor | None = None,
+        scaler: torch.amp.GradScaler | None = None,
     ) -> None:
         super().__init__()
         self.server_half = half
+        # fp16 loss scaling for the server half (16-mixed): this module trains outside Lightning's
+        # precision plugin, which only scales the client's backward
+        self.scaler = scaler
         # None = plain cross-entropy; a tensor weighs each class (e.g. inversely to its frequency)
         self.class_weights = class_weights
         self.automatic_optimization = False
@@ -83,15 +87,27 @@ class ServerModule(pl.LightningModule):
         return self.server_half(hidden, attention_mask)
 
     def process(self, hidden: Tensor, attention_mask: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        """One server step on received activations; returns (loss, dL/dh) for the client."""
+        """One server step on received activations; returns (loss, dL/dh) for the client.
+
+        With a scaler the backward runs on the scaled loss and dL/dh is unscaled before it is sent, so
+        the client gets the true gradient whatever the server's scale; an overflow skips the server step
+        and reaches the client as a non-finite gradient, so the client's own scaler skips its step too.
+        """
         received = hidden.detach().requires_grad_(True)
         self.optimizer.zero_grad(set_to_none=True)
         weight = None if self.class_weights is None else self.class_weights.to(received.device)
         loss = F.cross_entropy(self.server_half(received, attention_mask), labels, weight=weight)
-        loss.backward()
-        self.optimizer.step()
+        if self.scaler is None or not self.scaler.is_enabled():
+            loss.backward()
+            self.optimizer.step()
+            grad = received.grad
+        else:
+            self.scaler.scale(loss).backward()
+            grad = received.grad / self.scaler.get_scale()  # the scale the backward used, before update
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         self.last_loss = float(loss.detach())
-        return loss.detach(), received.grad
+        return loss.detach(), grad
 
 
 class ClientModule(pl.LightningModule):

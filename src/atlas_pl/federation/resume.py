@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -32,6 +32,14 @@ from atlas_pl.federation.checkpoint import (
 )
 
 log = logging.getLogger(__name__)
+
+
+class ScalerState(Protocol):
+    """A loss scaler (torch GradScaler, Lightning precision plugin): its state is a few JSON numbers."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None: ...
 
 
 def checkpoint_root(out_dir: Path) -> Path:
@@ -99,6 +107,7 @@ class RoundCheckpointer:
         modules: Mapping[str, torch.nn.Module],
         optimizers: Mapping[str, torch.optim.Optimizer],
         generators: Sequence[torch.Generator],
+        scalers: Mapping[str, ScalerState] | None = None,
     ) -> None:
         if not self.enabled:
             return
@@ -108,9 +117,13 @@ class RoundCheckpointer:
         for prefix, optimizer in optimizers.items():
             tensors.update(optimizer_tensors(prefix, optimizer))
         tensors.update(generator_tensors("loader", generators))
+        # fp16 loss scales (16-mixed): a resumed job must go on from the scale the run had reached, or its
+        # first steps overflow or underflow differently; scalers that are off have an empty state
+        scales = {name: scaler.state_dict() for name, scaler in (scalers or {}).items()}
         state = {
             **json_state,
             **self.extra,
+            "scalers": {name: value for name, value in scales.items() if value},
             "config": self.config,
             "rng": rng_json,
             "elapsed_seconds": self.elapsed_before + time.perf_counter() - self.started,
@@ -124,8 +137,9 @@ class RoundCheckpointer:
         modules: Mapping[str, torch.nn.Module],
         optimizers: Mapping[str, torch.optim.Optimizer],
         generators: Sequence[torch.Generator],
+        scalers: Mapping[str, ScalerState] | None = None,
     ) -> None:
-        """Parameters, optimizer moments, loader orders and global RNGs as they were after the round."""
+        """Parameters, optimizer moments, loss scales, loader orders and global RNGs as after the round."""
         if self.resume is None:
             return
         tensors = self.resume.tensors
@@ -137,6 +151,10 @@ class RoundCheckpointer:
             restore_generators("loader", generators, tensors)
         except KeyError as err:
             raise CheckpointError(f"{self.resume.path}: no saved state for data loader {err}") from err
+        saved_scales = self.resume.state.get("scalers") or {}
+        for name, scaler in (scalers or {}).items():
+            if name in saved_scales:
+                scaler.load_state_dict(dict(saved_scales[name]))
         restore_rng(self.resume.state["rng"], tensors)
         log.info("resumed from %s: continuing at round %d", self.resume.path, self.start_round)
 

@@ -31,6 +31,18 @@ def make_trainer(cfg: DictConfig, device: torch.device, callbacks: Sequence[pl.C
     )
 
 
+def server_grad_scaler(cfg: DictConfig, device: torch.device) -> torch.amp.GradScaler | None:
+    """The loss scaler a server module needs under fp16 mixed precision, else None.
+
+    Lightning scales only the backward it runs (the client's); the server half's backward runs inside
+    the client's step, outside the precision plugin, and without its own scaler its fp16 gradients
+    would underflow. Lightning turns 16-mixed into bf16-mixed on CPU, which needs no scaling.
+    """
+    if str(cfg.trainer.precision) != "16-mixed" or device.type != "cuda":
+        return None
+    return torch.amp.GradScaler(device.type)
+
+
 def set_completed_epochs(trainer: pl.Trainer, epochs: int) -> None:
     """Make a fresh Trainer count `epochs` as already done, as the uninterrupted job's Trainer would.
 
