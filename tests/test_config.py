@@ -80,6 +80,12 @@ BAD = [
     (["fed.eta=-0.1"], "fed.eta=-0.1", ">= 0.0"),
     (["data.glue_dir=/nonexistent/glue"], "data.glue_dir='/nonexistent/glue'", "train,validation"),
     (["ablation.name=magic"], "ablation.name='magic'", "local_only"),
+    (["trainer.precision=bf16-true"], "trainer.precision='bf16-true'", "16-mixed, bf16-mixed"),
+    (
+        ["trainer.precision=16-mixed", "model.dtype=float16"],
+        "trainer.precision='16-mixed'",
+        "model.dtype=float32",
+    ),
 ]
 
 

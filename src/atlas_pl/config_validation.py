@@ -268,9 +268,16 @@ def validate_config(cfg: DictConfig) -> None:
             c.fail(key, c.get(key), "true or false")
     c.number("checkpoint.keep", low=0, integer=True)
     c.number("trainer.devices", low=1, high=1, integer=True)
-    c.one_of(
-        "trainer.precision", ("32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true")
-    )
+    # `*-true` precisions would cast only the client's LightningModule; the frozen base it shares with the
+    # server halves (which train outside Lightning) would change dtype under them. model.dtype sets the base.
+    c.one_of("trainer.precision", ("32-true", "32", "16-mixed", "bf16-mixed"))
+    if c.get("trainer.precision") == "16-mixed" and c.get("model.dtype") == "float16":
+        c.fail(
+            "trainer.precision",
+            "16-mixed",
+            "bf16-mixed or 32-true with model.dtype=float16, or 16-mixed with model.dtype=float32 or "
+            "bfloat16 (an fp16 base sends dL/dh across the split in fp16, below what loss scaling protects)",
+        )
     c.one_of("trainer.accelerator", ACCELERATORS)
     c.number("seed", low=0, integer=True)
 

@@ -1,7 +1,8 @@
 """fp16 loss scaling across the split: the server half scales its own backward, the client gets the true
-gradient, an overflow skips both steps, and the scales survive a round checkpoint.
+gradient, a server overflow skips the server's step and reaches the client as a non-finite gradient, and the
+scales survive a round checkpoint.
 
-GradScaler runs on CPU, so these check the arithmetic here; the CUDA 16-mixed path uses the same code.
+GradScaler runs on CPU, so these check the arithmetic and the wiring here; on CUDA the same code runs.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def _step(scaler: torch.amp.GradScaler | None, hidden_scale: float = 1.0):
 
 def test_scaled_server_step_sends_and_applies_the_unscaled_gradient() -> None:
     loss, grad, params = _step(None)
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    # growth after every good step: dL/dh must be divided by the scale the backward used, not the grown one
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12, growth_interval=1)
     scaled_loss, scaled_grad, scaled_params = _step(scaler)
     # a power-of-two scale is exact in float: the same loss, dL/dh and updated adapter, bit for bit
     assert torch.equal(scaled_loss, loss)
@@ -55,7 +57,7 @@ def test_scaled_server_step_sends_and_applies_the_unscaled_gradient() -> None:
     assert all(torch.equal(p, q) for p, q in zip(scaled_params, params))
     initial = [p.detach() for p in _server_and_input()[0].server.adapter.parameters()]
     assert all(not torch.equal(p, q) for p, q in zip(params, initial))  # the step did move every factor
-    assert scaler.get_scale() == 2.0**12  # no overflow: the scale stays until growth_interval steps
+    assert scaler.get_scale() == 2.0**13  # a good step: the scale grew after it
 
 
 def test_server_overflow_skips_its_step_and_reaches_the_client_as_non_finite() -> None:
@@ -105,3 +107,55 @@ def test_loss_scales_survive_a_round_checkpoint(tmp_path) -> None:
     )
     assert fresh.state_dict() == saved
     assert fresh.get_scale() == pytest.approx(2.0**11, rel=0)
+
+
+def test_a_job_scales_every_server_and_checkpoints_every_scale(tmp_path, monkeypatch, capture_models) -> None:
+    """The loop gives each server a scaler and saves every client's and server's scale after each round.
+
+    On CPU Lightning would run 16-mixed as bf16-mixed and no scaler would exist, so the job gets CPU
+    scalers by hand: a fp16 Lightning precision plugin for the clients, GradScaler("cpu") for the servers.
+    """
+    import lightning.pytorch as pl
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    from atlas_pl.federation import loop
+    from atlas_pl.run import run_job
+
+    from .test_federation import _cfg
+
+    def fp16_trainer(cfg, device, callbacks=()):
+        scaler = torch.amp.GradScaler("cpu", growth_interval=1)
+        return pl.Trainer(
+            accelerator="cpu",
+            devices=1,
+            plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)],
+            max_epochs=0,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            limit_val_batches=0,
+            callbacks=list(callbacks),
+        )
+
+    servers: list[torch.amp.GradScaler] = []
+
+    def cpu_scaler(cfg, device):
+        servers.append(torch.amp.GradScaler("cpu", growth_interval=1))
+        return servers[-1]
+
+    monkeypatch.setattr(loop, "make_trainer", fp16_trainer)
+    monkeypatch.setattr(loop, "server_grad_scaler", cpu_scaler)
+    run_job(_cfg(tmp_path, "ablation=local_only", "fed.rounds=1"))
+    trainers = capture_models["result"].trainers
+    state = latest_checkpoint(tmp_path / "checkpoints").state["scalers"]
+    n = len(trainers)
+    assert len(servers) == n and set(state) == {f"precision/{k}" for k in range(n)} | {
+        f"scaler/server/{k}" for k in range(n)
+    }
+    for k in range(n):
+        # both scales were used (each good step doubles them here), and what was saved is what they reached
+        assert state[f"scaler/server/{k}"] == servers[k].state_dict()
+        assert state[f"precision/{k}"] == trainers[k].precision_plugin.scaler.state_dict()
+        assert servers[k].get_scale() > 2.0**16 and trainers[k].precision_plugin.scaler.get_scale() > 2.0**16

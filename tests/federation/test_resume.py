@@ -214,7 +214,7 @@ def test_settings_check_ignores_paths_and_keys_newer_than_the_checkpoint() -> No
 
 
 def test_centralized_resumes_exactly_too(tmp_path) -> None:
-    """The centralized pipeline: shared adapter, heads, loader orders and RNGs come back from round 1."""
+    """The centralized pipeline: shared adapter, heads, AdamW moments, loader orders and RNGs come back."""
     overrides = [
         "+experiment=smoke",
         "ablation=centralized",

@@ -89,9 +89,10 @@ class ServerModule(pl.LightningModule):
     def process(self, hidden: Tensor, attention_mask: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         """One server step on received activations; returns (loss, dL/dh) for the client.
 
-        With a scaler the backward runs on the scaled loss and dL/dh is unscaled before it is sent, so
-        the client gets the true gradient whatever the server's scale; an overflow skips the server step
-        and reaches the client as a non-finite gradient, so the client's own scaler skips its step too.
+        With a scaler the backward runs on the scaled loss and dL/dh is unscaled (in its own dtype: fp32
+        for an fp32 base, the only base 16-mixed accepts) before it is sent, so the client gets the true
+        gradient whatever the server's scale. An overflow skips the server's step; if it reached dL/dh, the
+        client's scaler sees a non-finite gradient and skips the client's step too (and backs off).
         """
         received = hidden.detach().requires_grad_(True)
         self.optimizer.zero_grad(set_to_none=True)

@@ -155,6 +155,10 @@ class RoundCheckpointer:
         for name, scaler in (scalers or {}).items():
             if name in saved_scales:
                 scaler.load_state_dict(dict(saved_scales[name]))
+            elif scaler.state_dict():  # scaling now, but the checkpoint has no scale for it
+                log.warning(
+                    "%s has no loss scale for %s: it starts from its initial scale", self.resume.path, name
+                )
         restore_rng(self.resume.state["rng"], tensors)
         log.info("resumed from %s: continuing at round %d", self.resume.path, self.start_round)
 
