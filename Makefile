@@ -33,10 +33,10 @@ quick: $(STAMP) ## Real MiniLM on SST-2/MRPC/CoLA, a few minutes on CPU
 	$(PY) -m atlas_pl +experiment=quick $(ARGS)
 
 test: $(STAMP) ## Fast test suite (tiny models, synthetic tasks, GLUE file checks)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 test-slow: $(STAMP) ## Only the slow tests (real packaged model on real GLUE data)
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m slow --durations=5
 
 test-full: $(STAMP) ## Every test, slow ones included
 	$(PY) -m pytest -q -m "slow or not slow"
