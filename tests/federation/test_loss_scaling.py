@@ -115,7 +115,6 @@ def test_a_job_scales_every_server_and_checkpoints_every_scale(tmp_path, monkeyp
     On CPU Lightning would run 16-mixed as bf16-mixed and no scaler would exist, so the job gets CPU
     scalers by hand: a fp16 Lightning precision plugin for the clients, GradScaler("cpu") for the servers.
     """
-    import lightning.pytorch as pl
     from lightning.pytorch.plugins.precision import MixedPrecision
 
     from atlas_pl.federation import loop
@@ -123,21 +122,13 @@ def test_a_job_scales_every_server_and_checkpoints_every_scale(tmp_path, monkeyp
 
     from .test_federation import _cfg
 
+    real_trainer = loop.make_trainer
+
     def fp16_trainer(cfg, device, callbacks=()):
+        trainer = real_trainer(cfg, device, callbacks)
         scaler = torch.amp.GradScaler("cpu", growth_interval=1)
-        return pl.Trainer(
-            accelerator="cpu",
-            devices=1,
-            plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)],
-            max_epochs=0,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            limit_val_batches=0,
-            callbacks=list(callbacks),
-        )
+        trainer.strategy.precision_plugin = MixedPrecision("16-mixed", "cpu", scaler=scaler)
+        return trainer
 
     servers: list[torch.amp.GradScaler] = []
 
