@@ -12,6 +12,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 import atlas_pl.__main__ as app
+from atlas_pl.settings import Settings, build_settings
 
 
 def experiment_config(overrides: list[str]) -> DictConfig:
@@ -22,6 +23,11 @@ def experiment_config(overrides: list[str]) -> DictConfig:
     OmegaConf.set_struct(cfg, False)
     cfg.paths.output_dir = tempfile.mkdtemp()
     return cfg
+
+
+def experiment_settings(overrides: list[str]) -> Settings:
+    """`experiment_config`, validated and typed as the CLI would (outputs in a temp directory)."""
+    return build_settings(experiment_config(overrides))
 
 
 def write_report(out_dir: str | Path, name: str, report: dict[str, Any], *, echo: bool = True) -> Path:

@@ -12,13 +12,33 @@ seconds. No training happens. Prints and writes JSON to benchmarks/results/finge
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
-from _report import experiment_config, write_report
+from _report import experiment_settings, write_report
 
-from atlas_pl.federation.comm import CommMeter
-from atlas_pl.federation.discovery import discover
-from atlas_pl.federation.setup import build_federation
+from atlas_pl.engines.setup import Federation, build_federation
+from atlas_pl.lightning.orchestrator import FederatedOrchestrator
+from atlas_pl.parties.client import ClientParty
+from atlas_pl.parties.coordinator import Coordinator
+from atlas_pl.parties.discovery import Discovery
+from atlas_pl.parties.host import ServerHost
+from atlas_pl.parties.link import TrafficLedger
+from atlas_pl.settings import Settings
+from atlas_pl.tracking.tracker import Tracker
+
+
+def phase1(settings: Settings, fed: Federation) -> tuple[Discovery, TrafficLedger]:
+    """One Phase 1 pass through the parties and the coordinator, as a job's first round runs it."""
+    ledger = TrafficLedger()
+    ledger.start_round(1)
+    parties = [
+        ClientParty(k, c, fed.models[k], ledger, settings.seed) for k, c in enumerate(fed.data.clients)
+    ]
+    coordinator = Coordinator(settings, [c.num_samples for c in fed.data.clients])
+    tracker = Tracker(settings, settings.output_dir)
+    orchestrator = FederatedOrchestrator(settings, coordinator, parties, ServerHost(), tracker, fed.device)
+    return orchestrator.phase1(1), ledger
 
 
 def main() -> None:
@@ -33,24 +53,25 @@ def main() -> None:
     args = parser.parse_args()
     runs = []
     for seed in args.seeds:
-        cfg = experiment_config([f"+experiment={args.experiment}", f"seed={seed}"])
-        fed = build_federation(cfg)
+        base = experiment_settings([f"+experiment={args.experiment}", f"seed={seed}"])
+        fed = build_federation(base)
         for batches in args.batches:
-            if batches is not None:
-                cfg.fingerprint.batches = batches
             for compression in args.compressions:
-                cfg.fingerprint.compression = compression
-                comm = CommMeter()
-                comm.start_round(1)
-                d = discover(cfg, fed, comm, 1)
+                fp = replace(
+                    base.fingerprint,
+                    compression=compression,
+                    batches=base.fingerprint.batches if batches is None else batches,
+                )
+                settings = replace(base, fingerprint=fp)
+                d, ledger = phase1(settings, fed)
                 run = {
                     "seed": seed,
-                    "batches": int(cfg.fingerprint.batches),
+                    "batches": fp.batches,
                     "compression": compression,
                     "k": d.k,
                     "labels": d.labels,
                     **d.quality,
-                    "upload_bytes_per_client": comm.upload_bytes(1, 0),
+                    "upload_bytes_per_client": ledger.upload_bytes(1, 0),
                     "seconds": d.seconds,
                     "k_search": d.table,
                 }

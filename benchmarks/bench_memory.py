@@ -19,11 +19,11 @@ import argparse
 from pathlib import Path
 
 import torch
-from _report import experiment_config, write_report
+from _report import experiment_settings, write_report
 
-from atlas_pl.federation.planning import memory_settings
-from atlas_pl.federation.setup import build_client_model, load_backbone
+from atlas_pl.engines.setup import build_client_model, load_backbone
 from atlas_pl.models.measure import saved_activation_bytes
+from atlas_pl.parties.planning import memory_settings
 from atlas_pl.phases.memory import ModelArch, activation_bytes, base_bytes, client_memory
 
 
@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--experiment", default="quick")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
-    cfg = experiment_config([f"+experiment={args.experiment}"])
+    cfg = experiment_settings([f"+experiment={args.experiment}"])
     spec, backbone, _, _ = load_backbone(cfg)
     base = backbone.model
     arch = ModelArch.from_backbone(backbone)
@@ -43,7 +43,7 @@ def main() -> None:
     vocab = int(getattr(base.config, "vocab_size", 1000))
     ids = torch.randint(5, vocab, (settings.batch_size, settings.seq_len), generator=gen)
     mask = torch.ones_like(ids)
-    candidates = sorted(int(r) for r in cfg.allocation.rank_candidates)
+    candidates = sorted(cfg.allocation.rank_candidates)
     rows = []
     for split in range(1, arch.num_layers):
         for rank in (candidates[0], candidates[-1]):

@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 
 import torch
-from _report import experiment_config, write_report
+from _report import experiment_settings, write_report
 
 from atlas_pl.data import TokenDataset, collate_trim
-from atlas_pl.federation.loop import run_federation
-from atlas_pl.federation.setup import build_federation
+from atlas_pl.engines.inprocess import run_inprocess
+from atlas_pl.engines.setup import build_federation
 from atlas_pl.models.split import split_step
 from atlas_pl.tracking.tracker import Tracker
 
@@ -34,15 +34,13 @@ def main() -> None:
     parser.add_argument("--ablation", default="local_only")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
-    cfg = experiment_config(
+    settings = experiment_settings(
         [f"+experiment={args.experiment}", f"fed.rounds={args.rounds}", f"ablation={args.ablation}"]
     )
-    tmp = Path(str(cfg.paths.output_dir))
-
-    fed = build_federation(cfg)
+    fed = build_federation(settings)
     n = len(fed.models)
     start = time.perf_counter()
-    result = run_federation(cfg, fed, Tracker(cfg, tmp))
+    result = run_inprocess(settings, fed, Tracker(settings, settings.output_dir))
     lightning_total = time.perf_counter() - start
     eval_seconds = lightning_total - result.overhead["fit_seconds"]
 
@@ -51,14 +49,14 @@ def main() -> None:
     for client, model in zip(fed.data.clients, fed.models):
         loader = torch.utils.data.DataLoader(
             TokenDataset(client.train),
-            batch_size=int(cfg.fed.batch_size),
+            batch_size=settings.fed.batch_size,
             shuffle=True,
             collate_fn=collate_trim,
         )
-        opt_c = torch.optim.AdamW(model.client.parameters(), lr=float(cfg.fed.lr))
-        opt_s = torch.optim.AdamW(model.server.parameters(), lr=float(cfg.fed.lr))
+        opt_c = torch.optim.AdamW(model.client.parameters(), lr=settings.fed.lr)
+        opt_s = torch.optim.AdamW(model.server.parameters(), lr=settings.fed.lr)
         t0 = time.perf_counter()
-        for _ in range(args.rounds * int(cfg.fed.local_epochs)):
+        for _ in range(args.rounds * settings.fed.local_epochs):
             for batch in loader:
                 batch = {k: v.to(fed.device) for k, v in batch.items()}
                 opt_c.zero_grad()
@@ -83,6 +81,7 @@ def main() -> None:
         "per_client_round_overhead_seconds": (fit - bare) / per,
         "in_step_seconds": result.overhead["step_seconds"],
         "eval_and_orchestration_seconds": eval_seconds,
+        "orchestration_seconds": result.overhead["orchestration_seconds"],
         "torch_threads": torch.get_num_threads(),
     }
     write_report(args.out, f"round_overhead_{args.experiment}", report)

@@ -35,11 +35,15 @@ warnings.filterwarnings(
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def app(cfg: DictConfig) -> float | None:
-    """Validate, then run one job; returns the final mean primary metric (for sweepers)."""
-    from atlas_pl.config_validation import ConfigError, validate_config
+    """Validate and type the config, then run one job; returns the final mean primary metric (for sweepers).
+
+    DictConfig stops here: everything below reads the typed `Settings`.
+    """
+    from atlas_pl.config_validation import ConfigError
+    from atlas_pl.settings import build_settings
 
     try:
-        validate_config(cfg)
+        settings = build_settings(cfg)
     except ConfigError as err:
         print("atlas_pl: invalid configuration:", file=sys.stderr)
         for problem in err.problems:
@@ -57,7 +61,7 @@ def app(cfg: DictConfig) -> float | None:
     warnings.filterwarnings("ignore", message=r".*treespec.*", category=Warning)  # Lightning vs torch 2.13
     from atlas_pl.run import run_job
 
-    return run_job(cfg)
+    return run_job(settings)
 
 
 def main() -> None:

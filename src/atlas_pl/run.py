@@ -18,13 +18,13 @@ import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from atlas_pl.federation.checkpoint import Checkpoint, CheckpointError, complete_rounds, latest_checkpoint
-from atlas_pl.federation.loop import run_federation
-from atlas_pl.federation.resume import RoundCheckpointer, check_resumable, check_settings, checkpoint_root
-from atlas_pl.federation.setup import build_federation
+from atlas_pl.engines.setup import build_federation
+from atlas_pl.settings import Settings, build_settings
+from atlas_pl.tracking.checkpoint import Checkpoint, CheckpointError, complete_rounds, latest_checkpoint
 from atlas_pl.tracking.results import peak_memory, versions, write_json
+from atlas_pl.tracking.resume import RoundCheckpointer, check_resumable, check_settings, checkpoint_root
 from atlas_pl.tracking.tracker import Tracker
 
 log = logging.getLogger(__name__)
@@ -51,9 +51,9 @@ def _lock(out_dir: Path) -> int:
     return fd
 
 
-def _prepare(cfg: DictConfig, out_dir: Path) -> tuple[float | None, Checkpoint | None]:
+def _prepare(settings: Settings, out_dir: Path) -> tuple[float | None, Checkpoint | None]:
     """(metric of an already finished job, checkpoint to resume from), decided before any real work."""
-    if not cfg.get("resume", False):
+    if not settings.resume:
         present = [name for name in JOB_FILES if (out_dir / name).exists()]
         if present:
             raise JobDirectoryError(
@@ -65,8 +65,8 @@ def _prepare(cfg: DictConfig, out_dir: Path) -> tuple[float | None, Checkpoint |
     if done.is_file():
         marker = json.loads(done.read_text())
         if "config" in marker:
-            check_settings(cfg, marker["config"], done)
-        rounds, finished_round = int(cfg.fed.rounds), int(marker["round"])
+            check_settings(settings.config, marker["config"], done)
+        rounds, finished_round = settings.fed.rounds, int(marker["round"])
         if rounds == finished_round:
             metric = float(marker["final_mean_primary"])
             log.info("resume=true: %s is done (final mean primary %.4f); skipped", out_dir, metric)
@@ -82,7 +82,7 @@ def _prepare(cfg: DictConfig, out_dir: Path) -> tuple[float | None, Checkpoint |
                 f"resume=true: cannot extend {out_dir} to {rounds} rounds: no checkpoint of its last round "
                 f"{finished_round} (checkpoint.enabled was false?)"
             )
-        check_resumable(cfg, checkpoint)
+        check_resumable(settings, checkpoint)
         log.info("resume=true: extending %s from %d to %d rounds", out_dir, finished_round, rounds)
         done.unlink()
         return None, checkpoint
@@ -90,7 +90,7 @@ def _prepare(cfg: DictConfig, out_dir: Path) -> tuple[float | None, Checkpoint |
     if checkpoint is None:
         log.info("resume=true: no checkpoint in %s; starting from round 1", out_dir)
         return None, None
-    check_resumable(cfg, checkpoint)
+    check_resumable(settings, checkpoint)
     return None, checkpoint
 
 
@@ -106,43 +106,50 @@ def _write_failure(out_dir: Path, err: BaseException, result_round: int | None) 
     )
 
 
-def run_job(cfg: DictConfig) -> float:
-    """Run one job; returns the final mean primary metric over clients (what sweepers optimise)."""
+def run_job(cfg: DictConfig | Settings) -> float:
+    """Run one job; returns the final mean primary metric over clients (what sweepers optimise).
+
+    A DictConfig is validated and typed here (the CLI passes Settings it already built)."""
     started = time.perf_counter()
-    out_dir = Path(str(cfg.paths.output_dir))
+    settings = cfg if isinstance(cfg, Settings) else build_settings(cfg)
+    out_dir = settings.output_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
         lock = _lock(out_dir)
-        finished, checkpoint = _prepare(cfg, out_dir)
+        finished, checkpoint = _prepare(settings, out_dir)
     except (CheckpointError, JobDirectoryError) as err:
         print(f"atlas_pl: {err}", file=sys.stderr)
         sys.exit(2)
     try:
         if finished is not None:
             return finished
-        return _run(cfg, out_dir, checkpoint, started)
+        return _run(settings, out_dir, checkpoint, started)
     finally:
         os.close(lock)  # releases the flock
 
 
-def _run(cfg: DictConfig, out_dir: Path, checkpoint: Checkpoint | None, started: float) -> float:
+def _run(settings: Settings, out_dir: Path, checkpoint: Checkpoint | None, started: float) -> float:
+    from atlas_pl.engines.centralized import run_centralized
+    from atlas_pl.engines.inprocess import run_inprocess
+
     if (out_dir / FAILED).exists():  # an earlier attempt's failure: kept, but no longer the job's state
         os.replace(out_dir / FAILED, out_dir / "failed.previous.json")
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved = settings.config
     if checkpoint is None:
         # the job's own settings: Hydra rewrites .hydra/ whenever anything is launched into this directory
         write_json(out_dir / "job_config.json", resolved)
-    checkpointer = RoundCheckpointer(cfg, out_dir, checkpoint, started)
+    checkpointer = RoundCheckpointer(settings.checkpoint, resolved, out_dir, checkpoint, started)
     if checkpoint is None and (out_dir / "metrics.jsonl").exists():
         (out_dir / "metrics.jsonl").unlink()  # resume=true without a checkpoint: the partial history restarts
-    tracker = Tracker(cfg, out_dir, wandb_id=checkpoint.state.get("wandb_id") if checkpoint else None)
+    tracker = Tracker(settings, out_dir, wandb_id=checkpoint.state.get("wandb_id") if checkpoint else None)
     checkpointer.extra["wandb_id"] = tracker.wandb_id
     failed = True
     try:
-        fed = build_federation(cfg)
-        ablation = str(cfg.ablation.name)
+        fed = build_federation(settings)
+        ablation = settings.ablation.name
         build_seconds = time.perf_counter() - started
-        result = run_federation(cfg, fed, tracker, checkpointer)
+        engine = run_centralized if settings.ablation.centralized else run_inprocess
+        result = engine(settings, fed, tracker, checkpointer)
         final = result.records[-1]
         summary = {
             "status": "completed",
@@ -163,7 +170,7 @@ def _run(cfg: DictConfig, out_dir: Path, checkpoint: Checkpoint | None, started:
                 "per_task": final["per_task"],
             },
             "totals": {
-                **result.comm.totals(),
+                **result.ledger.totals(),
                 "seconds": result.elapsed_before + time.perf_counter() - started,
                 "resumed_from_round": checkpoint.round if checkpoint else None,
                 "build_seconds": build_seconds,

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import pytest
 
-from atlas_pl.federation import loop as loop_module
+from atlas_pl.engines import centralized, inprocess
 
 
 @pytest.fixture
 def capture_models(monkeypatch):
     """Keep a handle on the federation a job built, to inspect the clients' adapters afterwards."""
     seen = {}
-    real = loop_module.run_federation
 
-    def spy(cfg, fed, tracker, *args):
-        seen["fed"] = fed
-        seen["result"] = real(cfg, fed, tracker, *args)
-        return seen["result"]
+    def spying(real):
+        def spy(settings, fed, tracker, *args):
+            seen["fed"] = fed
+            seen["result"] = real(settings, fed, tracker, *args)
+            return seen["result"]
 
-    monkeypatch.setattr("atlas_pl.run.run_federation", spy)
+        return spy
+
+    monkeypatch.setattr(inprocess, "run_inprocess", spying(inprocess.run_inprocess))
+    monkeypatch.setattr(centralized, "run_centralized", spying(centralized.run_centralized))
     return seen

@@ -36,8 +36,8 @@ def test_fedavg_cluster_discovers_the_synthetic_tasks_and_aggregates_within_them
     assert [c["cluster"] for c in record["clients"].values()] == clustering["labels"]
     result = capture_models["result"]
     for k in range(9):  # Phase 1 uploads the 256-float sketch and one importance float per block (4)
-        assert result.comm.breakdown(1, k)["upload"]["fingerprint"] == 256 * 4
-        assert result.comm.breakdown(1, k)["upload"]["importance"] == 4 * 4
+        assert result.ledger.by_kind(1, k)["upload"]["fingerprint"] == 256 * 4
+        assert result.ledger.by_kind(1, k)["upload"]["importance"] == 4 * 4
 
     models = capture_models["fed"].models
     deltas = [m.deltas() for m in models]

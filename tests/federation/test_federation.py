@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 import atlas_pl.__main__  # noqa: F401  (registers the atlas_root resolver)
 from atlas_pl.config_validation import validate_config
-from atlas_pl.federation.modules import ServerModule
+from atlas_pl.lightning.modules import ServerModule
 from atlas_pl.run import run_job
 
 from ..conftest import REPO_ROOT
@@ -175,7 +175,9 @@ def test_optimizer_state_and_trainers_persist_across_rounds(tmp_path, capture_mo
     result = capture_models["result"]
     fed = capture_models["fed"]
     assert len(result.trainers) == len(fed.models)  # one Trainer per client, reused every round
-    for module, server, client in zip(result.client_modules, result.server_modules, fed.data.clients):
+    for module, server, client in zip(
+        [p.module for p in result.parties], result.host.modules.values(), fed.data.clients
+    ):
         batches = -(-client.num_samples // 16)
         for optimizer in (module.optimizer, server.optimizer):
             steps = {int(state["step"]) for state in optimizer.state.values()}
@@ -188,7 +190,7 @@ def test_aggregation_clears_the_state_of_rewritten_factors_only(tmp_path, captur
     run_job(_cfg(tmp_path, "ablation=fedavg", "fed.rounds=2", "fed.local_epochs=1"))
     result = capture_models["result"]
     for module, server, client in zip(
-        result.client_modules, result.server_modules, capture_models["fed"].data.clients
+        [p.module for p in result.parties], result.host.modules.values(), capture_models["fed"].data.clients
     ):
         batches = -(-client.num_samples // 16)
         adapters = [*module.client_half.adapter.parameters(), *server.server_half.adapter.parameters()]
@@ -202,7 +204,7 @@ def test_aggregation_clears_the_state_of_rewritten_factors_only(tmp_path, captur
 
 
 def test_a_non_finite_client_is_excluded_from_aggregation(tmp_path, capture_models, monkeypatch) -> None:
-    from atlas_pl.federation.orchestrator import Orchestrator
+    from atlas_pl.lightning.orchestrator import FederatedOrchestrator as Orchestrator
 
     real = Orchestrator.between_rounds
 
@@ -211,7 +213,7 @@ def test_a_non_finite_client_is_excluded_from_aggregation(tmp_path, capture_mode
             a, _ = self.models[4].client.adapter.pair(self.models[4].client.adapter.keys[0])
             a[0, 0] = float("nan")
         healthy = {k: self.models[k].deltas() for k in range(len(self.models)) if k != 4}
-        weights = [self.sample_counts[k] for k in healthy]
+        weights = [self.coordinator.sample_counts[k] for k in healthy]
         real(self)
         # the aggregate is the weighted sum of the 8 healthy clients only (exact before truncation)
         key = self.models[0].client.adapter.keys[0]
@@ -231,7 +233,7 @@ def test_a_non_finite_client_is_excluded_from_aggregation(tmp_path, capture_mode
 
 
 def test_balanced_class_weights_weigh_each_class_equally() -> None:
-    from atlas_pl.federation.loop import balanced_class_weights
+    from atlas_pl.lightning.modules import balanced_class_weights
 
     weights = balanced_class_weights(torch.tensor([0, 0, 0, 1]), 3)
     assert torch.allclose(weights, torch.tensor([4 / 6, 2.0, 0.0]))
@@ -246,3 +248,40 @@ def test_balanced_tasks_change_only_those_clients_losses(tmp_path) -> None:
     for cid, client in plain.items():
         same = client["train_loss"] == bal[cid]["train_loss"]
         assert same == (client["task"] != "synthetic1"), (cid, client["task"])
+
+
+def test_orchestration_time_is_its_own_and_not_in_any_clients_training_time(tmp_path, monkeypatch) -> None:
+    """Phase 4 runs inside the last client's fit (the Callback's on_train_end); its seconds are the round's
+    `orchestration_seconds` and are taken out of that client's `train_seconds`."""
+    import time
+
+    from atlas_pl.parties.client import ClientParty
+    from atlas_pl.parties.coordinator import Coordinator
+
+    fit: dict[tuple[int, int], float] = {}
+    real_train, real_aggregate = ClientParty.train_round, Coordinator.aggregate
+
+    def timed_train(self, round_index, local_epochs):
+        report = real_train(self, round_index, local_epochs)
+        fit[(round_index, self.index)] = report.seconds  # the whole fit, Phase 4 included for the last
+        return report
+
+    def slow_aggregate(self, round_index, uploads):
+        time.sleep(1.0)
+        return real_aggregate(self, round_index, uploads)
+
+    monkeypatch.setattr(ClientParty, "train_round", timed_train)
+    monkeypatch.setattr(Coordinator, "aggregate", slow_aggregate)
+    run_job(_cfg(tmp_path, "ablation=fedavg", "fed.rounds=2", "logger=csv"))
+    records = _records(tmp_path)
+    for record in records:
+        assert record["orchestration_seconds"] >= 1.0
+        last = max(int(k) for k in record["clients"])
+        for key, client in record["clients"].items():
+            whole = fit[(record["round"], int(key))]
+            if int(key) == last:
+                assert client["train_seconds"] <= whole - 1.0
+            else:
+                assert client["train_seconds"] == whole
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["overhead"]["orchestration_seconds"] == sum(r["orchestration_seconds"] for r in records)

@@ -11,15 +11,15 @@ import copy
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-from atlas_pl.federation.checkpoint import latest_checkpoint
-from atlas_pl.federation.modules import ServerModule
-from atlas_pl.federation.resume import RoundCheckpointer
-from atlas_pl.federation.trainers import server_grad_scaler
+from atlas_pl.lightning.modules import ServerModule
+from atlas_pl.lightning.trainers import server_grad_scaler
 from atlas_pl.models.catalog import REGISTRY
 from atlas_pl.models.loading import load_base
 from atlas_pl.models.split import SharedBackbone, SplitClientModel
+from atlas_pl.settings import CheckpointSettings, TrainerSettings
+from atlas_pl.tracking.checkpoint import latest_checkpoint
+from atlas_pl.tracking.resume import RoundCheckpointer
 
 
 def _server_and_input(seed: int = 0) -> tuple[SplitClientModel, dict[str, torch.Tensor]]:
@@ -70,19 +70,23 @@ def test_server_overflow_skips_its_step_and_reaches_the_client_as_non_finite() -
     assert scaler.get_scale() == 2.0**11  # backed off
 
 
-def test_server_scaler_only_for_fp16_mixed_on_cuda() -> None:
-    cfg = OmegaConf.create({"trainer": {"precision": "16-mixed"}})
-    assert server_grad_scaler(cfg, torch.device("cpu")) is None  # Lightning runs bf16-mixed on CPU
-    assert (
-        server_grad_scaler(OmegaConf.create({"trainer": {"precision": "32-true"}}), torch.device("cuda"))
-        is None
+def _trainer(precision: str) -> TrainerSettings:
+    return TrainerSettings(
+        accelerator="auto", devices=1, precision=precision, deterministic=True, num_threads=0
     )
+
+
+def test_server_scaler_only_for_fp16_mixed_on_cuda() -> None:
+    cfg = _trainer("16-mixed")
+    assert server_grad_scaler(cfg, torch.device("cpu")) is None  # Lightning runs bf16-mixed on CPU
+    assert server_grad_scaler(_trainer("32-true"), torch.device("cuda")) is None
     if torch.cuda.is_available():
         assert isinstance(server_grad_scaler(cfg, torch.device("cuda")), torch.amp.GradScaler)
 
 
 def test_loss_scales_survive_a_round_checkpoint(tmp_path) -> None:
-    cfg = OmegaConf.create({"checkpoint": {"enabled": True, "keep": 2}, "seed": 0})
+    keep = CheckpointSettings(enabled=True, keep=2)
+    config = {"seed": 0}
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
     split, batch = _server_and_input()
     server = ServerModule(split.server, lr=1e-2, scaler=scaler)
@@ -91,7 +95,7 @@ def test_loss_scales_survive_a_round_checkpoint(tmp_path) -> None:
     saved = copy.deepcopy(scaler.state_dict())
     assert saved["scale"] == 2.0**11 and saved["_growth_tracker"] == 1
     model = torch.nn.Linear(2, 2)
-    RoundCheckpointer(cfg, tmp_path, None, 0.0).save(
+    RoundCheckpointer(keep, config, tmp_path, None, 0.0).save(
         1,
         json_state={},
         modules={"model/0": model},
@@ -102,7 +106,7 @@ def test_loss_scales_survive_a_round_checkpoint(tmp_path) -> None:
     checkpoint = latest_checkpoint(tmp_path / "checkpoints")
     assert checkpoint is not None and set(checkpoint.state["scalers"]) == {"scaler/server/0"}
     fresh = torch.amp.GradScaler("cpu")
-    RoundCheckpointer(cfg, tmp_path, checkpoint, 0.0).restore(
+    RoundCheckpointer(keep, config, tmp_path, checkpoint, 0.0).restore(
         modules={"model/0": model}, optimizers={}, generators=[], scalers={"scaler/server/0": fresh}
     )
     assert fresh.state_dict() == saved
@@ -117,7 +121,7 @@ def test_a_job_scales_every_server_and_checkpoints_every_scale(tmp_path, monkeyp
     """
     from lightning.pytorch.plugins.precision import MixedPrecision
 
-    from atlas_pl.federation import loop
+    from atlas_pl.engines import inprocess as loop
     from atlas_pl.run import run_job
 
     from .test_federation import _cfg

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from atlas_pl.federation.orchestrator import Orchestrator
+from atlas_pl.lightning.orchestrator import FederatedOrchestrator as Orchestrator
 from atlas_pl.run import run_job
 
 from .test_federation import _cfg, _records

@@ -65,16 +65,16 @@ def _settings(allocation: dict) -> MemorySettings:
 
 def test_importance_shapes_ranks_within_a_budget(tmp_path, capture_models, monkeypatch) -> None:
     """A steep importance profile gives the important blocks more rank, on every device."""
-    import atlas_pl.federation.loop as loop
+    from atlas_pl.lightning.orchestrator import FederatedOrchestrator
 
-    real = loop.measure_importance
+    real = FederatedOrchestrator.measure_importance
 
-    def steep(cfg, fed, comm, round_index):
-        imp = real(cfg, fed, comm, round_index)
+    def steep(self, round_index):
+        imp = real(self, round_index)
         imp[:] = [0.05, 0.15, 0.3, 0.5]  # block 3 matters most, block 0 least
         return imp
 
-    monkeypatch.setattr(loop, "measure_importance", steep)
+    monkeypatch.setattr(FederatedOrchestrator, "measure_importance", steep)
     run_job(_cfg(tmp_path, "ablation=fedavg", "fed.rounds=1", "devices.scale=1.0"))
     for entry in _allocation(tmp_path)["clients"]:
         ranks = entry["ranks"]
@@ -112,7 +112,7 @@ def test_uniform_mode_gives_one_rank_and_skips_the_importance_pass(tmp_path, cap
     # the weakest device sets the rank everyone gets; splits still follow the devices
     assert len({e["split"] for e in allocation["clients"]}) == 3
     result = capture_models["result"]
-    assert all("importance" not in result.comm.breakdown(1, k)["upload"] for k in range(9))
+    assert all("importance" not in result.ledger.by_kind(1, k)["upload"] for k in range(9))
     assert [b for m in capture_models["fed"].models for b in _built(m)[1]] == [ranks.pop()] * 36
 
 
@@ -122,12 +122,12 @@ def test_fixed_mode_uses_the_configured_split_and_rank(tmp_path, capture_models)
 
 
 def test_infeasible_device_is_named_before_any_fingerprinting(tmp_path, monkeypatch) -> None:
-    import atlas_pl.federation.loop as loop
+    from atlas_pl.parties.client import ClientParty
 
     def never(*args, **kwargs):
         raise AssertionError("Phase 1 ran before the infeasible device was reported")
 
-    monkeypatch.setattr(loop, "discover", never)
+    monkeypatch.setattr(ClientParty, "fingerprint_gradients", never)
     with pytest.raises(InfeasibleClientError) as info:
         run_job(_cfg(tmp_path, "ablation=fedavg_cluster", "devices.profiles.cpu_2gb.memory_gb=1.0"))
     message = str(info.value)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from atlas_pl.federation.checkpoint import (
+from atlas_pl.tracking.checkpoint import (
     CheckpointError,
     complete_rounds,
     config_differences,
@@ -36,7 +36,7 @@ CLIENT_TIMING = ("train_seconds",)
 KILLER = textwrap.dedent(
     """
     import os, signal, sys
-    from atlas_pl.federation import modules
+    from atlas_pl.lightning import modules
 
     original = modules.ClientModule.training_step
 
@@ -293,7 +293,7 @@ def test_a_crash_while_writing_leaves_the_previous_checkpoint(tmp_path, monkeypa
     def crash(*args, **kwargs):
         raise OSError("disk full (simulated)")
 
-    monkeypatch.setattr("atlas_pl.federation.checkpoint.os.replace", crash)
+    monkeypatch.setattr("atlas_pl.tracking.checkpoint.os.replace", crash)
     with pytest.raises(OSError, match="simulated"):
         save_checkpoint(root, 2, {"records": [1, 2]}, {"w": torch.full((3,), 2.0)})
     assert complete_rounds(root) == [1]

@@ -158,8 +158,8 @@ def test_adapter_state_roundtrip_and_dense_deltas() -> None:
     source = SplitClientModel(backbone, 2, ranks, 2, seed=0)
     _randomize(source, seed=7)
     target = SplitClientModel(backbone, 2, ranks, 2, seed=5)
-    for half in ("client", "server"):
-        getattr(target, half).adapter.load_state_tensors(getattr(source, half).adapter.state_tensors())
+    target.load_state_dict(source.state_dict())  # the client's trainable state only: adapters and head
+    assert all(not k.startswith("backbone") for k in source.state_dict())
     src_deltas, tgt_deltas = source.deltas(), target.deltas()
     assert set(src_deltas) == set(backbone.hosts)
     for key, dw in src_deltas.items():
@@ -169,25 +169,6 @@ def test_adapter_state_roundtrip_and_dense_deltas() -> None:
         a, b = source.client.adapter.pair(key) if key[0] < 2 else source.server.adapter.pair(key)
         scale = 16.0 / ranks[key[0]]
         torch.testing.assert_close(dw, scale * b.detach() @ a.detach())
-    other = SplitClientModel(backbone, 2, {0: 3, 1: 4, 2: 4, 3: 8}, 2)
-    with pytest.raises(ValueError, match="rank 3"):
-        other.client.adapter.load_state_tensors(source.client.adapter.state_tensors())
-
-
-def test_assign_delta_is_exact_when_rank_suffices() -> None:
-    backbone = _backbone("tiny_bert")
-    model = SplitClientModel(backbone, 2, {b: 4 for b in range(4)}, 2)
-    adapter = model.client.adapter
-    key = adapter.keys[0]
-    gen = torch.Generator().manual_seed(0)
-    low_rank = torch.randn(32, 3, generator=gen) @ torch.randn(3, 32, generator=gen)
-    error = adapter.assign_delta(key, low_rank)
-    assert error < 1e-6
-    torch.testing.assert_close(adapter.delta(key).detach(), low_rank, rtol=1e-5, atol=1e-5)
-    full = torch.randn(32, 32, generator=gen)
-    error = adapter.assign_delta(key, full)
-    s = torch.linalg.svdvals(full.double())
-    assert error == pytest.approx(float(torch.linalg.norm(s[4:]) / torch.linalg.norm(s)), rel=1e-6)
 
 
 def test_bad_split_point_and_rank_are_refused() -> None:

@@ -114,61 +114,6 @@ class LoRAAdapter(nn.Module):
         with torch.no_grad():
             return {key: self.delta(key).detach().clone() for key in self.keys}
 
-    @torch.no_grad()
-    def assign_delta(self, key: ModuleKey, dw: Tensor) -> float:
-        """Set this module's factors to the best rank-r approximation of dW; return the relative error.
-
-        The singular values are split evenly between B and A (sqrt on each side) so neither factor
-        dominates the next round's optimisation.
-        """
-        a, b = self.pair(key)
-        rank = a.shape[0]
-        scale = self.scaling(key[0])
-        u, s, vh = torch.linalg.svd(dw.to(torch.float64), full_matrices=False)
-        root = torch.sqrt(s[:rank])
-        new_b = u[:, :rank] * root / scale
-        new_a = root[:, None] * vh[:rank]
-        pad = rank - new_a.shape[0]
-        if pad > 0:  # dW of lower rank than r: keep the shape, fill with zeros
-            new_a = torch.cat([new_a, new_a.new_zeros(pad, new_a.shape[1])])
-            new_b = torch.cat([new_b, new_b.new_zeros(new_b.shape[0], pad)], dim=1)
-        a.copy_(new_a.to(a.dtype))
-        b.copy_(new_b.to(b.dtype))
-        norm = torch.linalg.norm(s)
-        tail = torch.linalg.norm(s[rank:])
-        return float(tail / norm) if norm > 0 else 0.0
-
-    # -- state I/O (safetensors-friendly: flat str -> Tensor) ----------------------------------------
-    def state_tensors(self) -> dict[str, Tensor]:
-        out: dict[str, Tensor] = {}
-        for key in self.keys:
-            a, b = self.pair(key)
-            out[f"blocks.{key[0]}.{key[1]}.lora_A"] = a.detach().clone().contiguous()
-            out[f"blocks.{key[0]}.{key[1]}.lora_B"] = b.detach().clone().contiguous()
-        return out
-
-    @torch.no_grad()
-    def load_state_tensors(self, state: Mapping[str, Tensor]) -> None:
-        """Load factors written by `state_tensors`, refusing any missing, extra or mis-shaped tensor."""
-        expected = self.state_tensors()
-        missing = sorted(set(expected) - set(state))
-        extra = sorted(set(state) - set(expected))
-        if missing or extra:
-            raise ValueError(f"adapter state mismatch: missing {missing[:4]}, unexpected {extra[:4]}")
-        for key in self.keys:
-            a, b = self.pair(key)
-            for name, param in (("lora_A", a), ("lora_B", b)):
-                src = state[f"blocks.{key[0]}.{key[1]}.{name}"]
-                if tuple(src.shape) != tuple(param.shape):
-                    raise ValueError(
-                        f"adapter tensor blocks.{key[0]}.{key[1]}.{name} has shape {tuple(src.shape)}, "
-                        f"this client's adapter needs {tuple(param.shape)} (rank {self.ranks[key[0]]})"
-                    )
-                param.copy_(src)
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
     # -- lending the factors to the shared base ------------------------------------------------------
     @contextmanager
     def active(self, hosts: Mapping[ModuleKey, LoRAHost]) -> Iterator[None]:

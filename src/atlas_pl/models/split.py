@@ -75,9 +75,6 @@ class SharedBackbone:
         """(in, out) of every LoRA target in the given blocks, keyed like the adapters."""
         return {k: (h.in_features, h.out_features) for k, h in self.hosts.items() if k[0] in blocks}
 
-    def base_tensors(self) -> dict[str, Tensor]:
-        return dict(self.model.named_parameters())
-
     def to(self, device: torch.device | str) -> SharedBackbone:
         self.model.to(device)
         return self

@@ -12,8 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-
+from atlas_pl.settings import Settings
 from atlas_pl.tracking.results import append_jsonl, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -61,40 +60,41 @@ def _sweep_tag() -> list[str]:
 class Tracker:
     """Writes metrics.jsonl and forwards each round to the configured logger."""
 
-    def __init__(self, cfg: DictConfig, out_dir: Path, wandb_id: str | None = None) -> None:
+    def __init__(self, settings: Settings, out_dir: Path, wandb_id: str | None = None) -> None:
         """`wandb_id`: the W&B run a resumed job continues (None starts a new run)."""
         self.out_dir = out_dir
         self.metrics_path = out_dir / "metrics.jsonl"
-        self.kind = str(cfg.logger.name)
+        self.kind = settings.logger.name
         self.logger: Any = None
         self.wandb_id: str | None = None
         if self.kind == "wandb":
-            self._start_wandb(cfg, wandb_id)
+            self._start_wandb(settings, wandb_id)
         elif self.kind == "csv":
             from lightning.pytorch.loggers import CSVLogger
 
             self.logger = CSVLogger(save_dir=str(out_dir), name="csv", version="")
 
-    def _start_wandb(self, cfg: DictConfig, wandb_id: str | None) -> None:
+    def _start_wandb(self, settings: Settings, wandb_id: str | None) -> None:
         from lightning.pytorch.loggers import WandbLogger
 
-        mode = str(cfg.logger.get("mode") or os.environ.get("WANDB_MODE", "offline"))
+        lg = settings.logger
+        mode = str(lg.mode or os.environ.get("WANDB_MODE", "offline"))
         tags = [
-            f"eta={cfg.fed.eta}",
-            f"seed={cfg.seed}",
-            f"model={cfg.model.name}",
-            *cfg.logger.get("tags", []),
+            f"eta={settings.config['fed']['eta']}",  # as configured (0 stays 0, not 0.0)
+            f"seed={settings.seed}",
+            f"model={settings.model.name}",
+            *lg.tags,
             *_sweep_tag(),
         ]
         self.logger = WandbLogger(
-            project=str(cfg.logger.project),
-            entity=cfg.logger.get("entity"),
-            group=str(cfg.logger.get("group") or cfg.get("experiment_name", "default")),
-            job_type=str(cfg.ablation.name),
+            project=lg.project,
+            entity=lg.entity,
+            group=str(lg.group or settings.experiment_name),
+            job_type=settings.ablation.name,
             tags=tags,
             save_dir=str(self.out_dir),
             mode=mode,
-            config=OmegaConf.to_container(cfg, resolve=True),
+            config=settings.config,
             reinit="finish_previous",
             **({"id": wandb_id, "resume": "allow"} if wandb_id else {}),
         )

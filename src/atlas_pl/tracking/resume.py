@@ -1,7 +1,8 @@
-"""What a round checkpoint holds for this loop, and how a resumed job gets it back.
+"""Round checkpoints of a running job: what is saved after a round, and how a resumed job gets it back.
 
-`checkpoint.py` knows files; this module knows the loop's objects: which modules, optimizers and data
-generators carry state across rounds, and which of the result's lists a resumed job must continue.
+`checkpoint.py` knows files; this module saves and restores the objects an engine names (modules,
+optimizers, data generators, loss scalers) plus the engine's JSON state, and checks that a job is
+resumed under the settings it was started with.
 """
 
 from __future__ import annotations
@@ -12,11 +13,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 
-from atlas_pl.federation.checkpoint import (
+from atlas_pl.settings import CheckpointSettings, Settings
+from atlas_pl.tracking.checkpoint import (
     Checkpoint,
     CheckpointError,
     config_differences,
@@ -46,9 +46,10 @@ def checkpoint_root(out_dir: Path) -> Path:
     return out_dir / "checkpoints"
 
 
-def check_settings(cfg: DictConfig, saved_config: Mapping[str, Any], source: Path) -> None:
-    """Refuse, before any work, to continue a job (from `source`) under settings it was not run with."""
-    current = OmegaConf.to_container(cfg, resolve=True)
+def check_settings(current: Mapping[str, Any], saved_config: Mapping[str, Any], source: Path) -> None:
+    """Refuse, before any work, to continue a job (from `source`) under settings it was not run with.
+
+    `current` and `saved_config` are resolved configs (Settings.config)."""
     differences = config_differences(saved_config, current)
     if differences:
         shown = "; ".join(differences[:8]) + (
@@ -61,27 +62,34 @@ def check_settings(cfg: DictConfig, saved_config: Mapping[str, Any], source: Pat
         )
 
 
-def check_resumable(cfg: DictConfig, checkpoint: Checkpoint) -> None:
+def check_resumable(settings: Settings, checkpoint: Checkpoint) -> None:
     """Same settings, and not asked to stop before the round the checkpoint is already past."""
-    check_settings(cfg, checkpoint.state["config"], checkpoint.path)
-    if int(cfg.fed.rounds) < checkpoint.round:
+    check_settings(settings.config, checkpoint.state["config"], checkpoint.path)
+    if settings.fed.rounds < checkpoint.round:
         raise CheckpointError(
             f"resume=true: {checkpoint.path} is after round {checkpoint.round} but fed.rounds="
-            f"{int(cfg.fed.rounds)}; valid: fed.rounds >= {checkpoint.round}"
+            f"{settings.fed.rounds}; valid: fed.rounds >= {checkpoint.round}"
         )
 
 
 class RoundCheckpointer:
     """Saves one checkpoint per completed round; on resume, puts a checkpoint's state back in place."""
 
-    def __init__(self, cfg: DictConfig, out_dir: Path, resume: Checkpoint | None, started: float) -> None:
-        ckpt_cfg = cfg.get("checkpoint") or {}
-        self.enabled = bool(ckpt_cfg.get("enabled", True))
-        self.keep = int(ckpt_cfg.get("keep", 2))
+    def __init__(
+        self,
+        settings: CheckpointSettings,
+        config: Mapping[str, Any],
+        out_dir: Path,
+        resume: Checkpoint | None,
+        started: float,
+    ) -> None:
+        """`config`: the job's resolved config, saved in every checkpoint for the resume checks."""
+        self.enabled = settings.enabled
+        self.keep = settings.keep
         self.root = checkpoint_root(out_dir)
         self.resume = resume
         self.started = started
-        self.config = OmegaConf.to_container(cfg, resolve=True)
+        self.config = dict(config)
         self.extra: dict[str, Any] = {}  # job-level facts to carry along (the W&B run id)
 
     @property
@@ -161,7 +169,3 @@ class RoundCheckpointer:
                 )
         restore_rng(self.resume.state["rng"], tensors)
         log.info("resumed from %s: continuing at round %d", self.resume.path, self.start_round)
-
-
-def mixing_from_state(value: Any) -> np.ndarray | None:
-    return None if value is None else np.asarray(value, dtype=np.float64)

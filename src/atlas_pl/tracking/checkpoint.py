@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2  # 2: engine state as ledger + coordinator (parties/engines redesign)
 TENSORS = "tensors.safetensors"
 STATE = "state.json"
 # keys that may differ between the run that wrote a checkpoint and the one resuming it

@@ -13,33 +13,42 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-from typing import Any
+from typing import Any, cast
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import CombinedLoader
-from omegaconf import DictConfig
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from atlas_pl.data import shuffled_loader
 from atlas_pl.data.tokenized import TokenizedExamples
-from atlas_pl.federation.evaluation import evaluate
-from atlas_pl.federation.modules import adapter_head_adamw, balanced_class_weights
-from atlas_pl.federation.setup import Federation, build_client_model
-from atlas_pl.federation.trainers import make_trainer, set_completed_epochs
+from atlas_pl.engines.inprocess import FederationResult, log_round
+from atlas_pl.engines.records import ClientRound, RoundLog, round_record
+from atlas_pl.engines.setup import Federation, build_client_model
+from atlas_pl.lightning.modules import adapter_head_adamw, task_class_weights
+from atlas_pl.lightning.trainers import make_trainer, set_completed_epochs
 from atlas_pl.models.split import SplitClientModel
+from atlas_pl.parties.evaluation import evaluate
+from atlas_pl.parties.link import COORDINATOR, TrafficLedger, client_name
+from atlas_pl.settings import Settings
+from atlas_pl.tracking.resume import RoundCheckpointer
+from atlas_pl.tracking.tracker import Tracker
 
 log = logging.getLogger(__name__)
 
 
 def union(parts: list[TokenizedExamples]) -> TokenizedExamples:
     """The examples of several clients of one task, as one set (same task, so same padding length)."""
+
+    def cat(name: str) -> torch.LongTensor:
+        return cast(torch.LongTensor, torch.cat([getattr(p, name) for p in parts]))
+
     return TokenizedExamples(
-        input_ids=torch.cat([p.input_ids for p in parts]),
-        attention_mask=torch.cat([p.attention_mask for p in parts]),
-        token_type_ids=torch.cat([p.token_type_ids for p in parts]),
-        labels=torch.cat([p.labels for p in parts]),
+        input_ids=cat("input_ids"),
+        attention_mask=cat("attention_mask"),
+        token_type_ids=cat("token_type_ids"),
+        labels=cat("labels"),
     )
 
 
@@ -88,59 +97,76 @@ class CentralModule(pl.LightningModule):
         return torch.stack(losses).mean()
 
 
+def _evaluate_unsplit(
+    model: SplitClientModel, task: str, data: TokenizedExamples, settings: Settings, device
+):
+    was_training = model.training
+    model.eval()  # LoRA dropout off while scoring
+    try:
+        return evaluate(
+            lambda b: model(b["input_ids"], b["attention_mask"], b.get("token_type_ids")),
+            task,
+            data,
+            batch_size=settings.fed.eval_batch_size,
+            device=device,
+        )
+    finally:
+        model.train(was_training)
+
+
+def _send_raw_data(fed: Federation, ledger: TrafficLedger) -> None:
+    """What centralizing costs: every client's real tokens (int32) and labels, once, in round 1."""
+    for k, client in enumerate(fed.data.clients):
+        t = client.train
+        tokens = t.input_ids[t.attention_mask.bool()].to(torch.int32)
+        ledger.send(client_name(k), COORDINATOR, "raw_data", [tokens, t.labels])
+
+
 def run_centralized(
-    cfg: DictConfig,
-    fed: Federation,
-    result: Any,
-    record_round: Any,
-    checkpointer: Any = None,
-    json_state: Any = None,
-) -> None:
+    settings: Settings, fed: Federation, tracker: Tracker, checkpointer: RoundCheckpointer | None = None
+) -> FederationResult:
     """Train the union model `fed.rounds` times `fed.local_epochs` epochs; log one record per round.
 
-    `record_round(round_index, evals, train_loss, train_seconds)` builds and logs the metrics.jsonl
-    record (the federated loop's), so both pipelines write the same format. With a `checkpointer`,
-    every round ends with a checkpoint (`json_state()` gives its JSON part) and a resumed job restores
-    the shared adapter, the heads, the AdamW moments, the loaders' orders and the RNGs. The optimizer
-    is created once, so its moments carry from round to round as in one long centralized run.
+    Records use the federated format, so every pipeline's metrics.jsonl reads the same. With a
+    `checkpointer`, every round ends with a checkpoint and a resumed job restores the shared adapter,
+    the heads, the AdamW moments, the loaders' orders and the RNGs. The optimizer is created once, so
+    its moments carry from round to round as in one long centralized run.
     """
-
     tasks = list(fed.data.specs)
     # no split and no device budget: one model at the largest candidate rank, built at model.split_point
     # (the split of an unsplit model only says which adapter object holds which block)
-    top = max(int(r) for r in cfg.allocation.rank_candidates)
+    top = max(settings.allocation.rank_candidates)
     ranks = dict.fromkeys(range(fed.backbone.num_layers), top)
     models = {
         t: build_client_model(
-            cfg, fed.backbone, fed.data.specs[t].num_labels, int(cfg.model.split_point), ranks
+            settings, fed.backbone, fed.data.specs[t].num_labels, settings.model.split_point, ranks
         ).to(fed.device)
         for t in tasks
     }
     share_adapters(models)
-    for k, client in enumerate(fed.data.clients):
+    for k, client in enumerate(fed.data.clients):  # a task's clients all hold the task's model
         fed.models[k] = models[client.task]
     data = {t: union([c.train for c in fed.data.clients if c.task == t]) for t in tasks}
-    balanced = set(cfg.fed.get("balanced_tasks") or [])
+    f = settings.fed
     module = CentralModule(
         models,
-        lr=float(cfg.fed.lr),
-        head_lr=float(cfg.fed.get("head_lr") or cfg.fed.lr),
-        weight_decay=float(cfg.fed.get("weight_decay", 0.0)),
+        lr=f.lr,
+        head_lr=f.head_lr,
+        weight_decay=f.weight_decay,
         class_weights={
-            t: balanced_class_weights(data[t].labels, fed.data.specs[t].num_labels) if t in balanced else None
+            t: task_class_weights(f.balanced_tasks, t, data[t].labels, fed.data.specs[t].num_labels)
             for t in tasks
         },
     )
     loaders = {
-        t: shuffled_loader(data[t], batch_size=int(cfg.fed.batch_size), seed=int(cfg.seed) * 7919 + i)
+        t: shuffled_loader(data[t], batch_size=f.batch_size, seed=f.loader_seed(i))
         for i, t in enumerate(tasks)
     }
     combined = CombinedLoader(loaders, mode="max_size_cycle")
-    device = fed.device
-    trainer = make_trainer(cfg, fed.device)
-    result.trainers = [trainer]
-    comm = result.comm
-    stateful = {
+    trainer = make_trainer(settings.trainer, fed.device)
+    ledger = TrafficLedger()
+    round_log = RoundLog()
+    stateful: dict[str, Any] = {
         "modules": {f"model/{t}": m for t, m in models.items()},
         "optimizers": {"optim/central": module.optimizer},
         "generators": [loaders[t].generator for t in tasks],
@@ -148,39 +174,52 @@ def run_centralized(
     }
     start_round = 1
     if checkpointer is not None and checkpointer.resume is not None:
+        state = checkpointer.state
+        round_log.load_json(state)
+        ledger.load_json(state["ledger"])
+        tracker.restore(round_log.records)
         checkpointer.restore(**stateful)
         start_round = checkpointer.start_round
-        set_completed_epochs(trainer, (start_round - 1) * int(cfg.fed.local_epochs))
-    for round_index in range(start_round, int(cfg.fed.rounds) + 1):
+        set_completed_epochs(trainer, (start_round - 1) * f.local_epochs)
+    n = len(fed.data.clients)
+    for round_index in range(start_round, f.rounds + 1):
         round_start = time.perf_counter()
-        comm.start_round(round_index)
-        if round_index == 1:  # what centralizing costs: every client's real tokens (int32) and labels, once
-            for k, client in enumerate(fed.data.clients):
-                t = client.train
-                tokens = t.input_ids[t.attention_mask.bool()].to(torch.int32)
-                comm.upload(k, "raw_data", [tokens, t.labels])
+        ledger.start_round(round_index)
+        if round_index == 1:
+            _send_raw_data(fed, ledger)
         module.losses = {t: [] for t in tasks}
-        trainer.fit_loop.max_epochs = round_index * int(cfg.fed.local_epochs)
+        trainer.fit_loop.max_epochs = round_index * f.local_epochs
         start = time.perf_counter()
         trainer.fit(module, combined)
         seconds = time.perf_counter() - start
-        evals_by_task = {
-            t: evaluate(
-                models[t],
-                t,
-                fed.data.eval[t],
-                batch_size=max(32, int(cfg.fed.batch_size)),
-                device=device,
+        scores = {t: _evaluate_unsplit(models[t], t, fed.data.eval[t], settings, fed.device) for t in tasks}
+        rows = []
+        for k, client in enumerate(fed.data.clients):
+            losses = module.losses[client.task]
+            model = models[client.task]
+            rows.append(
+                ClientRound(
+                    client.client_id,
+                    client.task,
+                    0,
+                    fed.devices[k],
+                    split=model.split,
+                    ranks=[model.ranks[b] for b in range(fed.backbone.num_layers)],
+                    metrics=scores[client.task],
+                    train_loss=statistics.fmean(losses) if losses else float("nan"),
+                    train_seconds=seconds / n,  # one model: its time, shared out evenly
+                )
             )
-            for t in tasks
-        }
-        n = len(fed.data.clients)
-        evals = {k: evals_by_task[c.task] for k, c in enumerate(fed.data.clients)}
-        train_loss = {
-            k: statistics.fmean(module.losses[c.task]) if module.losses[c.task] else float("nan")
-            for k, c in enumerate(fed.data.clients)
-        }
-        train_seconds = {k: seconds / n for k in range(n)}  # one model: its time, shared out evenly
-        record_round(round_index, evals, train_loss, train_seconds, round_start)
+        record = round_record(round_index, rows, tasks, ledger)
+        timing = {"round_seconds": time.perf_counter() - round_start, "orchestration_seconds": 0.0}
+        tracker.log_round(round_log.add(record, timing))
+        log_round(record, f.rounds)
         if checkpointer is not None:
-            checkpointer.save(round_index, json_state=json_state(), **stateful)
+            json_state = {**round_log.to_json(), "ledger": ledger.to_json()}
+            checkpointer.save(round_index, json_state=json_state, **stateful)
+    return FederationResult(
+        log=round_log,
+        ledger=ledger,
+        elapsed_before=checkpointer.elapsed_before if checkpointer is not None else 0.0,
+        trainers=[trainer],
+    )

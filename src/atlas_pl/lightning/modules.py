@@ -1,10 +1,11 @@
 """Client and server LightningModules of split learning (manual optimization, SFL-V1).
 
-The server module keeps, for one client, the server half (blocks [s, L), that client's server-side
-adapter and task head) and its own optimizer. The client module runs the bottom half, sends the detached
-activations (+ mask, labels) to its server module, gets back dL/dh and finishes its own backward with
-`manual_backward(h, gradient=g)`. Both optimizers are created once and returned by every
-`configure_optimizers` call, so their state survives the repeated `fit` calls of later rounds.
+The server module wraps one client's server half (blocks [s, L), that client's server-side adapter and
+task head) with its own optimizer; a host of server halves keeps one per client. The client module runs
+the bottom half, sends the detached activations (+ mask, labels) over its split link, gets back dL/dh
+and finishes its own backward with `manual_backward(h, gradient=g)`. Both optimizers are created once and
+returned by every `configure_optimizers` call, so their state survives the repeated `fit` calls of
+later rounds.
 """
 
 from __future__ import annotations
@@ -18,12 +19,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from atlas_pl.federation.comm import CommMeter
 from atlas_pl.models.split import ClientHalf, ServerHalf
-
-
-def _adamw(params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    return torch.optim.AdamW([p for p in params if p.requires_grad], lr=lr, weight_decay=weight_decay)
+from atlas_pl.parties.link import SplitLink
+from atlas_pl.parties.messages import Activations
 
 
 def adapter_head_adamw(
@@ -34,13 +32,9 @@ def adapter_head_adamw(
     weight_decay: float,
 ) -> torch.optim.Optimizer:
     """Adapters and heads in two groups: a freshly initialised head needs a larger step than LoRA factors."""
-    groups = [{"params": [p for p in adapters if p.requires_grad], "lr": lr}]
+    groups: list[dict[str, Any]] = [{"params": [p for p in adapters if p.requires_grad], "lr": lr}]
     groups.append({"params": [p for p in heads if p.requires_grad], "lr": head_lr})
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, weight_decay=weight_decay)
-
-
-def _server_adamw(half: ServerHalf, lr: float, head_lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    return adapter_head_adamw(half.adapter.parameters(), half.head.parameters(), lr, head_lr, weight_decay)
 
 
 def balanced_class_weights(labels: Any, num_labels: int) -> torch.Tensor:
@@ -77,7 +71,13 @@ class ServerModule(pl.LightningModule):
         # None = plain cross-entropy; a tensor weighs each class (e.g. inversely to its frequency)
         self.class_weights = class_weights
         self.automatic_optimization = False
-        self.optimizer = _server_adamw(half, lr, head_lr if head_lr is not None else lr, weight_decay)
+        self.optimizer = adapter_head_adamw(
+            half.adapter.parameters(),
+            half.head.parameters(),
+            lr,
+            head_lr if head_lr is not None else lr,
+            weight_decay,
+        )
         self.last_loss = float("nan")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -98,13 +98,16 @@ class ServerModule(pl.LightningModule):
         self.optimizer.zero_grad(set_to_none=True)
         weight = None if self.class_weights is None else self.class_weights.to(received.device)
         loss = F.cross_entropy(self.server_half(received, attention_mask), labels, weight=weight)
-        if self.scaler is None or not self.scaler.is_enabled():
+        scaled = self.scaler is not None and self.scaler.is_enabled()
+        if self.scaler is None or not scaled:
             loss.backward()
             self.optimizer.step()
-            grad = received.grad
         else:
             self.scaler.scale(loss).backward()
-            grad = received.grad / self.scaler.get_scale()  # the scale the backward used, before update
+        grad = received.grad
+        assert grad is not None  # received requires grad and the loss depends on it
+        if self.scaler is not None and scaled:
+            grad = grad / self.scaler.get_scale()  # the scale the backward used, before update
             self.scaler.step(self.optimizer)
             self.scaler.update()
         self.last_loss = float(loss.detach())
@@ -112,25 +115,20 @@ class ServerModule(pl.LightningModule):
 
 
 class ClientModule(pl.LightningModule):
-    """The client's side: bottom half + its adapter; trains through its server module each step."""
+    """The client's side: bottom half + its adapter; each step goes through its split link."""
+
+    link: SplitLink
 
     def __init__(
-        self,
-        client_id: int,
-        half: ClientHalf,
-        server: ServerModule,
-        comm: CommMeter,
-        *,
-        lr: float,
-        weight_decay: float = 0.0,
+        self, client_id: int, half: ClientHalf, link: SplitLink, *, lr: float, weight_decay: float = 0.0
     ) -> None:
         super().__init__()
         self.client_id = client_id
         self.client_half = half
         self.automatic_optimization = False
-        object.__setattr__(self, "server", server)  # its own module, not a child: separate state/optim
-        object.__setattr__(self, "comm", comm)
-        self.optimizer = _adamw(self.client_half.parameters(), lr, weight_decay)
+        object.__setattr__(self, "link", link)  # a route to another party, not state of this module
+        params = [p for p in self.client_half.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
         self.losses: list[float] = []
         self.step_seconds = 0.0  # time inside training_step: the bare compute, to measure overhead
 
@@ -145,14 +143,20 @@ class ClientModule(pl.LightningModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         started = time.perf_counter()
         optimizer = self.optimizers()
+        assert not isinstance(optimizer, list)  # one optimizer: the client half's AdamW
         optimizer.zero_grad()
         hidden = self.client_half(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
-        sent = hidden.detach()
-        self.comm.upload(self.client_id, "activations", (sent, batch["attention_mask"], batch["labels"]))
-        loss, grad = self.server.process(sent, batch["attention_mask"], batch["labels"])
-        self.comm.download(self.client_id, "activation_grads", (grad,))
-        self.manual_backward(hidden, gradient=grad)
+        message = Activations(self.client_id, hidden.detach(), batch["attention_mask"], batch["labels"])
+        reply = self.link.exchange(message)
+        self.manual_backward(hidden, gradient=reply.grad)
         optimizer.step()
-        self.losses.append(float(loss))
+        self.losses.append(float(reply.loss))
         self.step_seconds += time.perf_counter() - started
-        return loss
+        return reply.loss
+
+
+def task_class_weights(
+    balanced_tasks: frozenset[str], task: str, labels: Any, num_labels: int
+) -> Tensor | None:
+    """Balanced class weights for the tasks listed in `fed.balanced_tasks`, else None (plain loss)."""
+    return balanced_class_weights(labels, num_labels) if task in balanced_tasks else None

@@ -6,19 +6,22 @@ from collections.abc import Sequence
 
 import lightning.pytorch as pl
 import torch
-from omegaconf import DictConfig
+
+from atlas_pl.settings import TrainerSettings
 
 
-def make_trainer(cfg: DictConfig, device: torch.device, callbacks: Sequence[pl.Callback] = ()) -> pl.Trainer:
+def make_trainer(
+    settings: TrainerSettings, device: torch.device, callbacks: Sequence[pl.Callback] = ()
+) -> pl.Trainer:
     """A Trainer on the device the backbone already sits on, starting at max_epochs=0.
 
-    The loop raises `fit_loop.max_epochs` by `fed.local_epochs` each round and calls `fit` again, so the
+    The engine raises `fit_loop.max_epochs` by `fed.local_epochs` each round and calls `fit` again, so the
     same optimizers continue; logging, checkpoints and validation are the job's, not Lightning's.
     """
     return pl.Trainer(
         accelerator="gpu" if device.type == "cuda" else device.type,
-        devices=int(cfg.trainer.devices),
-        precision=str(cfg.trainer.precision),
+        devices=settings.devices,
+        precision=settings.precision,  # type: ignore[arg-type]  # validated against Lightning's names
         max_epochs=0,
         logger=False,
         enable_checkpointing=False,
@@ -26,19 +29,19 @@ def make_trainer(cfg: DictConfig, device: torch.device, callbacks: Sequence[pl.C
         enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,
-        deterministic=bool(cfg.trainer.deterministic),
+        deterministic=settings.deterministic,
         callbacks=list(callbacks),
     )
 
 
-def server_grad_scaler(cfg: DictConfig, device: torch.device) -> torch.amp.GradScaler | None:
+def server_grad_scaler(settings: TrainerSettings, device: torch.device) -> torch.amp.GradScaler | None:
     """The loss scaler a server module needs under fp16 mixed precision, else None.
 
     Lightning scales only the backward it runs (the client's); the server half's backward runs inside
     the client's step, outside the precision plugin, and without its own scaler its fp16 gradients
     would underflow. Lightning turns 16-mixed into bf16-mixed on CPU, which needs no scaling.
     """
-    if str(cfg.trainer.precision) != "16-mixed" or device.type != "cuda":
+    if settings.precision != "16-mixed" or device.type != "cuda":
         return None
     return torch.amp.GradScaler(device.type)
 
@@ -51,4 +54,5 @@ def set_completed_epochs(trainer: pl.Trainer, epochs: int) -> None:
     must therefore be past its first epoch too, or every later batch order shifts.
     """
     progress = trainer.fit_loop.epoch_progress.current
-    progress.ready = progress.started = progress.processed = progress.completed = int(epochs)
+    # the epoch tracker is a _ProcessedTracker at run time; Lightning annotates its base class
+    progress.ready = progress.started = progress.processed = progress.completed = int(epochs)  # type: ignore[attr-defined]

@@ -1,0 +1,300 @@
+"""The in-process engine: every party in this process, clients one after another (DESIGN.md §12).
+
+Per client: a ClientParty with its ClientModule, Trainer and loader; one ServerHost with every client's
+ServerModule; a LocalLink between them; the coordinator behind the orchestrator Callback. A round:
+re-cluster if due, fit each participant (the Callback aggregates after the last), evaluate, record,
+checkpoint. Each Trainer is built once; a round raises its `max_epochs` by `fed.local_epochs` and fits
+again, so Lightning continues the same loop with the same optimizers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from atlas_pl.data import shuffled_loader
+from atlas_pl.engines.records import ClientRound, RoundLog, round_record
+from atlas_pl.engines.setup import Federation, build_client_model
+from atlas_pl.lightning.modules import ClientModule, ServerModule, task_class_weights
+from atlas_pl.lightning.orchestrator import FederatedOrchestrator
+from atlas_pl.lightning.trainers import make_trainer, server_grad_scaler, set_completed_epochs
+from atlas_pl.parties.client import ClientParty
+from atlas_pl.parties.coordinator import Coordinator
+from atlas_pl.parties.host import ServerHost
+from atlas_pl.parties.link import LocalLink, TrafficLedger
+from atlas_pl.phases.allocation import ClientAllocation
+from atlas_pl.phases.memory import ModelArch
+from atlas_pl.settings import Settings
+from atlas_pl.tracking.resume import RoundCheckpointer
+from atlas_pl.tracking.tracker import Tracker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FederationResult:
+    """What a finished engine hands the job: records, traffic, timing, and Phases 1-2's outcome."""
+
+    log: RoundLog
+    ledger: TrafficLedger
+    overhead: dict[str, float] = field(default_factory=dict)
+    allocations: list[ClientAllocation] = field(default_factory=list)
+    clustering_summaries: list[dict[str, Any]] = field(default_factory=list)
+    elapsed_before: float = 0.0  # seconds spent by earlier processes of a resumed job
+    parties: list[ClientParty] = field(default_factory=list)
+    host: ServerHost | None = None
+    trainers: list[Any] = field(default_factory=list)  # the Lightning Trainers the engine ran
+    orchestrator: FederatedOrchestrator | None = None
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        return self.log.records
+
+
+def log_round(record: dict[str, Any], rounds: int) -> None:
+    log.info(
+        "round %d/%d: mean acc %.4f, worst %.4f, per task %s (%.1fs)",
+        record["round"],
+        rounds,
+        record["mean_accuracy"],
+        record["worst_accuracy"],
+        {t: round(v["primary"], 4) for t, v in record["per_task"].items()},
+        record["round_seconds"],
+    )
+
+
+class InProcessEngine:
+    """Builds the parties of one federation and runs its rounds in this process."""
+
+    def __init__(
+        self, settings: Settings, fed: Federation, tracker: Tracker, checkpointer: RoundCheckpointer | None
+    ) -> None:
+        self.settings, self.fed, self.tracker, self.checkpointer = settings, fed, tracker, checkpointer
+        self.ledger = TrafficLedger()
+        self.coordinator = Coordinator(settings, [c.num_samples for c in fed.data.clients])
+        self.parties = [
+            ClientParty(k, c, fed.models[k], self.ledger, settings.seed)
+            for k, c in enumerate(fed.data.clients)
+        ]
+        self.host = ServerHost()
+        self.orchestrator = FederatedOrchestrator(
+            settings, self.coordinator, self.parties, self.host, tracker, fed.device
+        )
+        self.log = RoundLog()
+        self.fit_seconds = 0.0
+        self.step_before = 0.0
+
+    @property
+    def resuming(self) -> bool:
+        return self.checkpointer is not None and self.checkpointer.resume is not None
+
+    def _rebuild(self, party: ClientParty, alloc: ClientAllocation) -> None:
+        """A kept client's model at its allocated split and ranks (the base stays shared).
+
+        Initial LoRA factors and heads depend only on the seed and the module, so a rebuilt model starts
+        from the same function as the one Phase 1 fingerprinted.
+        """
+        num_labels = self.fed.data.specs[party.task].num_labels
+        model = build_client_model(self.settings, self.fed.backbone, num_labels, alloc.split, alloc.ranks)
+        party.model = self.fed.models[party.index] = model.to(self.fed.device)
+
+    def _phases_1_and_2(self) -> None:
+        self.ledger.start_round(1)
+        arch = ModelArch.from_backbone(self.fed.backbone)
+        if not self.resuming:
+            self.orchestrator.prepare(arch, self.fed.devices, self._rebuild)
+            return
+        assert self.checkpointer is not None
+        state = self.checkpointer.state
+        self.coordinator.load_state_dict(state["coordinator"])
+        for party, alloc in zip(self.parties, self.coordinator.allocations):
+            if not alloc.dropped:
+                self._rebuild(party, alloc)
+        self.orchestrator.clustering_records = list(state["clustering_records"])
+        self.orchestrator.clustering_summaries = list(state["clustering_summaries"])
+
+    def _attach_lightning(self) -> None:
+        s, fed = self.settings, self.fed
+        servers = [
+            ServerModule(
+                p.model.server,
+                lr=s.fed.lr,
+                head_lr=s.fed.head_lr,
+                weight_decay=s.fed.weight_decay,
+                class_weights=task_class_weights(
+                    s.fed.balanced_tasks, p.task, p.data.train.labels, p.model.server.head.num_labels
+                ),
+                scaler=server_grad_scaler(s.trainer, fed.device),
+            )
+            for p in self.parties
+        ]
+        for p, server in zip(self.parties, servers):
+            self.host.host(p.index, server)
+        modules = [
+            ClientModule(
+                p.data.client_id,
+                p.model.client,
+                LocalLink(p.index, self.host, self.ledger),
+                lr=s.fed.lr,
+                weight_decay=s.fed.weight_decay,
+            )
+            for p in self.parties
+        ]
+        loaders = [
+            shuffled_loader(
+                p.data.train, batch_size=s.fed.batch_size, seed=s.fed.loader_seed(p.data.client_id)
+            )
+            for p in self.parties
+        ]
+        trainers = [make_trainer(s.trainer, fed.device, [self.orchestrator]) for _ in self.parties]
+        for p, module, trainer, loader in zip(self.parties, modules, trainers, loaders):
+            p.attach(module, trainer, loader)
+
+    def _stateful(self) -> dict[str, Any]:
+        """What a round checkpoint saves and a resumed job restores (keys are the checkpoint's names)."""
+        kept = [self.parties[k] for k in self.coordinator.participants]
+        pieces = {p.index: p.lightning() for p in self.parties}
+        return {
+            "modules": {f"model/{p.index}": p.model for p in kept},
+            "optimizers": {
+                f"optim/{p.index}/{i}": opt
+                for p in kept
+                for i, opt in enumerate([pieces[p.index][0].optimizer, self.host.modules[p.index].optimizer])
+            },
+            "generators": [pieces[p.index][2].generator for p in self.parties],
+            "scalers": {
+                **{f"precision/{p.index}": pieces[p.index][1].precision_plugin for p in kept},
+                **{
+                    f"scaler/server/{p.index}": self.host.modules[p.index].scaler
+                    for p in kept
+                    if self.host.modules[p.index].scaler
+                },
+            },
+        }
+
+    def _json_state(self) -> dict[str, Any]:
+        """Everything but tensors that later rounds depend on (the checkpointer adds RNGs and config)."""
+        return {
+            **self.log.to_json(),
+            "ledger": self.ledger.to_json(),
+            "fit_seconds": self.fit_seconds,
+            "step_seconds": self.step_seconds,
+            "coordinator": self.coordinator.state_dict(),
+            "clustering_records": self.orchestrator.clustering_records,
+            "clustering_summaries": self.orchestrator.clustering_summaries,
+        }
+
+    @property
+    def step_seconds(self) -> float:
+        return self.step_before + sum(p.lightning()[0].step_seconds for p in self.parties if p.module)
+
+    def _restore(self, stateful: dict[str, Any]) -> None:
+        assert self.checkpointer is not None
+        state = self.checkpointer.state
+        self.log.load_json(state)
+        self.ledger.load_json(state["ledger"])
+        self.fit_seconds = float(state["fit_seconds"])
+        self.step_before = float(state.get("step_seconds", 0.0))
+        self.tracker.restore(self.log.records)
+        self.checkpointer.restore(**stateful)
+        epochs = (self.checkpointer.start_round - 1) * self.settings.fed.local_epochs
+        for p in self.parties:
+            set_completed_epochs(p.lightning()[1], epochs)
+
+    def _train(self, round_index: int, progress: Any) -> dict[int, tuple[float, float]]:
+        """Each participant's (mean loss, seconds) of local training this round."""
+        reports: dict[int, tuple[float, float]] = {}
+        for k in self.coordinator.participants:
+            progress.set_postfix(round=round_index, client=k)
+            report = self.parties[k].train_round(round_index, self.settings.fed.local_epochs)
+            reports[k] = (report.loss, report.seconds)
+            progress.update(1)
+        if reports:  # Phase 4 ran inside the last fit, on the orchestrator's clock, not the client's
+            last = list(reports)[-1]
+            loss, seconds = reports[last]
+            reports[last] = (loss, seconds - self.orchestrator.aggregation_seconds)
+        self.fit_seconds += sum(seconds for _, seconds in reports.values())
+        return reports
+
+    def _record(self, round_index: int, reports: dict[int, tuple[float, float]]) -> list[ClientRound]:
+        s, fed, orch = self.settings, self.fed, self.orchestrator
+        rows = []
+        for k, p in enumerate(self.parties):
+            row = ClientRound(p.data.client_id, p.task, self.coordinator.clusters[k], fed.devices[k])
+            if not self.coordinator.dropped[k]:
+                row.split = p.model.split
+                row.ranks = [p.model.ranks[b] for b in range(fed.backbone.num_layers)]
+                row.metrics = p.evaluate(
+                    fed.data.eval[p.task], batch_size=s.fed.eval_batch_size, device=fed.device
+                )
+                if k in reports:
+                    row.train_loss, row.train_seconds = reports[k]
+                row.excluded = k in orch.excluded
+                row.truncation_error = orch.truncation_errors.get(k)
+            rows.append(row)
+        return rows
+
+    def run(self) -> FederationResult:
+        s = self.settings
+        self._phases_1_and_2()
+        self._attach_lightning()
+        stateful = self._stateful()
+        start_round = self.checkpointer.start_round if self.checkpointer is not None else 1
+        if self.resuming:
+            self._restore(stateful)
+        participants = self.coordinator.participants
+        progress = tqdm(
+            total=(s.fed.rounds - start_round + 1) * len(self.parties),
+            desc="rounds x clients",
+            unit="client",
+            leave=False,
+            disable=None,
+        )
+        for round_index in range(start_round, s.fed.rounds + 1):
+            round_start = time.perf_counter()
+            self.ledger.start_round(round_index)
+            self.orchestrator.start_round(round_index)
+            reports = self._train(round_index, progress)
+            rows = self._record(round_index, reports)
+            record = round_record(round_index, rows, list(self.fed.data.specs), self.ledger)
+            timing = {
+                "round_seconds": time.perf_counter() - round_start,
+                "orchestration_seconds": self.orchestrator.seconds.get(round_index, 0.0),
+            }
+            self.tracker.log_round(self.log.add(record, timing))
+            log_round(record, s.fed.rounds)
+            if self.checkpointer is not None:
+                self.checkpointer.save(round_index, json_state=self._json_state(), **stateful)
+        progress.close()
+        step = self.step_seconds
+        overhead = {
+            "fit_seconds": self.fit_seconds,
+            "step_seconds": step,
+            "lightning_overhead_seconds": self.fit_seconds - step,
+            "overhead_fraction": (self.fit_seconds - step) / step if step else 0.0,
+            "fit_calls": s.fed.rounds * len(participants),
+            "orchestration_seconds": sum(r.get("orchestration_seconds", 0.0) for r in self.log.records),
+        }
+        return FederationResult(
+            log=self.log,
+            ledger=self.ledger,
+            overhead=overhead,
+            allocations=self.coordinator.allocations,
+            clustering_summaries=self.orchestrator.clustering_summaries,
+            elapsed_before=self.checkpointer.elapsed_before if self.checkpointer is not None else 0.0,
+            parties=self.parties,
+            host=self.host,
+            orchestrator=self.orchestrator,
+            trainers=[p.trainer for p in self.parties],
+        )
+
+
+def run_inprocess(
+    settings: Settings, fed: Federation, tracker: Tracker, checkpointer: RoundCheckpointer | None = None
+) -> FederationResult:
+    """Run `fed.rounds` rounds in this process; each round is one metrics.jsonl record via `tracker`."""
+    return InProcessEngine(settings, fed, tracker, checkpointer).run()

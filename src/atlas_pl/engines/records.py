@@ -1,0 +1,120 @@
+"""One metrics.jsonl record per round (DESIGN.md §7), the same format for every pipeline."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from atlas_pl.parties.link import TrafficLedger
+
+
+@dataclass
+class ClientRound:
+    """What one client did in a round, as the engine saw it (None where it did not take part)."""
+
+    client_id: int
+    task: str
+    cluster: int
+    device: str
+    split: int | None = None  # None = dropped by Phase 2: holds no model, is not scored
+    ranks: list[int] = field(default_factory=list)
+    metrics: dict[str, float] | None = None
+    train_loss: float | None = None
+    train_seconds: float | None = None  # None = did not train this round
+    excluded: bool = False
+    truncation_error: float | None = None
+
+
+def client_entry(c: ClientRound, index: int, round_index: int, ledger: TrafficLedger) -> dict[str, Any]:
+    entry: dict[str, Any] = {"task": c.task, "cluster": c.cluster, "device": c.device}
+    up, down = ledger.upload_bytes(round_index, index), ledger.download_bytes(round_index, index)
+    if c.split is None or c.metrics is None:
+        entry.update(
+            split=0,
+            ranks=[],
+            accuracy=None,
+            primary=None,
+            loss=None,
+            dropped=True,
+            upload_bytes=up,  # Phase 1 ran before the drop
+            download_bytes=down,
+            train_seconds=0.0,
+        )
+        return entry
+    m = c.metrics
+    entry.update(
+        {
+            "split": c.split,
+            "ranks": list(c.ranks),
+            "accuracy": m["accuracy"],
+            "primary": m["primary"],
+            "loss": m["loss"],
+            "train_loss": float("nan") if c.train_loss is None else c.train_loss,
+            "upload_bytes": up,
+            "download_bytes": down,
+            "dropped": c.train_seconds is None,
+            "train_seconds": c.train_seconds or 0.0,
+        }
+    )
+    for extra in ("f1", "mcc"):
+        if extra in m:
+            entry[extra] = m[extra]
+    entry["excluded_from_aggregation"] = c.excluded
+    if c.truncation_error is not None:
+        entry["truncation_error"] = c.truncation_error
+    return entry
+
+
+def round_record(
+    round_index: int, clients: Sequence[ClientRound], tasks: Sequence[str], ledger: TrafficLedger
+) -> dict[str, Any]:
+    """The record of one round: every client's entry, the means, worst client and per-task figures."""
+    entries = {str(c.client_id): client_entry(c, k, round_index, ledger) for k, c in enumerate(clients)}
+    scored = [c for c in entries.values() if c.get("accuracy") is not None]
+    accuracies = [c["accuracy"] for c in scored]
+    per_task: dict[str, dict[str, float]] = {}
+    for task in tasks:
+        members = [c for c in scored if c["task"] == task]
+        if not members:
+            continue
+        per_task[task] = {
+            "accuracy": statistics.fmean(c["accuracy"] for c in members),
+            "primary": statistics.fmean(c["primary"] for c in members),
+            "worst_primary": min(c["primary"] for c in members),
+        }
+    return {
+        "round": round_index,
+        "clients": entries,
+        "mean_accuracy": statistics.fmean(accuracies),
+        "worst_accuracy": min(accuracies),
+        "std_accuracy": statistics.pstdev(accuracies),
+        "mean_primary": statistics.fmean(c["primary"] for c in scored),
+        "per_task": per_task,
+        "upload_bytes": sum(c["upload_bytes"] for c in entries.values()),
+        "download_bytes": sum(c["download_bytes"] for c in entries.values()),
+    }
+
+
+@dataclass
+class RoundLog:
+    """The job's records so far and the byte totals that run through them (what a resumed job continues)."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    cumulative: dict[str, int] = field(default_factory=lambda: {"upload": 0, "download": 0})
+
+    def add(self, record: dict[str, Any], timing: Mapping[str, float]) -> dict[str, Any]:
+        for key in ("upload", "download"):
+            self.cumulative[key] += record[f"{key}_bytes"]
+            record[f"cumulative_{key}_bytes"] = self.cumulative[key]
+        record.update(timing)
+        self.records.append(record)
+        return record
+
+    def to_json(self) -> dict[str, Any]:
+        return {"records": self.records, "cumulative": dict(self.cumulative)}
+
+    def load_json(self, state: Mapping[str, Any]) -> None:
+        self.records = list(state["records"])
+        self.cumulative = {k: int(v) for k, v in state["cumulative"].items()}

@@ -1,1 +1,0 @@
-"""Building and running the simulated federation (the thin layer over the pure phase functions)."""

@@ -1,0 +1,288 @@
+"""The federated orchestrator: a Lightning Callback that runs Phases 1, 2 and 4 by calling the coordinator.
+
+Every client's Trainer carries the same orchestrator. Before round 1 (and at a re-clustering round)
+it has the clients fingerprint themselves and the coordinator cluster them (Phase 1) and allocate
+splits and ranks (Phase 2); when the last participating client of a round finishes its local training
+(`on_train_end`), it gathers every participant's adapter as plain tensors, asks the coordinator for the
+round's aggregation (Phase 4), and hands each party its update. It does no maths itself, and it times
+itself: `seconds` per round is the round's `orchestration_seconds`, kept out of every client's
+training time.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+
+from atlas_pl.lightning.modules import ClientModule
+from atlas_pl.parties.client import ClientParty
+from atlas_pl.parties.coordinator import Coordinator
+from atlas_pl.parties.discovery import (
+    K_SEARCH_COLUMNS,
+    Discovery,
+    clustering_record,
+    dp_epsilon,
+    k_search_rows,
+    privatize,
+    sent_vectors,
+    write_clustering,
+)
+from atlas_pl.parties.host import ServerHost
+from atlas_pl.parties.messages import AdapterUpload, Fingerprint
+from atlas_pl.parties.planning import (
+    RANK_COLUMNS,
+    allocation_record,
+    importance_source,
+    rank_rows,
+    write_allocation,
+)
+from atlas_pl.phases.allocation import ClientAllocation
+from atlas_pl.phases.memory import ModelArch
+from atlas_pl.settings import Settings
+from atlas_pl.tracking.tracker import Tracker
+
+log = logging.getLogger(__name__)
+
+Rebuild = Callable[[ClientParty, ClientAllocation], None]
+
+
+class FederatedOrchestrator(pl.Callback):
+    """Between-round work over the parties; `seconds[round]` is what it cost."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        coordinator: Coordinator,
+        parties: Sequence[ClientParty],
+        host: ServerHost,
+        tracker: Tracker,
+        device: torch.device,
+    ) -> None:
+        self.settings = settings
+        self.coordinator = coordinator
+        self.parties = list(parties)
+        self.host = host
+        self.tracker = tracker
+        self.device = device
+        self.round = 0
+        self.pending: set[int] = set()
+        self.seconds: dict[int, float] = defaultdict(float)
+        self.aggregation_seconds = 0.0  # this round's Phase 4, which runs inside the last client's fit
+        self.excluded: set[int] = set()
+        self.truncation_errors: dict[int, float] = {}
+        # JSON views of the discoveries, kept so a resumed job can rewrite clustering.json and summary.json
+        self.clustering_records: list[dict[str, Any]] = []
+        self.clustering_summaries: list[dict[str, Any]] = []
+
+    @property
+    def models(self) -> list[Any]:
+        """The clients' current models (what a test or a notebook inspects between rounds)."""
+        return [p.model for p in self.parties]
+
+    # -- Phase 1 --------------------------------------------------------------------------------------
+    def _include_head(self) -> bool:
+        """The head joins the fingerprint only where every client's head has the same shape."""
+        heads = {tuple(tuple(p.shape) for p in c.model.server.head.parameters()) for c in self.parties}
+        return len(heads) == 1
+
+    def _gradients(self, round_index: int) -> list[Any]:
+        include_head = self._include_head()
+        return [
+            party.fingerprint_gradients(
+                self.settings.fingerprint,
+                round_index,
+                batch_size=self.settings.fed.batch_size,
+                include_head=include_head,
+                device=self.device,
+            )
+            for party in self.parties
+        ]
+
+    def measure_importance(self, round_index: int) -> np.ndarray:
+        """Importance only, for ablations that allocate ranks without clustering: [n_clients, n_blocks]."""
+        grads = self._gradients(round_index)
+        for party, g in zip(self.parties, grads):
+            party.send("importance", [torch.as_tensor(g.importance, dtype=torch.float32)])
+        return np.stack([g.importance for g in grads])
+
+    def phase1(self, round_index: int) -> Discovery:
+        """Every client fingerprints itself; the coordinator clusters; the outcome is recorded."""
+        started = time.perf_counter()
+        s = self.settings
+        fp = s.fingerprint
+        grads = self._gradients(round_index)
+        vectors = sent_vectors(grads, fp, s.seed)
+        fingerprints = []
+        for party, g, vector in zip(self.parties, grads, vectors):
+            sent = privatize(vector, fp, s.seed, party.data.client_id, round_index)
+            party.send("fingerprint", [sent])
+            party.send("importance", [torch.as_tensor(g.importance, dtype=torch.float32)])
+            fingerprints.append(Fingerprint(party.index, sent, g.importance))
+        discovery = self.coordinator.cluster(
+            round_index,
+            fingerprints,
+            [p.task for p in self.parties],
+            sent_dim=int(vectors[0].numel()) if vectors else 0,
+            layers_used=min(fp.layers, len(self.parties[0].model.ranks)),
+            include_head=self._include_head(),
+            epsilon=dp_epsilon(fp),
+            started=started,
+        )
+        self._record_discovery(discovery)
+        return discovery
+
+    def _record_discovery(self, discovery: Discovery) -> None:
+        log.info(
+            "phase 1 (round %d): k=%d labels=%s purity=%.3f ari=%.3f nmi=%.3f (%s, %d floats per client, "
+            "%.1fs)",
+            discovery.round,
+            discovery.k,
+            discovery.labels,
+            discovery.quality["purity"],
+            discovery.quality["ari"],
+            discovery.quality["nmi"],
+            self.settings.fingerprint.compression,
+            discovery.sent_dim,
+            discovery.seconds,
+        )
+        if discovery.adjacency is not None:
+            a = discovery.adjacency
+            rows = [
+                [discovery.round, i, j, float(a[i, j])] for i in range(a.shape[0]) for j in range(a.shape[1])
+            ]
+            self.tracker.log_table(
+                "graph/adjacency", ["round", "from", "to", "weight"], rows, round_index=discovery.round
+            )
+        self.clustering_records.append(
+            clustering_record(
+                self.settings.fingerprint,
+                discovery,
+                [p.task for p in self.parties],
+                [p.data.client_id for p in self.parties],
+            )
+        )
+        self.clustering_summaries.append(
+            {
+                "round": discovery.round,
+                "k": discovery.k,
+                "labels": discovery.labels,
+                **discovery.quality,
+                "seconds": discovery.seconds,
+            }
+        )
+        write_clustering(self.tracker.out_dir, self.clustering_records)
+        self.tracker.log_table(
+            "clustering/k_search",
+            ["round", *K_SEARCH_COLUMNS],
+            k_search_rows(discovery),
+            round_index=discovery.round,
+        )
+
+    # -- Phase 2 (before round 1) ----------------------------------------------------------------------
+    def prepare(self, arch: ModelArch, devices: Sequence[str], rebuild: Rebuild) -> list[ClientAllocation]:
+        """Phase 1 where needed, then each client's split and ranks; parties rebuilt to match.
+
+        Feasibility does not depend on importance, so an impossible device mix is refused before the
+        fingerprinting passes, not after.
+        """
+        started = time.perf_counter()
+        ids = [p.data.client_id for p in self.parties]
+        if not self.settings.allocation.drop_infeasible:
+            self.coordinator.allocate(arch, ids, devices)
+        source = importance_source(self.settings)
+        importance, labels = None, None
+        if source == "cluster" or self.coordinator.clustered:
+            discovery = self.phase1(1)
+            importance, labels = discovery.importance, list(discovery.labels)
+        elif source in ("global", "client"):
+            importance = self.measure_importance(1)
+        allocations = self.coordinator.allocate(arch, ids, devices, importance, labels)
+        for party, alloc in zip(self.parties, allocations):
+            if not alloc.dropped:
+                rebuild(party, alloc)
+        _log_allocations(allocations)
+        built = [
+            None if a.dropped else (p.model.split, [p.model.ranks[b] for b in range(arch.num_layers)])
+            for p, a in zip(self.parties, allocations)
+        ]
+        tasks = [p.task for p in self.parties]
+        write_allocation(
+            self.tracker.out_dir, allocation_record(self.settings, tasks, allocations, built, arch.num_layers)
+        )
+        self.tracker.log_table(
+            "allocation/ranks", RANK_COLUMNS, rank_rows(ids, tasks, allocations), round_index=1
+        )
+        self.seconds[1] += time.perf_counter() - started
+        return allocations
+
+    # -- a round ----------------------------------------------------------------------------------------
+    def start_round(self, round_index: int) -> None:
+        """Re-cluster when due (round 1's ran in `prepare`); then wait for this round's participants."""
+        self.round = round_index
+        self.pending = set(self.coordinator.participants)
+        self.excluded, self.truncation_errors = set(), {}
+        self.aggregation_seconds = 0.0
+        every = self.settings.fingerprint.recluster_every
+        if round_index > 1 and self.coordinator.clustered and every > 0 and (round_index - 1) % every == 0:
+            started = time.perf_counter()
+            self.phase1(round_index)
+            self.seconds[round_index] += time.perf_counter() - started
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if isinstance(pl_module, ClientModule):
+            self.pending.discard(pl_module.client_id)
+        if not self.pending:
+            started = time.perf_counter()
+            self.between_rounds()
+            self.aggregation_seconds = time.perf_counter() - started
+            self.seconds[self.round] += self.aggregation_seconds
+
+    def between_rounds(self) -> None:
+        """Phase 4: every participant's adapter to the coordinator, each update back to its owner."""
+        participants = self.coordinator.participants
+        uploads = {k: self._upload(k) for k in participants}
+        result = self.coordinator.aggregate(self.round, uploads)
+        if result is None:
+            return
+        for k in result.senders:
+            self.parties[k].upload_adapter()
+        for k, update in result.updates.items():
+            self.parties[k].apply(update)
+            self.host.apply(update)
+        for k in result.receivers:
+            self.parties[k].receive_adapter()
+        self.excluded = set(result.excluded)
+        self.truncation_errors = dict(result.truncation_errors)
+
+    def _upload(self, k: int) -> AdapterUpload:
+        client_factors, client_scaling = self.parties[k].factors()
+        server_factors, server_scaling, head = self.host.factors(k)
+        return AdapterUpload(
+            client=k,
+            factors={**client_factors, **server_factors},
+            scaling={**client_scaling, **server_scaling},
+            head=head,
+        )
+
+
+def _log_allocations(allocations: list[ClientAllocation]) -> None:
+    for a in allocations:
+        if a.dropped:
+            log.info("phase 2: client %s (%s) dropped", a.client, a.device)
+        else:
+            log.info(
+                "phase 2: client %s (%s): split %d, ranks %s, client half %.1f MiB of %.1f MiB",
+                a.client,
+                a.device,
+                a.split,
+                [a.ranks[b] for b in sorted(a.ranks)],
+                a.memory.total / 2**20,
+                a.budget_bytes / 2**20,
+            )

@@ -1,0 +1,275 @@
+"""Phase 4 on plain tensor dicts: what the coordinator does with the clients' uploaded adapters.
+
+Given every participant's `AdapterUpload` (both halves' LoRA factors, scales, head), one round's
+aggregation returns each affected client's `AdapterUpdate`:
+
+- `stack`: the exact weighted sum of dW over a group, redistributed to each client's ranks by SVD;
+- `fedavg` / `zeropad`: A and B averaged separately (zero-padded to the largest rank), sliced back;
+- `laplacian`: every client moves toward its graph neighbours by the mixing matrix W = (1 - eta) I + eta A,
+  each row an exact weighted sum through the same stacked-factor routine.
+
+Nothing here touches a live module or optimizer, so the same code serves any engine. The maths of one
+sum lives in `atlas_pl.phases.aggregation`; this module decides who is summed with whom, repairs
+non-finite clients and prepares factors to be trained on again.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import cast
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from atlas_pl.models.lora import ModuleKey
+from atlas_pl.parties.messages import AdapterUpdate, AdapterUpload
+from atlas_pl.phases.aggregation import (
+    LowRank,
+    fedavg_factors,
+    normalized_weights,
+    slice_rank,
+    stack,
+    svd_from_factors,
+    truncate,
+)
+
+log = logging.getLogger(__name__)
+
+Rows = dict[int, dict[int, float]]  # client -> {neighbour: weight}, weights summing to 1
+
+
+@dataclass
+class RoundAggregation:
+    """One round's outcome: the updates, who was left out, and whose adapters crossed the network."""
+
+    updates: dict[int, AdapterUpdate] = field(default_factory=dict)
+    excluded: set[int] = field(default_factory=set)
+    senders: list[int] = field(default_factory=list)  # clients that uploaded their client-half adapter
+    receivers: list[int] = field(default_factory=list)  # clients sent their new client-half adapter
+    truncation_errors: dict[int, float] = field(default_factory=dict)
+
+
+@torch.no_grad()
+def ready_to_train(
+    new_a: Tensor, new_b: Tensor, like: tuple[Tensor, Tensor], seed_text: str
+) -> tuple[Tensor, Tensor]:
+    """New factors in the old ones' dtype and device, with dead rank components revived.
+
+    Where the aggregate has lower rank than r_k, both A and B come back with zero rows/columns, which get
+    no gradient ever again: those rows of A are re-drawn from a seeded initialisation (B stays zero
+    there, so dW is unchanged).
+    """
+    a = new_a.to(dtype=like[0].dtype, device=like[0].device).clone()
+    b = new_b.to(dtype=like[1].dtype, device=like[1].device).clone()
+    dead = (a.abs().sum(dim=1) == 0) & (b.abs().sum(dim=0) == 0)
+    if bool(dead.any()):
+        gen = torch.Generator().manual_seed(zlib.crc32(seed_text.encode()))
+        bound = 1.0 / float(a.shape[1]) ** 0.5
+        fresh = (torch.rand(int(dead.sum()), a.shape[1], generator=gen) * 2 - 1) * bound
+        a[dead] = fresh.to(a)
+    return a, b
+
+
+class RoundAggregator:
+    """One round of Phase 4 over the uploads; build one per round (it keeps that round's bookkeeping)."""
+
+    def __init__(
+        self,
+        uploads: Mapping[int, AdapterUpload],
+        sample_counts: Sequence[int],
+        *,
+        aggregation: str,
+        head_aggregation: str,
+        seed: int,
+        round_index: int,
+    ) -> None:
+        self.uploads = uploads
+        self.sample_counts = sample_counts
+        self.aggregation = aggregation
+        self.head_aggregation = head_aggregation
+        self.seed = seed
+        self.round = round_index
+        self.heads = {k: list(u.head) for k, u in uploads.items()}
+        self.out = RoundAggregation()
+
+    def _update_for(self, k: int) -> AdapterUpdate:
+        if k not in self.out.updates:
+            self.out.updates[k] = AdapterUpdate(client=k)
+        return self.out.updates[k]
+
+    def _low_rank(self, k: int, key: ModuleKey) -> LowRank:
+        a, b = self.uploads[k].factors[key]
+        return LowRank(a, b, self.uploads[k].scaling[key[0]])
+
+    def _keys(self, members: Sequence[int]) -> list[ModuleKey]:
+        return sorted(set().union(*(self.uploads[k].factors.keys() for k in members)))
+
+    def _write(self, k: int, key: ModuleKey, new_a: Tensor, new_b: Tensor) -> None:
+        """Client k gets `key`'s new factors, ready to train on (the SVD basis is new: moments reset)."""
+        text = f"{self.seed}/{self.round}/{k}/{key}"
+        self._update_for(k).factors[key] = ready_to_train(new_a, new_b, self.uploads[k].factors[key], text)
+
+    def _exclude_non_finite(self, members: Sequence[int]) -> list[int]:
+        group = [k for k in members if self.uploads[k].finite()]
+        for k in sorted(set(members) - set(group)):
+            log.warning(
+                "round %d: client %d has a non-finite update; excluded from aggregation", self.round, k
+            )
+            self.out.excluded.add(k)
+        return group
+
+    # -- heads ----------------------------------------------------------------------------------------
+    def _mix_heads(self, rows: Rows) -> None:
+        """Heads follow the same rows, restricted to neighbours whose head has the same shape."""
+        shape = {k: tuple(tuple(t.shape) for t in head) for k, head in self.heads.items()}
+        old = {k: list(head) for k, head in self.heads.items()}
+        for k, row in rows.items():
+            same = {j: w for j, w in row.items() if shape[j] == shape[k]}
+            total = sum(same.values())
+            if total <= 0:
+                continue
+            # a Python sum from 0, term by term in row order (what the results were measured with)
+            self.heads[k] = [
+                cast(Tensor, sum(w / total * old[j][index] for j, w in same.items()))
+                for index in range(len(old[k]))
+            ]
+            self._update_for(k)
+
+    def _repair(self, excluded: Sequence[int], donors: Sequence[int]) -> None:
+        """An excluded (non-finite) client restarts clean: no optimizer state, a finite head."""
+        for k in excluded:
+            self._update_for(k).reset_optimizer = True
+            if all(bool(t.isfinite().all()) for t in self.heads[k]):
+                continue
+            self._mix_heads({k: dict.fromkeys(donors, 1.0)})  # the donors' mean, same-shape heads only
+            replaced = all(bool(t.isfinite().all()) for t in self.heads[k])
+            if not replaced:
+                self.heads[k] = [torch.zeros_like(t) for t in self.heads[k]]
+            log.warning(
+                "round %d: client %d had a non-finite head; replaced by %s",
+                self.round,
+                k,
+                "its group's mean head" if replaced else "zeros",
+            )
+
+    def _finish_heads(self) -> None:
+        for k, update in self.out.updates.items():
+            if any(new is not old for new, old in zip(self.heads[k], self.uploads[k].head)):
+                update.head = [t.clone() for t in self.heads[k]]
+
+    # -- the two kinds of round -------------------------------------------------------------------------
+    def group(self, members: list[int]) -> None:
+        """One aggregate of every module over the group, given back at each client's own rank.
+
+        `stack`: the exact weighted sum of dW, redistributed by truncated SVD (error logged per client);
+        `fedavg` / `zeropad`: factors averaged separately and sliced back (no SVD, no error to report: the
+        error is the cross terms, by design of the baseline). A client whose state is not finite is left
+        out of the sum (and logged); it still receives the aggregate of the others, which is how it
+        recovers.
+        """
+        group = self._exclude_non_finite(members)
+        if not group:
+            return
+        weights = normalized_weights([self.sample_counts[k] for k in group])
+        self.out.senders.extend(group)
+        errors: dict[int, list[float]] = {k: [] for k in members}
+        for key in self._keys(members):
+            updates = [self._low_rank(k, key) for k in group]
+            if self.aggregation == "stack":
+                u, s, vh = svd_from_factors(*stack(updates, weights))
+            else:
+                mean_a, mean_b = fedavg_factors(updates, weights)
+            for k in members:
+                rank = self.uploads[k].factors[key][0].shape[0]
+                scale = self.uploads[k].scaling[key[0]]
+                if self.aggregation == "stack":
+                    new_a, new_b, err = truncate(u, s, vh, rank, scale)
+                    errors[k].append(err)
+                else:
+                    new_a, new_b = slice_rank(mean_a, mean_b, rank, scale)
+                self._write(k, key, new_a, new_b)
+        if self.head_aggregation == "group":  # every member's row is the group's weights
+            self._mix_heads({k: dict(zip(group, weights)) for k in group})
+        self._repair(sorted(set(members) - set(group)), group)
+        self.out.receivers.extend(members)
+        for k in members:
+            if errors[k]:
+                self.out.truncation_errors[k] = max(errors[k])
+
+    def personalize(self, members: list[int], mixing: np.ndarray) -> None:
+        """dW_k <- sum_l W_kl dW_l for every client whose row has neighbours, all from the old factors.
+
+        A client with W_kk = 1 (eta = 0, or no neighbour) is not touched at all and sends nothing, so
+        eta = 0 is bitwise local training. Non-finite clients are dropped from every row (the row is
+        renormalized) and keep their own state only if nobody else is left in their row.
+        """
+        finite = set(self._exclude_non_finite(members))
+        rows: Rows = {}
+        for k in members:
+            row = {j: float(mixing[k, j]) for j in members if j in finite and mixing[k, j] > 0}
+            if k not in finite:
+                row.pop(k, None)
+            total = sum(row.values())
+            if total <= 0 or set(row) <= {k}:  # nobody else to move toward: untouched
+                continue
+            rows[k] = {j: w / total for j, w in row.items()}
+        if not rows:
+            return
+        self.out.senders.extend(sorted({j for row in rows.values() for j in row}))
+        new: dict[int, dict[ModuleKey, tuple[Tensor, Tensor, float]]] = {k: {} for k in rows}
+        for key in self._keys(members):
+            for k, row in rows.items():
+                updates = [self._low_rank(j, key) for j in row]
+                u, s, vh = svd_from_factors(*stack(updates, list(row.values())))
+                rank = self.uploads[k].factors[key][0].shape[0]
+                new[k][key] = truncate(u, s, vh, rank, self.uploads[k].scaling[key[0]])
+        for k, factors in new.items():
+            errors = []
+            for key, (new_a, new_b, err) in factors.items():
+                self._write(k, key, new_a, new_b)
+                errors.append(err)
+            self.out.truncation_errors[k] = max(errors) if errors else 0.0
+        if self.head_aggregation == "group":
+            self._mix_heads(rows)
+        self._repair(sorted(set(members) - finite), sorted(finite))
+        self.out.receivers.extend(rows)
+
+    def result(self) -> RoundAggregation:
+        self._finish_heads()
+        return self.out
+
+
+def aggregate_round(
+    uploads: Mapping[int, AdapterUpload],
+    sample_counts: Sequence[int],
+    *,
+    aggregation: str,
+    groups: Sequence[Sequence[int]],
+    mixing: np.ndarray | None,
+    head_aggregation: str,
+    seed: int,
+    round_index: int,
+) -> RoundAggregation | None:
+    """Phase 4 for one round; None when the ablation does not aggregate (nothing happened)."""
+    if aggregation == "none" or not groups:
+        return None
+    job = RoundAggregator(
+        uploads,
+        sample_counts,
+        aggregation=aggregation,
+        head_aggregation=head_aggregation,
+        seed=seed,
+        round_index=round_index,
+    )
+    if aggregation == "laplacian":
+        if mixing is not None:
+            job.personalize(sorted({k for g in groups for k in g}), mixing)
+    else:
+        for group in groups:
+            if len(group) > 1:
+                job.group(list(group))
+    return job.result()

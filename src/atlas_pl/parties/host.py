@@ -1,0 +1,119 @@
+"""A host of server halves: the central server in topology=server, a peer device later (DESIGN.md §10).
+
+It holds one `ServerModule` per client it serves (that client's blocks [s, L), server-side adapter,
+head, optimizer and loss scaler), answers each training exchange with (loss, dL/dh), and can hand a
+hosted half over whole, so that a half can move to another host without losing its progress.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from atlas_pl.lightning.modules import ServerModule
+from atlas_pl.parties.messages import ActivationGrads, Activations, AdapterUpdate, Factors
+from atlas_pl.tracking.checkpoint import module_tensors, optimizer_tensors, restore_module, restore_optimizer
+
+
+@dataclass
+class HostedHalf:
+    """Everything one hosted half carries when it moves: parameters, AdamW moments, loss scale."""
+
+    client: int
+    tensors: dict[str, Tensor]
+    scaler: dict[str, Any]
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+
+class ServerHost:
+    """Runs the server halves of the clients it hosts; knows nothing of engines or transports."""
+
+    def __init__(self, name: str = "server") -> None:
+        self.name = name
+        self.modules: dict[int, ServerModule] = {}
+
+    def host(self, client: int, module: ServerModule) -> None:
+        self.modules[client] = module
+
+    @property
+    def clients(self) -> list[int]:
+        return sorted(self.modules)
+
+    def process(self, message: Activations) -> ActivationGrads:
+        loss, grad = self.modules[message.client].process(
+            message.hidden, message.attention_mask, message.labels
+        )
+        return ActivationGrads(loss, grad)
+
+    @torch.no_grad()
+    def infer(self, client: int, hidden: Tensor, attention_mask: Tensor) -> Tensor:
+        """Logits for evaluation, with the half in eval mode (dropout off) and its mode restored after."""
+        module = self.modules[client]
+        was_training = module.training
+        module.eval()
+        try:
+            return module(hidden, attention_mask)
+        finally:
+            module.train(was_training)
+
+    # -- what the coordinator aggregates ----------------------------------------------------------
+    def factors(self, client: int) -> tuple[Factors, dict[int, float], list[Tensor]]:
+        """The client's server-side factors (detached views), LoRA scales and head tensors."""
+        half = self.modules[client].server_half
+        adapter = half.adapter
+        factors: Factors = {}
+        for key in adapter.keys:
+            a, b = adapter.pair(key)
+            factors[key] = (a.detach(), b.detach())
+        scaling = {block: adapter.scaling(block) for block in adapter.ranks}
+        return factors, scaling, [p.detach() for p in half.head.parameters()]
+
+    @torch.no_grad()
+    def apply(self, update: AdapterUpdate) -> None:
+        """Write the server-side part of an update; rewritten factors lose their AdamW state."""
+        module = self.modules[update.client]
+        adapter = module.server_half.adapter
+        if update.reset_optimizer:
+            module.optimizer.state.clear()
+        for key, (new_a, new_b) in update.factors.items():
+            if key not in adapter.keys:
+                continue
+            a, b = adapter.pair(key)
+            a.copy_(new_a)
+            b.copy_(new_b)
+            _forget(module.optimizer, (a, b))
+        if update.head is not None:
+            for param, value in zip(module.server_half.head.parameters(), update.head):
+                param.copy_(value)
+
+    # -- moving a hosted half -----------------------------------------------------------------------
+    def export_half(self, client: int) -> HostedHalf:
+        module = self.modules[client]
+        tensors = {
+            **{k: v.detach().clone() for k, v in module_tensors("half", module.server_half).items()},
+            **{k: v.clone() for k, v in optimizer_tensors("optim", module.optimizer).items()},
+        }
+        scaler = module.scaler.state_dict() if module.scaler is not None else {}
+        return HostedHalf(client, tensors, scaler)
+
+    def import_half(self, half: HostedHalf, module: ServerModule) -> None:
+        """Host `half.client` on `module` (built with the same split and ranks), state and all."""
+        restore_module("half", module.server_half, half.tensors)
+        restore_optimizer("optim", module.optimizer, half.tensors)
+        if module.scaler is not None and half.scaler:
+            module.scaler.load_state_dict(dict(half.scaler))
+        self.modules[half.client] = module
+
+    def release(self, client: int) -> ServerModule:
+        return self.modules.pop(client)
+
+
+def _forget(optimizer: torch.optim.Optimizer, params: Iterable[Tensor]) -> None:
+    for p in params:
+        optimizer.state.pop(p, None)

@@ -1,0 +1,124 @@
+"""The split link, a client's only way to its server half, and the ledger of every byte sent.
+
+The ledger counts exactly the tensors a message carries (dtype-aware, no compression assumed), per
+(round, source, destination, kind); a client's upload is what it sends, its download what it receives,
+which is what metrics.jsonl reports per client. Parties are named `client/<id>`, `server` (the host of
+server halves in topology=server) and `coordinator`. In topology=server the coordinator and the server
+are one machine (SFL-V1), so the server-half adapters it aggregates travel no link and are not counted.
+
+Evaluation on the task's validation set is the experimenter's measurement, not part of the protocol:
+`infer` moves activations without counting them, as the per-client totals always meant training traffic.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Protocol
+
+from torch import Tensor
+
+from atlas_pl.parties.messages import ActivationGrads, Activations
+
+SERVER = "server"
+COORDINATOR = "coordinator"
+
+
+def client_name(client: int) -> str:
+    return f"client/{client}"
+
+
+def nbytes(tensors: Iterable[Tensor]) -> int:
+    """Bytes on the wire for these tensors at their own dtype (no compression assumed)."""
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+Route = tuple[int, str, str, str]  # (round, source, destination, kind)
+
+
+class TrafficLedger:
+    """Every message's size, keyed by (round, source, destination, kind)."""
+
+    def __init__(self) -> None:
+        self.round = 0
+        self._bytes: dict[Route, int] = defaultdict(int)
+
+    def start_round(self, round_index: int) -> None:
+        self.round = round_index
+
+    def send(self, source: str, destination: str, kind: str, tensors: Iterable[Tensor]) -> int:
+        size = nbytes(tensors)
+        self._bytes[(self.round, source, destination, kind)] += size
+        return size
+
+    def upload_bytes(self, round_index: int, client: int) -> int:
+        """What client `client` sent in round `round_index`, to anyone."""
+        name = client_name(client)
+        return sum(v for (r, src, _, _), v in self._bytes.items() if r == round_index and src == name)
+
+    def download_bytes(self, round_index: int, client: int) -> int:
+        """What client `client` received in round `round_index`, from anyone."""
+        name = client_name(client)
+        return sum(v for (r, _, dst, _), v in self._bytes.items() if r == round_index and dst == name)
+
+    def by_kind(self, round_index: int, client: int) -> dict[str, dict[str, int]]:
+        """A client's bytes in one round, split by direction and kind."""
+        name = client_name(client)
+        out: dict[str, dict[str, int]] = {"upload": defaultdict(int), "download": defaultdict(int)}
+        for (r, src, dst, kind), v in self._bytes.items():
+            if r == round_index and src == name:
+                out["upload"][kind] += v
+            if r == round_index and dst == name:
+                out["download"][kind] += v
+        return {direction: dict(kinds) for direction, kinds in out.items()}
+
+    def totals(self) -> dict[str, int]:
+        """Job totals of what clients sent and received (the per-client figures summed)."""
+        up = sum(v for (_, src, _, _), v in self._bytes.items() if src.startswith("client/"))
+        down = sum(v for (_, _, dst, _), v in self._bytes.items() if dst.startswith("client/"))
+        return {"upload_bytes": up, "download_bytes": down}
+
+    def to_json(self) -> list[list]:
+        """Every entry as [round, source, destination, kind, bytes] (what a checkpoint stores)."""
+        return [[r, src, dst, kind, size] for (r, src, dst, kind), size in self._bytes.items()]
+
+    def load_json(self, rows: list[list]) -> None:
+        self._bytes.clear()
+        for r, src, dst, kind, size in rows:
+            self._bytes[(int(r), str(src), str(dst), str(kind))] = int(size)
+
+
+class HostsServerHalves(Protocol):
+    """What a link needs of the party that runs a client's server half."""
+
+    def process(self, message: Activations) -> ActivationGrads: ...
+
+    def infer(self, client: int, hidden: Tensor, attention_mask: Tensor) -> Tensor: ...
+
+
+class SplitLink(Protocol):
+    """How a client reaches its server half: one training exchange, or a forward for evaluation."""
+
+    def exchange(self, message: Activations) -> ActivationGrads: ...
+
+    def infer(self, hidden: Tensor, attention_mask: Tensor) -> Tensor: ...
+
+
+class LocalLink:
+    """A link to a host in this process: a function call, with every training message counted."""
+
+    def __init__(self, client: int, host: HostsServerHalves, ledger: TrafficLedger, host_name: str = SERVER):
+        self.client = client
+        self.host = host
+        self.ledger = ledger
+        self.host_name = host_name
+
+    def exchange(self, message: Activations) -> ActivationGrads:
+        me = client_name(self.client)
+        self.ledger.send(me, self.host_name, "activations", message.tensors())
+        reply = self.host.process(message)
+        self.ledger.send(self.host_name, me, "activation_grads", (reply.grad,))
+        return reply
+
+    def infer(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
+        return self.host.infer(self.client, hidden, attention_mask)

@@ -1,0 +1,400 @@
+"""Typed settings, built once from the composed Hydra config; DictConfig stops here (DESIGN.md §1).
+
+`build_settings` runs the config validation first (every bad value named with its valid values, before
+anything loads) and then copies the config into frozen dataclasses, so the rest of the package reads
+`settings.fed.lr` as a float instead of re-parsing `cfg.fed.get("lr")` at forty call sites. The resolved
+config is kept as plain JSON (`Settings.config`) for the files a job writes and the resume checks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    name: str
+    split_point: int
+    pooling: str | None
+    head: str
+    lora_targets: tuple[str, ...] | None
+    attn_implementation: str
+    dtype: str
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    rank: int
+    alpha: float
+    dropout: float
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    glue_dir: str | None
+    source: str
+    samples_per_client: int | None
+    eval_samples: int | None
+    partition: str
+    dirichlet_alpha: float
+    max_len: int
+    cache_dir: Path
+    synthetic_train_size: int
+    synthetic_eval_size: int
+
+
+@dataclass(frozen=True)
+class FedSettings:
+    rounds: int
+    local_epochs: int
+    clients_per_task: int
+    eta: float
+    batch_size: int
+    lr: float
+    head_lr: float  # fed.head_lr, or fed.lr when unset
+    weight_decay: float
+    balanced_tasks: frozenset[str]
+
+    @property
+    def eval_batch_size(self) -> int:
+        """Forward-only batches can be larger than training ones; never below 32."""
+        return max(32, self.batch_size)
+
+    def loader_seed(self, index: int) -> int:
+        """Seed of the shuffled training loader of client (or task) `index`: one rule for every pipeline."""
+        return self.seed_base * 7919 + index
+
+    seed_base: int = 0
+
+
+@dataclass(frozen=True)
+class DPSettings:
+    enabled: bool
+    clip: float
+    noise_multiplier: float
+    delta: float
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "enabled": self.enabled,
+            "clip": self.clip,
+            "noise_multiplier": self.noise_multiplier,
+            "delta": self.delta,
+        }
+
+
+@dataclass(frozen=True)
+class FingerprintSettings:
+    batches: int
+    layers: int
+    sketch_dim: int
+    dim: int
+    compression: str
+    class_balanced: bool
+    recluster_every: int
+    dp: DPSettings | None
+
+
+@dataclass(frozen=True)
+class ClusteringSettings:
+    k_min: int
+    k_max: int
+    singleton_penalty: float
+    weights: dict[str, float]
+
+
+@dataclass(frozen=True)
+class GraphSettings:
+    alpha: float | None
+    ensure_connectivity: bool
+    knn: int
+
+
+@dataclass(frozen=True)
+class AllocationSettings:
+    mode: str
+    rank_candidates: tuple[int, ...]
+    uniform_rank: int | None
+    split: int | None  # None = auto (per device)
+    drop_infeasible: bool
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """One device type. Only `memory_gb` is read today (Phase 2's budget); `compute` (relative speed) and
+    `bandwidth_mbps` are carried for the peer-to-peer topology's simulated time, which reads them."""
+
+    name: str
+    memory_gb: float
+    compute: float | None = None
+    bandwidth_mbps: float | None = None
+
+
+@dataclass(frozen=True)
+class DevicesSettings:
+    name: str
+    mix: tuple[str, ...]
+    assignment: str
+    scale: float
+    profiles: dict[str, DeviceProfile]
+
+
+@dataclass(frozen=True)
+class AblationSettings:
+    """What one ablation does (conf/ablation): the pipeline, clustering, ranks, aggregation, heads."""
+
+    name: str
+    pipeline: str  # split | centralized
+    clustering: bool
+    ranks: str  # allocated | uniform
+    importance: str  # cluster | global | client
+    aggregation: str  # none | stack | fedavg | zeropad
+    personalization: str  # none | laplacian
+    head_aggregation: str  # local | group
+
+    @property
+    def mode(self) -> str:
+        """What the coordinator does between rounds: laplacian, stack, fedavg, zeropad or none."""
+        return "laplacian" if self.personalization == "laplacian" else self.aggregation
+
+    @property
+    def centralized(self) -> bool:
+        return self.pipeline == "centralized"
+
+
+@dataclass(frozen=True)
+class TrainerSettings:
+    accelerator: str
+    devices: int
+    precision: str
+    deterministic: bool
+    num_threads: int
+
+
+@dataclass(frozen=True)
+class LoggerSettings:
+    name: str  # wandb | csv | none
+    project: str = "atlas"
+    entity: str | None = None
+    group: str | None = None
+    mode: str | None = None
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CheckpointSettings:
+    enabled: bool
+    keep: int
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a job reads, typed; `config` is the resolved config as JSON (written, compared)."""
+
+    seed: int
+    resume: bool
+    experiment_name: str
+    model: ModelSettings
+    lora: LoraSettings
+    tasks: tuple[str, ...]
+    data: DataSettings
+    fed: FedSettings
+    fingerprint: FingerprintSettings
+    clustering: ClusteringSettings
+    graph: GraphSettings
+    allocation: AllocationSettings
+    devices: DevicesSettings
+    ablation: AblationSettings
+    trainer: TrainerSettings
+    logger: LoggerSettings
+    checkpoint: CheckpointSettings
+    output_dir: Path
+    cache_dir: Path
+    config: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _model(c: dict[str, Any]) -> ModelSettings:
+    targets = c.get("lora_targets")
+    return ModelSettings(
+        name=str(c["name"]),
+        split_point=int(c["split_point"]),
+        pooling=None if c.get("pooling") is None else str(c["pooling"]),
+        head=str(c.get("head", "linear")),
+        lora_targets=tuple(str(t) for t in targets) if targets else None,
+        attn_implementation=str(c["attn_implementation"]),
+        dtype=str(c["dtype"]),
+    )
+
+
+def _data(c: dict[str, Any]) -> DataSettings:
+    return DataSettings(
+        glue_dir=str(c["glue_dir"]) if c.get("glue_dir") else None,
+        source=str(c["source"]),
+        samples_per_client=_opt_int(c.get("samples_per_client")),
+        eval_samples=_opt_int(c.get("eval_samples")),
+        partition=str(c["partition"]),
+        dirichlet_alpha=float(c["dirichlet_alpha"]),
+        max_len=int(c["max_len"]),
+        cache_dir=Path(str(c["cache_dir"])),
+        synthetic_train_size=int(c["synthetic_train_size"]),
+        synthetic_eval_size=int(c["synthetic_eval_size"]),
+    )
+
+
+def _fed(c: dict[str, Any], seed: int) -> FedSettings:
+    lr = float(c["lr"])
+    return FedSettings(
+        rounds=int(c["rounds"]),
+        local_epochs=int(c["local_epochs"]),
+        clients_per_task=int(c["clients_per_task"]),
+        eta=float(c["eta"]),
+        batch_size=int(c["batch_size"]),
+        lr=lr,
+        head_lr=float(c.get("head_lr") or lr),
+        weight_decay=float(c.get("weight_decay") or 0.0),
+        balanced_tasks=frozenset(str(t) for t in c.get("balanced_tasks") or []),
+        seed_base=seed,
+    )
+
+
+def _fingerprint(c: dict[str, Any]) -> FingerprintSettings:
+    dp = c.get("dp")
+    return FingerprintSettings(
+        batches=int(c["batches"]),
+        layers=int(c["layers"]),
+        sketch_dim=int(c["sketch_dim"]),
+        dim=int(c["dim"]),
+        compression=str(c["compression"]),
+        class_balanced=bool(c.get("class_balanced", True)),
+        recluster_every=int(c.get("recluster_every") or 0),
+        dp=None
+        if not dp
+        else DPSettings(
+            enabled=bool(dp.get("enabled", False)),
+            clip=float(dp.get("clip", 1.0)),
+            noise_multiplier=float(dp.get("noise_multiplier", 1.0)),
+            delta=float(dp.get("delta", 1e-5)),
+        ),
+    )
+
+
+def _allocation(c: dict[str, Any]) -> AllocationSettings:
+    split = c.get("split", "auto")
+    return AllocationSettings(
+        mode=str(c["mode"]),
+        rank_candidates=tuple(int(r) for r in c["rank_candidates"]),
+        uniform_rank=_opt_int(c.get("uniform_rank")),
+        split=None if split in (None, "auto") else int(split),
+        drop_infeasible=bool(c.get("drop_infeasible", False)),
+    )
+
+
+def _devices(c: dict[str, Any]) -> DevicesSettings:
+    profiles = {
+        str(name): DeviceProfile(
+            name=str(name),
+            memory_gb=float(p["memory_gb"]),
+            compute=None if p.get("compute") is None else float(p["compute"]),
+            bandwidth_mbps=None if p.get("bandwidth_mbps") is None else float(p["bandwidth_mbps"]),
+        )
+        for name, p in c["profiles"].items()
+    }
+    return DevicesSettings(
+        name=str(c.get("name", "")),
+        mix=tuple(str(d) for d in c["mix"]),
+        assignment=str(c.get("assignment", "seeded")),
+        scale=float(c.get("scale", 1.0)),
+        profiles=profiles,
+    )
+
+
+def _ablation(c: dict[str, Any]) -> AblationSettings:
+    return AblationSettings(
+        name=str(c["name"]),
+        pipeline=str(c.get("pipeline", "split")),
+        clustering=bool(c.get("clustering", False)),
+        ranks=str(c.get("ranks", "allocated")),
+        importance=str(c.get("importance", "global")),
+        aggregation=str(c.get("aggregation", "none")),
+        personalization=str(c.get("personalization", "none")),
+        head_aggregation=str(c.get("head_aggregation", "local")),
+    )
+
+
+def _logger(c: dict[str, Any]) -> LoggerSettings:
+    return LoggerSettings(
+        name=str(c["name"]),
+        project=str(c.get("project") or "atlas"),
+        entity=c.get("entity"),
+        group=c.get("group"),
+        mode=c.get("mode"),
+        tags=tuple(str(t) for t in c.get("tags") or ()),
+    )
+
+
+def settings_from_dict(c: dict[str, Any]) -> Settings:
+    """Settings from a resolved config dict (what `job_config.json` holds); no validation."""
+    seed = int(c["seed"])
+    graph = c.get("graph") or {}
+    trainer = c["trainer"]
+    checkpoint = c.get("checkpoint") or {}
+    clustering = c["clustering"]
+    return Settings(
+        seed=seed,
+        resume=bool(c.get("resume", False)),
+        experiment_name=str(c.get("experiment_name", "default")),
+        model=_model(c["model"]),
+        lora=LoraSettings(
+            rank=int(c["lora"]["rank"]), alpha=float(c["lora"]["alpha"]), dropout=float(c["lora"]["dropout"])
+        ),
+        tasks=tuple(str(t) for t in c["task"]["names"]),
+        data=_data(c["data"]),
+        fed=_fed(c["fed"], seed),
+        fingerprint=_fingerprint(c["fingerprint"]),
+        clustering=ClusteringSettings(
+            k_min=int(clustering["k_min"]),
+            k_max=int(clustering["k_max"]),
+            singleton_penalty=float(clustering["singleton_penalty"]),
+            weights={str(k): float(v) for k, v in clustering["weights"].items()},
+        ),
+        graph=GraphSettings(
+            alpha=None if graph.get("alpha") is None else float(graph["alpha"]),
+            ensure_connectivity=bool(graph.get("ensure_connectivity", True)),
+            knn=int(graph.get("knn", 2)),
+        ),
+        allocation=_allocation(c["allocation"]),
+        devices=_devices(c["devices"]),
+        ablation=_ablation(c["ablation"]),
+        trainer=TrainerSettings(
+            accelerator=str(trainer["accelerator"]),
+            devices=int(trainer.get("devices", 1)),
+            precision=str(trainer["precision"]),
+            deterministic=bool(trainer.get("deterministic", True)),
+            num_threads=int(trainer.get("num_threads") or 0),
+        ),
+        logger=_logger(c["logger"]),
+        checkpoint=CheckpointSettings(
+            enabled=bool(checkpoint.get("enabled", True)), keep=int(checkpoint.get("keep", 2))
+        ),
+        output_dir=Path(str(c["paths"]["output_dir"])),
+        cache_dir=Path(str(c["paths"]["cache_dir"])),
+        config=c,
+    )
+
+
+def build_settings(cfg: DictConfig) -> Settings:
+    """Validate `cfg` (raises config_validation.ConfigError naming every bad value), then type it."""
+    from atlas_pl.config_validation import validate_config
+
+    validate_config(cfg)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(resolved, dict)
+    return settings_from_dict({str(k): v for k, v in resolved.items()})

@@ -1,0 +1,163 @@
+"""The coordinator's Phase 4 on synthetic factors: no model, no job, just the uploads and the maths."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from atlas_pl.parties.aggregation import aggregate_round
+from atlas_pl.parties.messages import AdapterUpload
+from atlas_pl.phases.personalization import mixing_matrix
+
+KEYS = [(0, "q"), (1, "q")]
+ALPHA = 16.0
+
+
+def _upload(k: int, rank: int, seed: int, *, head_shape=(2, 8)) -> AdapterUpload:
+    gen = torch.Generator().manual_seed(seed)
+    factors = {
+        key: (torch.randn(rank, 8, generator=gen), torch.randn(6, rank, generator=gen)) for key in KEYS
+    }
+    head = [torch.randn(*head_shape, generator=gen), torch.randn(head_shape[0], generator=gen)]
+    return AdapterUpload(client=k, factors=factors, scaling={0: ALPHA / rank, 1: ALPHA / rank}, head=head)
+
+
+def _dw(upload: AdapterUpload, key) -> torch.Tensor:
+    a, b = upload.factors[key]
+    return upload.scaling[key[0]] * (b.double() @ a.double())
+
+
+def _new_dw(update, upload, key) -> torch.Tensor:
+    a, b = update.factors[key]
+    return upload.scaling[key[0]] * (b.double() @ a.double())
+
+
+def _run(uploads, **kwargs):
+    defaults = {
+        "aggregation": "stack",
+        "groups": [list(uploads)],
+        "mixing": None,
+        "head_aggregation": "local",
+        "seed": 0,
+        "round_index": 1,
+    }
+    counts = kwargs.pop("counts", [1] * len(uploads))
+    return aggregate_round(uploads, counts, **{**defaults, **kwargs})
+
+
+def test_stack_gives_every_member_the_exact_weighted_sum_when_its_rank_suffices() -> None:
+    # ranks 2 + 2 + 4 = 8 >= the aggregate's rank: a client of rank 8 gets it back exactly
+    uploads = {0: _upload(0, 2, 1), 1: _upload(1, 2, 2), 2: _upload(2, 8, 3)}
+    counts = [1, 3, 4]
+    result = _run(uploads, counts=counts)
+    assert result is not None and sorted(result.senders) == [0, 1, 2]
+    for key in KEYS:
+        expected = sum(c * _dw(uploads[k], key) for k, c in enumerate(counts)) / sum(counts)
+        got = _new_dw(result.updates[2], uploads[2], key)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert result.truncation_errors[2] < 1e-6
+    assert result.truncation_errors[0] > 0.01  # rank 2 cannot hold it: the error is reported
+    assert all(u.head is None for u in result.updates.values())  # local heads stay local
+
+
+def test_groups_are_aggregated_apart_and_a_singleton_group_is_untouched() -> None:
+    uploads = {k: _upload(k, 4, 10 + k) for k in range(5)}
+    result = _run(uploads, groups=[[0, 1], [2, 3], [4]])
+    assert set(result.updates) == {0, 1, 2, 3}
+    for key in KEYS:
+        torch.testing.assert_close(
+            _new_dw(result.updates[0], uploads[0], key), _new_dw(result.updates[1], uploads[1], key)
+        )
+        assert not torch.allclose(
+            _new_dw(result.updates[0], uploads[0], key), _new_dw(result.updates[2], uploads[2], key)
+        )
+    assert 4 not in result.senders and 4 not in result.receivers
+
+
+def test_group_heads_are_the_weighted_mean_of_same_shape_heads() -> None:
+    uploads = {0: _upload(0, 4, 1), 1: _upload(1, 4, 2), 2: _upload(2, 4, 3, head_shape=(3, 8))}
+    result = _run(uploads, head_aggregation="group", counts=[1, 3, 5])
+    mean = [0.25 * p + 0.75 * q for p, q in zip(uploads[0].head, uploads[1].head)]
+    for k in (0, 1):
+        assert all(torch.allclose(got, want) for got, want in zip(result.updates[k].head, mean))
+    head = result.updates[2].head or uploads[2].head  # no other head of its shape: its own stays
+    assert all(torch.equal(got, own) for got, own in zip(head, uploads[2].head))
+
+
+def test_fedavg_averages_factors_separately() -> None:
+    uploads = {0: _upload(0, 4, 1), 1: _upload(1, 4, 2)}
+    result = _run(uploads, aggregation="fedavg")
+    for key in KEYS:
+        mean_a = (uploads[0].factors[key][0] + uploads[1].factors[key][0]) / 2
+        assert torch.allclose(result.updates[0].factors[key][0], mean_a)
+        assert torch.equal(result.updates[0].factors[key][0], result.updates[1].factors[key][0])
+    assert not result.truncation_errors  # no SVD, nothing to report
+
+
+def test_laplacian_with_eta_zero_sends_and_changes_nothing() -> None:
+    uploads = {k: _upload(k, 4, k) for k in range(3)}
+    adjacency = np.full((3, 3), 0.5) - 0.5 * np.eye(3)
+    result = _run(uploads, aggregation="laplacian", mixing=mixing_matrix(adjacency, 0.0))
+    assert result is not None and not result.updates and not result.senders and not result.receivers
+
+
+def test_laplacian_row_is_the_mixing_weighted_sum() -> None:
+    uploads = {0: _upload(0, 8, 1), 1: _upload(1, 4, 2), 2: _upload(2, 4, 3)}
+    adjacency = np.array([[0.0, 0.5, 0.5], [1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    mixing = mixing_matrix(adjacency, 0.25)
+    result = _run(uploads, aggregation="laplacian", mixing=mixing)
+    for key in KEYS:
+        expected = sum(mixing[0, j] * _dw(uploads[j], key) for j in range(3))
+        torch.testing.assert_close(
+            _new_dw(result.updates[0], uploads[0], key), expected, rtol=1e-5, atol=1e-6
+        )
+
+
+def test_a_non_finite_client_is_left_out_then_repaired() -> None:
+    uploads = {k: _upload(k, 4, k) for k in range(3)}
+    uploads[1].factors[KEYS[0]][0][0, 0] = float("nan")
+    uploads[1].head[0][0, 0] = float("inf")
+    result = _run(uploads, head_aggregation="local")
+    assert result.excluded == {1} and sorted(result.senders) == [0, 2]
+    for key in KEYS:  # the others' aggregate, exactly (rank 8 total > 4: compare before truncation is moot)
+        assert torch.isfinite(result.updates[1].factors[key][0]).all()
+        assert torch.isfinite(_new_dw(result.updates[1], uploads[1], key)).all()
+    repaired = result.updates[1]
+    assert repaired.reset_optimizer and not result.updates[0].reset_optimizer
+    mean = [(p + q) / 2 for p, q in zip(uploads[0].head, uploads[2].head)]
+    assert all(torch.allclose(got, want) for got, want in zip(repaired.head, mean))
+
+
+def test_rank_deficient_aggregate_comes_back_trainable_and_seeded() -> None:
+    # client 0 (rank 4) is excluded and receives the others' aggregate, of rank 1 + 1 = 2 < 4: two of its
+    # rank components come back zero on both sides and would never train again
+    uploads = {0: _upload(0, 4, 1), 1: _upload(1, 1, 2), 2: _upload(2, 1, 3)}
+    uploads[0].factors[KEYS[0]][0][0, 0] = float("nan")
+    first = _run(uploads, round_index=3)
+    again = _run(uploads, round_index=3)
+    later = _run(uploads, round_index=4)
+    for key in KEYS:
+        a, b = first.updates[0].factors[key]
+        assert torch.count_nonzero(a[2:]).item() == a[2:].numel()  # dead rows of A re-drawn
+        assert torch.count_nonzero(b[:, 2:]).item() == 0  # B stays zero there, so dW is unchanged
+        expected = sum(0.5 * _dw(uploads[k], key) for k in (1, 2))
+        torch.testing.assert_close(_new_dw(first.updates[0], uploads[0], key), expected, rtol=1e-5, atol=1e-6)
+        assert torch.equal(a, again.updates[0].factors[key][0])  # seeded by (seed, round, client, key)
+        assert not torch.equal(a[2:], later.updates[0].factors[key][0][2:])
+
+
+def test_nothing_to_do_returns_none() -> None:
+    uploads = {0: _upload(0, 4, 1)}
+    assert _run(uploads, aggregation="none") is None
+    assert _run(uploads, groups=[]) is None
+
+
+@pytest.mark.parametrize("mode", ["stack", "zeropad"])
+def test_one_dtype_in_one_dtype_out(mode: str) -> None:
+    uploads = {k: _upload(k, 2 + 2 * k, k) for k in range(2)}
+    result = _run(uploads, aggregation=mode)
+    for k, update in result.updates.items():
+        for key, (a, b) in update.factors.items():
+            assert a.dtype == uploads[k].factors[key][0].dtype and a.shape == uploads[k].factors[key][0].shape
+            assert b.shape == uploads[k].factors[key][1].shape
