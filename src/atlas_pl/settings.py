@@ -58,6 +58,7 @@ class FedSettings:
     head_lr: float  # fed.head_lr, or fed.lr when unset
     weight_decay: float
     balanced_tasks: frozenset[str]
+    seed_base: int = 0  # the job's seed, from which every loader's seed derives
 
     @property
     def eval_batch_size(self) -> int:
@@ -67,8 +68,6 @@ class FedSettings:
     def loader_seed(self, index: int) -> int:
         """Seed of the shuffled training loader of client (or task) `index`: one rule for every pipeline."""
         return self.seed_base * 7919 + index
-
-    seed_base: int = 0
 
 
 @dataclass(frozen=True)

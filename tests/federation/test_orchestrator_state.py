@@ -18,7 +18,8 @@ def _model() -> SplitClientModel:
     return SplitClientModel(backbone, 2, dict.fromkeys(range(backbone.num_layers), 4), 2)
 
 
-def test_rank_deficient_aggregate_redraws_dead_a_rows_and_clears_adamw_state() -> None:
+def _stepped_host() -> tuple[SplitClientModel, ServerModule, ServerHost]:
+    """A host of one server half whose AdamW has taken a step (every parameter has moments)."""
     model = _model()
     server = ServerModule(model.server, lr=1e-3)
     for p in model.server.parameters():
@@ -26,6 +27,11 @@ def test_rank_deficient_aggregate_redraws_dead_a_rows_and_clears_adamw_state() -
     server.optimizer.step()
     host = ServerHost()
     host.host(0, server)
+    return model, server, host
+
+
+def test_rank_deficient_aggregate_redraws_dead_a_rows_and_clears_adamw_state() -> None:
+    model, server, host = _stepped_host()
     key = model.server.adapter.keys[0]
     a, b = model.server.adapter.pair(key)
     gen = torch.Generator().manual_seed(0)
@@ -47,12 +53,6 @@ def test_rank_deficient_aggregate_redraws_dead_a_rows_and_clears_adamw_state() -
 
 
 def test_a_reset_update_forgets_every_moment() -> None:
-    model = _model()
-    server = ServerModule(model.server, lr=1e-3)
-    for p in model.server.parameters():
-        p.grad = torch.ones_like(p)
-    server.optimizer.step()
-    host = ServerHost()
-    host.host(0, server)
+    _, server, host = _stepped_host()
     host.apply(AdapterUpdate(client=0, reset_optimizer=True))
     assert not server.optimizer.state

@@ -24,6 +24,7 @@ from atlas_pl.data import ClientData, TokenizedExamples, shuffled_loader
 from atlas_pl.data.federated import derive_seed
 from atlas_pl.lightning.modules import ClientModule
 from atlas_pl.models.split import ClientHalf, SplitClientModel
+from atlas_pl.parties.apply import apply_factors
 from atlas_pl.parties.evaluation import evaluate
 from atlas_pl.parties.link import COORDINATOR, SplitLink, TrafficLedger, client_name
 from atlas_pl.parties.messages import AdapterUpdate, Factors
@@ -142,22 +143,9 @@ class ClientParty:
     def receive_adapter(self) -> None:
         self.ledger.send(COORDINATOR, self.name, "adapter", list(self.half.adapter.parameters()))
 
-    @torch.no_grad()
     def apply(self, update: AdapterUpdate) -> None:
         """Write the client-half part of an update; rewritten factors lose their AdamW state."""
-        adapter = self.half.adapter
-        optimizer = self.module.optimizer if self.module is not None else None
-        if update.reset_optimizer and optimizer is not None:
-            optimizer.state.clear()
-        for key, (new_a, new_b) in update.factors.items():
-            if key not in adapter.keys:
-                continue
-            a, b = adapter.pair(key)
-            a.copy_(new_a)
-            b.copy_(new_b)
-            if optimizer is not None:
-                optimizer.state.pop(a, None)
-                optimizer.state.pop(b, None)
+        apply_factors(self.half.adapter, update, self.module.optimizer if self.module is not None else None)
 
     # -- evaluation -----------------------------------------------------------------------------------
     def evaluate(self, data: TokenizedExamples, *, batch_size: int, device: torch.device) -> dict[str, float]:

@@ -7,7 +7,6 @@ hosted half over whole, so that a half can move to another host without losing i
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +14,7 @@ import torch
 from torch import Tensor
 
 from atlas_pl.lightning.modules import ServerModule
+from atlas_pl.parties.apply import apply_factors
 from atlas_pl.parties.messages import ActivationGrads, Activations, AdapterUpdate, Factors
 from atlas_pl.tracking.checkpoint import module_tensors, optimizer_tensors, restore_module, restore_optimizer
 
@@ -78,16 +78,7 @@ class ServerHost:
     def apply(self, update: AdapterUpdate) -> None:
         """Write the server-side part of an update; rewritten factors lose their AdamW state."""
         module = self.modules[update.client]
-        adapter = module.server_half.adapter
-        if update.reset_optimizer:
-            module.optimizer.state.clear()
-        for key, (new_a, new_b) in update.factors.items():
-            if key not in adapter.keys:
-                continue
-            a, b = adapter.pair(key)
-            a.copy_(new_a)
-            b.copy_(new_b)
-            _forget(module.optimizer, (a, b))
+        apply_factors(module.server_half.adapter, update, module.optimizer)
         if update.head is not None:
             for param, value in zip(module.server_half.head.parameters(), update.head):
                 param.copy_(value)
@@ -112,8 +103,3 @@ class ServerHost:
 
     def release(self, client: int) -> ServerModule:
         return self.modules.pop(client)
-
-
-def _forget(optimizer: torch.optim.Optimizer, params: Iterable[Tensor]) -> None:
-    for p in params:
-        optimizer.state.pop(p, None)
