@@ -23,8 +23,7 @@ from torch.nn import functional as F
 
 from atlas_pl.data import shuffled_loader
 from atlas_pl.data.tokenized import TokenizedExamples
-from atlas_pl.engines.inprocess import FederationResult, log_round
-from atlas_pl.engines.records import ClientRound, RoundLog, round_record
+from atlas_pl.engines.records import ClientRound, FederationResult, RoundLog, log_round, round_record
 from atlas_pl.engines.setup import Federation, build_client_model
 from atlas_pl.lightning.modules import adapter_head_adamw, task_class_weights
 from atlas_pl.lightning.trainers import make_trainer, set_completed_epochs

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from atlas_pl.data import shuffled_loader
-from atlas_pl.engines.records import ClientRound, RoundLog, round_record
+from atlas_pl.engines.records import ClientRound, FederationResult, RoundLog, log_round, round_record
 from atlas_pl.engines.setup import Federation, build_client_model
 from atlas_pl.lightning.modules import ClientModule, ServerModule, task_class_weights
 from atlas_pl.lightning.orchestrator import FederatedOrchestrator
@@ -33,38 +32,6 @@ from atlas_pl.tracking.resume import RoundCheckpointer
 from atlas_pl.tracking.tracker import Tracker
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class FederationResult:
-    """What a finished engine hands the job: records, traffic, timing, and Phases 1-2's outcome."""
-
-    log: RoundLog
-    ledger: TrafficLedger
-    overhead: dict[str, float] = field(default_factory=dict)
-    allocations: list[ClientAllocation] = field(default_factory=list)
-    clustering_summaries: list[dict[str, Any]] = field(default_factory=list)
-    elapsed_before: float = 0.0  # seconds spent by earlier processes of a resumed job
-    parties: list[ClientParty] = field(default_factory=list)
-    host: ServerHost | None = None
-    trainers: list[Any] = field(default_factory=list)  # the Lightning Trainers the engine ran
-    orchestrator: FederatedOrchestrator | None = None
-
-    @property
-    def records(self) -> list[dict[str, Any]]:
-        return self.log.records
-
-
-def log_round(record: dict[str, Any], rounds: int) -> None:
-    log.info(
-        "round %d/%d: mean acc %.4f, worst %.4f, per task %s (%.1fs)",
-        record["round"],
-        rounds,
-        record["mean_accuracy"],
-        record["worst_accuracy"],
-        {t: round(v["primary"], 4) for t, v in record["per_task"].items()},
-        record["round_seconds"],
-    )
 
 
 class InProcessEngine:

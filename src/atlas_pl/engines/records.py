@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from atlas_pl.parties.link import TrafficLedger
+from atlas_pl.phases.allocation import ClientAllocation
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -118,3 +122,35 @@ class RoundLog:
     def load_json(self, state: Mapping[str, Any]) -> None:
         self.records = list(state["records"])
         self.cumulative = {k: int(v) for k, v in state["cumulative"].items()}
+
+
+@dataclass
+class FederationResult:
+    """What a finished engine hands the job: records, traffic, timing, and Phases 1-2's outcome."""
+
+    log: RoundLog
+    ledger: TrafficLedger
+    overhead: dict[str, float] = field(default_factory=dict)
+    allocations: list[ClientAllocation] = field(default_factory=list)
+    clustering_summaries: list[dict[str, Any]] = field(default_factory=list)
+    elapsed_before: float = 0.0  # seconds spent by earlier processes of a resumed job
+    parties: list[Any] = field(default_factory=list)  # the engine's ClientParty objects, for inspection
+    host: Any = None  # its ServerHost
+    trainers: list[Any] = field(default_factory=list)  # the Lightning Trainers the engine ran
+    orchestrator: Any = None  # its FederatedOrchestrator
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        return self.log.records
+
+
+def log_round(record: dict[str, Any], rounds: int) -> None:
+    log.info(
+        "round %d/%d: mean acc %.4f, worst %.4f, per task %s (%.1fs)",
+        record["round"],
+        rounds,
+        record["mean_accuracy"],
+        record["worst_accuracy"],
+        {t: round(v["primary"], 4) for t, v in record["per_task"].items()},
+        record["round_seconds"],
+    )
