@@ -9,10 +9,10 @@ export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
 .DEFAULT_GOAL := help
-.PHONY: help install run smoke quick test test-slow test-full lint format bench clean
+.PHONY: help install run smoke quick test test-integration test-slow test-full lint types check format bench clean
 
 help: ## Show this help
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -32,18 +32,26 @@ smoke: $(STAMP) ## Tiny model on synthetic tasks, end to end in seconds
 quick: $(STAMP) ## Real MiniLM on SST-2/MRPC/CoLA, a few minutes on CPU
 	$(PY) -m atlas_pl +experiment=quick $(ARGS)
 
-test: $(STAMP) ## Fast test suite (tiny models, synthetic tasks, GLUE file checks)
+test: $(STAMP) ## Fast test suite (tiny models, synthetic tasks, GLUE file checks, one smoke CLI job)
 	$(PY) -m pytest -q --durations=15
+
+test-integration: $(STAMP) ## CLI jobs in subprocesses: sweeps, kill/resume, report on a multirun, the notebook
+	$(PY) -m pytest -q -m integration --durations=10
 
 test-slow: $(STAMP) ## Only the slow tests (real packaged model on real GLUE data)
 	$(PY) -m pytest -q -m slow --durations=5
 
-test-full: $(STAMP) ## Every test, slow ones included
+test-full: $(STAMP) ## Every test: fast, integration and slow
 	$(PY) -m pytest -q -m "slow or not slow"
 
 lint: $(STAMP) ## Ruff lint and format check
 	$(PY) -m ruff check src tests benchmarks notebooks
 	$(PY) -m ruff format --check src tests benchmarks notebooks
+
+types: $(STAMP) ## mypy on src/ (settings in pyproject.toml)
+	$(PY) -m mypy
+
+check: lint types test ## Before a commit: lint, types and the fast tests
 
 format: $(STAMP) ## Apply ruff fixes and formatting
 	$(PY) -m ruff check --fix src tests benchmarks notebooks
@@ -56,4 +64,4 @@ bench: $(STAMP) ## Run the benchmarks (they print and write JSON to benchmarks/r
 	$(PY) benchmarks/bench_memory.py --experiment smoke
 
 clean: ## Remove outputs and caches (keeps .venv)
-	rm -rf outputs multirun .cache .pytest_cache .ruff_cache
+	rm -rf outputs multirun .cache .pytest_cache .ruff_cache .mypy_cache

@@ -141,6 +141,7 @@ def _launcher_events(job_dir: Path) -> dict[str, Any]:
     return events
 
 
+@pytest.mark.integration
 def test_joblib_runs_jobs_in_parallel_each_in_a_fresh_process(joblib_sweep: Sweep) -> None:
     jobs = joblib_sweep.job_dirs()
     assert [_job_num(d) for d in jobs] == [0, 1, 2]
@@ -161,6 +162,7 @@ def test_joblib_runs_jobs_in_parallel_each_in_a_fresh_process(joblib_sweep: Swee
     assert jobs[0].name == "0_+experiment=smoke,ablation=atlas,fed.eta=0.1,fed.rounds=1,logger=csv,seed=1"
 
 
+@pytest.mark.integration
 def test_joblib_jobs_compute_what_the_basic_launcher_computes(
     joblib_sweep: Sweep, basic_wandb_sweep: Sweep
 ) -> None:
@@ -170,6 +172,7 @@ def test_joblib_jobs_compute_what_the_basic_launcher_computes(
         assert _without_timing(_records(job)) == _without_timing(_records(parallel[eta])), eta
 
 
+@pytest.mark.integration
 def test_each_sweep_job_is_its_own_wandb_run(basic_wandb_sweep: Sweep) -> None:
     run_ids = []
     for job, eta in zip(basic_wandb_sweep.job_dirs(), ["0.1", "0.5"]):
@@ -190,6 +193,7 @@ def test_each_sweep_job_is_its_own_wandb_run(basic_wandb_sweep: Sweep) -> None:
 # --- Optuna ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_optuna_sweep_maximizes_the_metric_the_jobs_return(tmp_path: Path) -> None:
     """Two trials, run in parallel by the joblib launcher: their return values must reach Optuna."""
     sweep = _sweep(
@@ -219,6 +223,7 @@ def test_optuna_sweep_maximizes_the_metric_the_jobs_return(tmp_path: Path) -> No
 # --- submitit --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_submitit_local_runs_a_sweep_job(tmp_path: Path) -> None:
     sweep = _sweep(tmp_path / "sweep", *FAST, "logger=csv", "hydra/launcher=submitit_local")
     (job,) = sweep.job_dirs()
@@ -294,6 +299,7 @@ def _job_error(sweep: Sweep) -> str:
     return sweep.output.split(marker, 1)[1]
 
 
+@pytest.mark.integration
 def test_a_failing_job_fails_the_joblib_sweep_with_its_message(tmp_path: Path) -> None:
     """atlas_pl calls sys.exit(2) on an invalid config: the sweep fails with the job's own message."""
     sweep = _sweep(tmp_path / "sweep", *FAST, "hydra/launcher=joblib", "fed.eta=1.5", expect_ok=False)
@@ -302,6 +308,7 @@ def test_a_failing_job_fails_the_joblib_sweep_with_its_message(tmp_path: Path) -
     assert "fed.eta=1.5 is invalid" in error  # what the job printed to stderr, carried by the error
 
 
+@pytest.mark.integration
 def test_a_job_past_its_timeout_is_stopped_and_fails_the_sweep(tmp_path: Path) -> None:
     overrides = [*FAST, "hydra/launcher=joblib", "hydra.launcher.timeout=4"]
     sweep = _sweep(tmp_path / "sweep", *overrides, expect_ok=False)
@@ -317,6 +324,7 @@ def test_a_job_past_its_timeout_is_stopped_and_fails_the_sweep(tmp_path: Path) -
 INFEASIBLE = "atlas_pl.phases.allocation.InfeasibleClientError: client 0 on device 'cpu_2gb' cannot hold"
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("sweeper", ["basic", "optuna"])
 def test_a_job_error_that_cannot_be_unpickled_reaches_the_sweeper(tmp_path: Path, sweeper: str) -> None:
     """InfeasibleClientError's __init__ takes several arguments, so the exception pickles but does not

@@ -98,6 +98,7 @@ def uninterrupted(tmp_path_factory) -> Path:
     return run_dir
 
 
+@pytest.mark.integration
 def test_sigkill_in_round_2_then_resume_ends_with_identical_metrics(uninterrupted, tmp_path) -> None:
     run_dir = tmp_path / "run"
     killed = _cli(tmp_path, run_dir, *SMOKE, "logger=wandb", script=KILLER)
@@ -132,6 +133,7 @@ def test_sigkill_in_round_2_then_resume_ends_with_identical_metrics(uninterrupte
     assert [row["round"] for row in second["history"] if "mean_accuracy" in row] == [2]
 
 
+@pytest.mark.integration
 def test_resume_skips_a_done_job_without_touching_it(uninterrupted, tmp_path) -> None:
     run_dir = tmp_path / "run"
     shutil.copytree(uninterrupted, run_dir)
@@ -142,6 +144,7 @@ def test_resume_skips_a_done_job_without_touching_it(uninterrupted, tmp_path) ->
     assert _results(run_dir) == before
 
 
+@pytest.mark.integration
 def test_a_directory_holding_a_job_is_refused_without_resume(uninterrupted, tmp_path) -> None:
     run_dir = tmp_path / "run"
     shutil.copytree(uninterrupted, run_dir)
@@ -152,6 +155,7 @@ def test_a_directory_holding_a_job_is_refused_without_resume(uninterrupted, tmp_
     assert (run_dir / "metrics.jsonl").read_bytes() == before
 
 
+@pytest.mark.integration
 def test_resume_under_different_settings_is_refused_naming_them(uninterrupted, tmp_path) -> None:
     run_dir = tmp_path / "run"
     shutil.copytree(uninterrupted, run_dir)
@@ -162,6 +166,7 @@ def test_resume_under_different_settings_is_refused_naming_them(uninterrupted, t
     assert not (run_dir / "done").exists()
 
 
+@pytest.mark.integration
 def test_a_done_job_is_extended_by_more_rounds_and_refuses_fewer_or_other_settings(
     uninterrupted, tmp_path
 ) -> None:
@@ -185,6 +190,7 @@ def test_a_done_job_is_extended_by_more_rounds_and_refuses_fewer_or_other_settin
     assert json.loads((run_dir / "summary.json").read_text())["overhead"]["fit_calls"] == 3 * 9
 
 
+@pytest.mark.integration
 def test_a_job_directory_in_use_is_refused(uninterrupted, tmp_path) -> None:
     import fcntl
 
@@ -213,6 +219,7 @@ def test_settings_check_ignores_paths_and_keys_newer_than_the_checkpoint() -> No
     assert config_differences(saved, current) == ["data.max_len: 32 -> 64"]
 
 
+@pytest.mark.integration
 def test_centralized_resumes_exactly_too(tmp_path) -> None:
     """The centralized pipeline: shared adapter, heads, AdamW moments, loader orders and RNGs come back."""
     overrides = [
@@ -235,6 +242,7 @@ def test_centralized_resumes_exactly_too(tmp_path) -> None:
     assert _metrics(cut) == _metrics(full)
 
 
+@pytest.mark.integration
 def test_sweep_rerun_skips_finished_jobs_and_resumes_the_others(tmp_path) -> None:
     sweep = tmp_path / "sweep"
     args = [

@@ -22,6 +22,7 @@ def test_notebook_is_stored_without_outputs() -> None:
     assert 'os.environ.get("ATLAS_RUN_DIR"' in code[0].source
 
 
+@pytest.mark.integration
 def test_notebook_runs_on_a_multirun(smoke_multirun: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ATLAS_RUN_DIR", str(smoke_multirun))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -37,6 +38,7 @@ def test_notebook_runs_on_a_multirun(smoke_multirun: Path, monkeypatch: pytest.M
     assert any("atlas (eta=0.5)" in o["data"]["text/html"] for o in tables)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("case", ["partial_only", "no_jobs"])
 def test_notebook_runs_without_a_completed_job(
     case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

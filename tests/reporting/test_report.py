@@ -94,6 +94,7 @@ def smoke_report(smoke_multirun: Path, tmp_path_factory: pytest.TempPathFactory)
     return out
 
 
+@pytest.mark.integration
 def test_report_numbers_equal_an_independent_computation(smoke_multirun: Path, smoke_report: Path) -> None:
     jobs = sorted(p for p in smoke_multirun.iterdir() if p.is_dir())
     expected = _expected(jobs)
@@ -109,6 +110,7 @@ def test_report_numbers_equal_an_independent_computation(smoke_multirun: Path, s
         assert any(line.startswith(f"| {label} |") and cell in line for line in report.splitlines())
 
 
+@pytest.mark.integration
 def test_report_writes_every_figure_as_a_png(smoke_report: Path) -> None:
     pngs = {p.stem: p for p in (smoke_report / "figures").glob("*.png")}
     assert set(pngs) == FIGURES
@@ -128,6 +130,7 @@ def _copy(smoke_multirun: Path, tmp_path: Path) -> tuple[Path, list[Path]]:
     return runs, sorted(p for p in runs.iterdir() if p.is_dir())
 
 
+@pytest.mark.integration
 def test_partial_and_failed_jobs_are_listed_and_left_out_of_the_statistics(
     smoke_multirun: Path, tmp_path: Path
 ) -> None:
@@ -194,6 +197,7 @@ def _set_config(job: Path, edit) -> None:
     (job / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(hydra)))
 
 
+@pytest.mark.integration
 def test_a_job_with_other_settings_forms_its_own_group(smoke_multirun: Path, tmp_path: Path) -> None:
     runs, originals = _copy(smoke_multirun, tmp_path)
     source = next(j for j in originals if _job_values(j)["eta"] == 0.1 and _job_values(j)["seed"] == 0)
@@ -240,6 +244,7 @@ def test_a_job_with_other_settings_forms_its_own_group(smoke_multirun: Path, tmp
     assert all(rgb_to_hsv(to_rgb(c))[0] == pytest.approx(hue, abs=0.01) for c in colors)
 
 
+@pytest.mark.integration
 def test_a_partial_job_is_filed_under_its_job_config_not_a_later_hydra_config(
     smoke_multirun: Path, tmp_path: Path
 ) -> None:

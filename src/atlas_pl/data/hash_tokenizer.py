@@ -113,7 +113,7 @@ class HashTokenizer:
     ) -> dict:
         """Encode one text / pair or a batch; `padding` is "max_length", "longest"/True or False."""
         single = isinstance(text, str)
-        texts = [text] if single else list(text)
+        texts: list[str] = [text] if isinstance(text, str) else list(text)
         if text_pair is None:
             pairs: list[str | None] = [None] * len(texts)
         else:

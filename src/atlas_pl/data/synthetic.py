@@ -14,6 +14,8 @@ task index (the seed changes the samples, never the task). Labels are exactly ba
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import numpy as np
 import torch
 
@@ -40,7 +42,18 @@ def task_region(task_index: int) -> tuple[int, int]:
     return start, start + REGION_SIZE
 
 
-def task_rule(task_index: int) -> dict[str, np.ndarray | float]:
+class TaskRule(TypedDict):
+    """A task's labelling rule (see the module docstring)."""
+
+    positive: np.ndarray  # ids of P_t
+    negative: np.ndarray  # ids of N_t
+    neutral: np.ndarray  # the region's filler ids
+    positive_weight: np.ndarray  # vote of each P_t id (1 or 2)
+    negative_weight: np.ndarray  # vote of each N_t id (1 or 2)
+    signal_rate: float  # share of a sequence's tokens that carry signal
+
+
+def task_rule(task_index: int) -> TaskRule:
     """The task's fixed definition: token ids of P_t, N_t, neutral, their weights and signal rate."""
     rng = np.random.default_rng([_RULE_SALT, task_index])
     start, _ = task_region(task_index)
@@ -114,7 +127,7 @@ def make_synthetic_split(
 
 
 def _draw(
-    rng: np.random.Generator, rule: dict, m: int, seq_len: int, min_content: int, max_content: int
+    rng: np.random.Generator, rule: TaskRule, m: int, seq_len: int, min_content: int, max_content: int
 ) -> np.ndarray:
     """`m` candidate sequences (unlabelled), right-padded to `seq_len`."""
     lengths = rng.integers(min_content, max_content + 1, size=m)

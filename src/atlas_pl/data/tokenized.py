@@ -19,10 +19,10 @@ KEYS = (*SEQ_KEYS, "labels")
 class TokenizedExamples:
     """Right-padded `[N, T]` int64 id / mask / segment tensors and `[N]` int64 labels."""
 
-    input_ids: torch.LongTensor
-    attention_mask: torch.LongTensor
-    token_type_ids: torch.LongTensor
-    labels: torch.LongTensor
+    input_ids: Tensor
+    attention_mask: Tensor
+    token_type_ids: Tensor
+    labels: Tensor
 
     def __post_init__(self) -> None:
         shape = tuple(self.input_ids.shape)

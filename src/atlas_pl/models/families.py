@@ -8,6 +8,8 @@ reconstruct everything it needs from what the client actually sends (activations
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -40,7 +42,8 @@ class FamilyOps:
     causal = False
 
     def __init__(self, model: nn.Module) -> None:
-        self.model = model
+        # Any: each family's HF module tree (encoder.layer, transformer.h, ...) is reached by attribute name
+        self.model: Any = model
 
     def blocks(self) -> nn.ModuleList:
         raise NotImplementedError

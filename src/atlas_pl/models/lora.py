@@ -34,12 +34,19 @@ class LoRAHost(nn.Module):
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__()
         self.base_layer = base_layer
-        weight = base_layer.weight
+        weight = self.base_weight
         if isinstance(base_layer, nn.Linear):
             self.out_features, self.in_features = weight.shape
         else:  # transformers' Conv1D stores the transpose
             self.in_features, self.out_features = weight.shape
         self.active: tuple[Tensor, Tensor, float, nn.Module] | None = None
+
+    @property
+    def base_weight(self) -> Tensor:
+        """The frozen projection's weight, in its layer's own layout (Conv1D: [in, out])."""
+        weight = self.base_layer.weight
+        assert isinstance(weight, Tensor)
+        return weight
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.base_layer(x)

@@ -105,6 +105,7 @@ class ClassificationHead(nn.Module):
             raise ValueError(f"model.head={kind!r}; valid: linear, mlp")
         self.pooling = pooling
         self.num_labels = num_labels
+        self.net: nn.Module
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             if kind == "linear":
@@ -119,6 +120,8 @@ class ClassificationHead(nn.Module):
 
 class ClientHalf(nn.Module):
     """Embeddings + blocks [0, split) of the shared base, with the client's own LoRA adapter."""
+
+    backbone: SharedBackbone  # a reference set in __init__, not a registered submodule
 
     def __init__(
         self,
@@ -155,6 +158,8 @@ class ClientHalf(nn.Module):
 
 class ServerHalf(nn.Module):
     """Blocks [split, L) + final norm + head, with the server-side adapter kept for one client."""
+
+    backbone: SharedBackbone  # a reference set in __init__, not a registered submodule
 
     def __init__(
         self,

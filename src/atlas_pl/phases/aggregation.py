@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -85,11 +86,19 @@ def fedavg_factors(updates: Sequence[LowRank], weights: Sequence[float]) -> tupl
     back the first r_k components (`slice_rank`).
     """
     rank = max(u.a.shape[0] for u in updates)
-    a = sum(
-        w * torch.nn.functional.pad(u.a, (0, 0, 0, rank - u.a.shape[0])) for u, w in zip(updates, weights)
+    # sum() of tensors types as `Tensor | Literal[0]` (its start value); `updates` is not empty (max above)
+    a = cast(
+        Tensor,
+        sum(
+            w * torch.nn.functional.pad(u.a, (0, 0, 0, rank - u.a.shape[0])) for u, w in zip(updates, weights)
+        ),
     )
-    b = sum(
-        w * u.scale * torch.nn.functional.pad(u.b, (0, rank - u.b.shape[1])) for u, w in zip(updates, weights)
+    b = cast(
+        Tensor,
+        sum(
+            w * u.scale * torch.nn.functional.pad(u.b, (0, rank - u.b.shape[1]))
+            for u, w in zip(updates, weights)
+        ),
     )
     return a, b
 

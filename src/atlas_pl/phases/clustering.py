@@ -136,6 +136,7 @@ def select_k(
 
     rows: list[dict[str, float | int | None]] = []
     labelings: list[list[int]] = []
+    singletons: list[int] = []
     for k in range(k_min, top + 1):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)  # duplicate points: handled below
@@ -149,7 +150,8 @@ def select_k(
             row["calinski_harabasz"] = float(calinski_harabasz_score(x, labels))
         else:
             row.update(silhouette=None, davies_bouldin=None, calinski_harabasz=None)
-        row["singletons"] = sum(1 for size in sizes.values() if size == 1)
+        singletons.append(sum(1 for size in sizes.values() if size == 1))
+        row["singletons"] = singletons[-1]
         rows.append(row)
         labelings.append(labels)
 
@@ -161,17 +163,19 @@ def select_k(
     s = _minmax(np.array([rows[i]["silhouette"] for i in valid]))
     db = _minmax(np.array([rows[i]["davies_bouldin"] for i in valid]), higher_is_better=False)
     ch = _minmax(np.array([rows[i]["calinski_harabasz"] for i in valid]))
-    best = None
+    best: int | None = None
+    best_combined = 0.0
     for j, i in enumerate(valid):
-        combined = (
+        combined = float(
             w["silhouette"] * s[j]
             + w["davies_bouldin"] * db[j]
             + w["calinski_harabasz"] * ch[j]
-            - singleton_penalty * rows[i]["singletons"]
+            - singleton_penalty * singletons[i]
         )
-        rows[i]["combined"] = float(combined)
-        if best is None or combined > rows[best]["combined"] + TIE_TOLERANCE:
-            best = i
+        rows[i]["combined"] = combined
+        if best is None or combined > best_combined + TIE_TOLERANCE:
+            best, best_combined = i, combined
+    assert best is not None  # `valid` is not empty
     chosen = labelings[best]
     return ClusterResult(len(set(chosen)), chosen, _ordered(rows))
 

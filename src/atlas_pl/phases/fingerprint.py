@@ -106,7 +106,7 @@ def client_gradients(
     if not batches:
         raise ValueError("client_gradients needs at least one batch")
     host_keys = sorted(backbone.hosts)
-    base_weights = [backbone.hosts[key].base_layer.weight for key in host_keys]
+    base_weights = [backbone.hosts[key].base_weight for key in host_keys]
     head_named = list(model.server.head.named_parameters()) if include_head else []
     inputs = base_weights + [p for _, p in head_named]
     first_fp_block = num_layers - last_layers

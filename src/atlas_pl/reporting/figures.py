@@ -276,7 +276,13 @@ def eta_groups(groups: Sequence[Group]) -> dict[str, list[Group]]:
         for g in groups:
             if g.ablation == ablation and g.eta is not None:
                 sweeps.setdefault(group_label((ablation, None, g.settings)), []).append(g)
-    return {name: sorted(m, key=lambda g: g.eta) for name, m in sweeps.items() if len(m) >= 2}
+    return {name: sorted(m, key=_eta) for name, m in sweeps.items() if len(m) >= 2}
+
+
+def _eta(group: Group) -> float:
+    """The eta of a group in an eta sweep (`eta_groups` keeps only groups that have one)."""
+    assert group.eta is not None, group.label
+    return group.eta
 
 
 def eta_sweep(groups: Sequence[Group]) -> Figure | None:
@@ -295,13 +301,13 @@ def eta_sweep(groups: Sequence[Group]) -> Figure | None:
     axes = fig.subplots(1, len(tasks), squeeze=False)[0]
     swept = {id(g) for members in sweeps.values() for g in members}
     others = [g for g in groups if id(g) not in swept]
-    etas = sorted({g.eta for members in sweeps.values() for g in members})
+    etas = sorted({_eta(g) for members in sweeps.values() for g in members})
     line_colors = {name: ABLATION_COLORS.get(m[0].ablation, "#555555") for name, m in sweeps.items()}
     kinds = (("mean", "-", -0.05, "mean over clients"), ("worst", ":", 0.05, "worst client"))
     markers = {name: (("o", "v"), ("s", "^"), ("D", "<"), ("P", ">"))[i % 4] for i, name in enumerate(sweeps)}
     for ax, task in zip(axes, tasks):
         for name, members in sweeps.items():
-            pos = np.array([etas.index(g.eta) for g in members])
+            pos = np.array([etas.index(_eta(g)) for g in members])
             for (attr, ls, shift, _), marker in zip(kinds, markers[name]):
                 stats = [getattr(g.per_task[task], attr) if task in g.per_task else None for g in members]
                 means = np.array([s.mean if s else np.nan for s in stats])
@@ -413,7 +419,7 @@ def adjacency(groups: Sequence[Group]) -> Figure | None:
     image = None
     vmax = max(float(m[0].max()) for _, _, m in panels) or 1.0
     for ax, (members, job, (matrix,)) in zip(axes.flat, panels):
-        clients = job.clustering.get("client_ids") or list(range(len(matrix)))
+        clients = (job.clustering or {}).get("client_ids") or list(range(len(matrix)))
         image = ax.imshow(matrix, cmap="viridis", vmin=0.0, vmax=vmax)
         ticks = _client_ticks(job, [str(c) for c in clients])
         ax.set_xticks(range(len(ticks)), ticks, rotation=90, fontsize=7)
@@ -423,6 +429,7 @@ def adjacency(groups: Sequence[Group]) -> Figure | None:
         ax.set_title(_panel_title(members, job, 45), fontsize=9)
     for ax in list(axes.flat)[n:]:
         ax.set_visible(False)
+    assert image is not None  # there is at least one panel
     fig.colorbar(image, ax=axes, label="weight a_kl (each row sums to 1; diagonal 0)", shrink=0.8)
     fig.suptitle("Laplacian personalization graph (zero across clusters)", fontsize=11)
     return fig
@@ -497,6 +504,7 @@ def ranks(groups: Sequence[Group]) -> Figure | None:
         ax.set_title(_panel_title(members, job), fontsize=9)
     for ax in list(axes.flat)[n:]:
         ax.set_visible(False)
+    assert image is not None  # there is at least one panel
     bar = fig.colorbar(image, ax=axes, shrink=0.8, ticks=range(len(levels)))
     bar.ax.set_yticklabels([str(r) for r in levels])
     bar.set_label("LoRA rank")

@@ -21,7 +21,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from atlas_pl.reporting.names import GroupKey, Settings, group_key, group_label, natural_key
 from atlas_pl.reporting.split import assign_settings
@@ -266,12 +266,14 @@ def _read_hydra_config(path: Path, problems: list[str]) -> dict[str, Any]:
     except Exception as exc:  # any parse error: note it, keep the job listed
         problems.append(f"{HYDRA_CONFIG} unreadable: {exc}")
         return {}
-    return cfg if isinstance(cfg, dict) else {}
+    # a YAML mapping's keys: strings, for a config Hydra composed
+    return cast(dict[str, Any], cfg) if isinstance(cfg, dict) else {}
 
 
 def _get(config: dict[str, Any], *keys: str) -> Any:
+    value: Any = config
     for key in keys:
-        if not isinstance(config, dict):
+        if not isinstance(value, dict):
             return None
-        config = config.get(key)
-    return config
+        value = value.get(key)
+    return value

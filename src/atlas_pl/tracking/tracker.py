@@ -86,6 +86,7 @@ class Tracker:
             *lg.tags,
             *_sweep_tag(),
         ]
+        resume: dict[str, Any] = {"id": wandb_id, "resume": "allow"} if wandb_id else {}
         self.logger = WandbLogger(
             project=lg.project,
             entity=lg.entity,
@@ -96,7 +97,7 @@ class Tracker:
             mode=mode,
             config=settings.config,
             reinit="finish_previous",
-            **({"id": wandb_id, "resume": "allow"} if wandb_id else {}),
+            **resume,
         )
         run = self.logger.experiment
         self.wandb_id = run.id
@@ -129,7 +130,8 @@ class Tracker:
         if self.kind == "wandb":
             import wandb
 
-            self.logger.experiment.log({"round": round_index, name: wandb.Table(columns=columns, data=rows)})
+            header: list[str | int] = list(columns)  # wandb's annotation: list[str | int] (invariant)
+            self.logger.experiment.log({"round": round_index, name: wandb.Table(columns=header, data=rows)})
 
     def close(self, failed: bool = False) -> None:
         if self.kind == "wandb" and self.logger is not None:

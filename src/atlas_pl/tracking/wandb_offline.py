@@ -53,7 +53,7 @@ def read_offline_run(run_dir: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"no run-*.wandb file in {run_dir}")
     info: dict[str, Any] = {"history": []}
     for data in _records(files[0].read_bytes()):
-        record = pb.Record()
+        record = pb.Record()  # type: ignore[attr-defined]  # protobuf-generated: no stub names it
         record.ParseFromString(data)
         kind = record.WhichOneof("record_type")
         if kind == "history":
