@@ -15,7 +15,7 @@ from .conftest import REPO_ROOT, cli_env
 
 
 def _run(tmp_path, *overrides: str) -> dict:
-    env = cli_env(tmp_path / "cache")
+    env = cli_env()
     result = subprocess.run(
         [sys.executable, "-m", "atlas_pl", *overrides, f"hydra.run.dir={tmp_path / 'run'}"],
         capture_output=True,
@@ -77,7 +77,7 @@ def test_wandb_run_is_finished_when_the_job_fails(tmp_path, monkeypatch) -> None
         assert wandb.run is not None  # the run was open while the job worked
         raise RuntimeError("simulated failure in round 1")
 
-    monkeypatch.setattr(run_module, "run_federation", boom)
+    monkeypatch.setattr("atlas_pl.engines.inprocess.run_inprocess", boom)
     with pytest.raises(RuntimeError, match="simulated failure"):
         run_module.run_job(cfg)
     assert wandb.run is None

@@ -71,7 +71,7 @@ def _sweep(sweep_dir: Path, *overrides: str, expect_ok: bool = True) -> Sweep:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env=cli_env(sweep_dir.parent / "cache", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"),
+        env=cli_env(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"),
         cwd=REPO_ROOT,
     )
     output, _ = process.communicate(timeout=900)

@@ -59,8 +59,8 @@ def test_raw_pca_sends_the_whole_gradient_and_agrees_with_the_sketch(tmp_path) -
     assert raw["labels"] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
 
 
-def test_dp_noise_is_reported_with_its_epsilon(tmp_path) -> None:
-    run_job(_cfg(tmp_path / "plain", "ablation=fedavg_cluster", "fed.rounds=1"))
+def test_dp_noise_is_reported_with_its_epsilon(tmp_path, smoke_run) -> None:
+    plain_run = smoke_run("ablation=fedavg_cluster", "fed.rounds=1")
     run_job(
         _cfg(
             tmp_path,
@@ -75,7 +75,7 @@ def test_dp_noise_is_reported_with_its_epsilon(tmp_path) -> None:
     assert clustering["dp"]["epsilon"] == pytest.approx(
         (2 * torch.log(torch.tensor(1.25 / 1e-5))).sqrt() / 2.0
     )
-    plain = json.loads((tmp_path / "plain" / "clustering.json").read_text())
+    plain = json.loads((plain_run.dir / "clustering.json").read_text())
     assert plain["dp"]["epsilon"] is None
     assert clustering["coords"] != plain["coords"]  # the noise reached what the server clusters
 

@@ -21,8 +21,7 @@ def _cfg(tmp_path, *overrides: str):
     with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=["+experiment=smoke", "logger=none", *overrides])
     OmegaConf.set_struct(cfg, False)
-    cfg.paths.output_dir = str(tmp_path)
-    cfg.paths.cache_dir = str(tmp_path / "cache")
+    cfg.paths.output_dir = str(tmp_path)  # paths.cache_dir: the session's shared cache (tests/conftest.py)
     validate_config(cfg)
     return cfg
 
@@ -55,14 +54,13 @@ def test_fedavg_leaves_equal_rank_clients_with_one_adapter(tmp_path, capture_mod
         assert same_head == (heads == "group")
 
 
-def test_local_only_keeps_clients_apart_and_differs_from_fedavg(tmp_path, capture_models) -> None:
-    run_job(_cfg(tmp_path / "local", "ablation=local_only", "fed.rounds=2"))
-    models = capture_models["fed"].models
+def test_local_only_keeps_clients_apart_and_differs_from_fedavg(smoke_run) -> None:
+    local_run = smoke_run("ablation=local_only", "fed.rounds=2")
+    models = local_run.fed.models
     first = models[0].deltas()
     for model in models[1:]:
         assert any(not torch.equal(d, first[k]) for k, d in model.deltas().items())
-    run_job(_cfg(tmp_path / "fedavg", "ablation=fedavg", "fed.rounds=2"))
-    local, fedavg = _records(tmp_path / "local"), _records(tmp_path / "fedavg")
+    local, fedavg = local_run.records(), smoke_run("ablation=fedavg", "fed.rounds=2", "logger=csv").records()
     # round 1 training is identical (same seed, same batches); aggregation is what separates them
     assert [c["train_loss"] for c in local[0]["clients"].values()] == [
         c["train_loss"] for c in fedavg[0]["clients"].values()
@@ -114,9 +112,10 @@ def test_bytes_equal_the_tensors_actually_sent(tmp_path, monkeypatch, capture_mo
     assert record["upload_bytes"] == sum(c["upload_bytes"] for c in record["clients"].values())
 
 
-def test_round_records_and_summary_have_every_field(tmp_path) -> None:
-    value = run_job(_cfg(tmp_path, "ablation=fedavg", "fed.rounds=2", "logger=csv"))
-    records = _records(tmp_path)
+def test_round_records_and_summary_have_every_field(smoke_run) -> None:
+    run = smoke_run("ablation=fedavg", "fed.rounds=2", "logger=csv")
+    value, tmp_path = run.value, run.dir
+    records = run.records()
     assert [r["round"] for r in records] == [1, 2]
     for record in records:
         for key in (
@@ -160,20 +159,20 @@ def test_round_records_and_summary_have_every_field(tmp_path) -> None:
     assert (tmp_path / "csv" / "metrics.csv").is_file()
 
 
-def test_runs_are_deterministic_for_a_seed(tmp_path) -> None:
-    run_job(_cfg(tmp_path / "a", "ablation=fedavg", "fed.rounds=1"))
+def test_runs_are_deterministic_for_a_seed(tmp_path, smoke_run) -> None:
+    first = smoke_run("ablation=fedavg", "fed.rounds=1")  # run earlier in the session, or now
     run_job(_cfg(tmp_path / "b", "ablation=fedavg", "fed.rounds=1"))
 
     def strip(rec: dict) -> dict:
         return {k: {n: v for n, v in c.items() if n != "train_seconds"} for k, c in rec["clients"].items()}
 
-    assert strip(_records(tmp_path / "a")[0]) == strip(_records(tmp_path / "b")[0])
+    assert strip(first.records()[0]) == strip(_records(tmp_path / "b")[0])
 
 
-def test_optimizer_state_and_trainers_persist_across_rounds(tmp_path, capture_models) -> None:
-    run_job(_cfg(tmp_path, "ablation=local_only", "fed.rounds=2", "fed.local_epochs=1"))
-    result = capture_models["result"]
-    fed = capture_models["fed"]
+def test_optimizer_state_and_trainers_persist_across_rounds(smoke_run) -> None:
+    run = smoke_run("ablation=local_only", "fed.rounds=2")
+    assert run.config()["fed"]["local_epochs"] == 1
+    result, fed = run.result, run.fed
     assert len(result.trainers) == len(fed.models)  # one Trainer per client, reused every round
     for module, server, client in zip(
         [p.module for p in result.parties], result.host.modules.values(), fed.data.clients
@@ -185,13 +184,13 @@ def test_optimizer_state_and_trainers_persist_across_rounds(tmp_path, capture_mo
         assert result.trainers[client.client_id].current_epoch == 2
 
 
-def test_aggregation_clears_the_state_of_rewritten_factors_only(tmp_path, capture_models) -> None:
+def test_aggregation_clears_the_state_of_rewritten_factors_only(smoke_run) -> None:
     """After the SVD the factors live in a new basis: their AdamW moments restart; the heads' do not."""
-    run_job(_cfg(tmp_path, "ablation=fedavg", "fed.rounds=2", "fed.local_epochs=1"))
-    result = capture_models["result"]
-    for module, server, client in zip(
-        [p.module for p in result.parties], result.host.modules.values(), capture_models["fed"].data.clients
-    ):
+    run = smoke_run("ablation=fedavg", "fed.rounds=2", "logger=csv")
+    assert run.config()["fed"]["local_epochs"] == 1
+    result = run.result
+    modules = [p.module for p in result.parties]
+    for module, server, client in zip(modules, result.host.modules.values(), run.fed.data.clients):
         batches = -(-client.num_samples // 16)
         adapters = [*module.client_half.adapter.parameters(), *server.server_half.adapter.parameters()]
         heads = list(server.server_half.head.parameters())
@@ -241,10 +240,10 @@ def test_balanced_class_weights_weigh_each_class_equally() -> None:
     assert torch.allclose(weights[:2] * counts[:2], torch.full((2,), 2.0))  # equal total weight per class
 
 
-def test_balanced_tasks_change_only_those_clients_losses(tmp_path) -> None:
-    run_job(_cfg(tmp_path / "plain", "ablation=local_only", "fed.rounds=1"))
+def test_balanced_tasks_change_only_those_clients_losses(tmp_path, smoke_run) -> None:
     run_job(_cfg(tmp_path / "bal", "ablation=local_only", "fed.rounds=1", "fed.balanced_tasks=[synthetic1]"))
-    plain, bal = _records(tmp_path / "plain")[0]["clients"], _records(tmp_path / "bal")[0]["clients"]
+    plain = smoke_run("ablation=local_only", "fed.rounds=1").records()[0]["clients"]
+    bal = _records(tmp_path / "bal")[0]["clients"]
     for cid, client in plain.items():
         same = client["train_loss"] == bal[cid]["train_loss"]
         assert same == (client["task"] != "synthetic1"), (cid, client["task"])

@@ -28,10 +28,9 @@ def _without_timing(records: list[dict]) -> list[dict]:
     return out
 
 
-def test_atlas_with_eta_zero_is_bitwise_local_only(tmp_path) -> None:
+def test_atlas_with_eta_zero_is_bitwise_local_only(tmp_path, smoke_run) -> None:
     run_job(_cfg(tmp_path / "atlas", "ablation=atlas", "fed.eta=0", "fed.rounds=2"))
-    run_job(_cfg(tmp_path / "local", "ablation=local_only", "fed.rounds=2"))
-    atlas, local = _records(tmp_path / "atlas"), _records(tmp_path / "local")
+    atlas, local = _records(tmp_path / "atlas"), smoke_run("ablation=local_only", "fed.rounds=2").records()
     assert json.dumps(_without_timing(atlas), sort_keys=True) == json.dumps(
         _without_timing(local), sort_keys=True
     )
@@ -120,14 +119,16 @@ def test_splitlora_gives_every_client_the_same_averaged_factors(tmp_path, captur
             assert torch.equal(a, reference[key][0]) and torch.equal(b, reference[key][1]), key
 
 
-def test_hetlora_and_hsplitlora_differ_from_stack_and_are_recorded(tmp_path, capture_models) -> None:
+def test_hetlora_and_hsplitlora_differ_from_stack_and_are_recorded(
+    tmp_path, capture_models, smoke_run
+) -> None:
     run_job(_cfg(tmp_path / "het", "ablation=hetlora", "fed.rounds=1"))
     het = [m.deltas() for m in capture_models["fed"].models]
-    run_job(_cfg(tmp_path / "fedavg", "ablation=fedavg", "fed.rounds=1"))
-    exact = [m.deltas() for m in capture_models["fed"].models]
+    fedavg = smoke_run("ablation=fedavg", "fed.rounds=1")
+    exact = [m.deltas() for m in fedavg.fed.models]
     # same allocation (global importance) and the same round-1 training; only the aggregation differs
     het_alloc = json.loads((tmp_path / "het" / "allocation.json").read_text())["clients"]
-    exact_alloc = json.loads((tmp_path / "fedavg" / "allocation.json").read_text())["clients"]
+    exact_alloc = json.loads((fedavg.dir / "allocation.json").read_text())["clients"]
     assert [c["ranks"] for c in het_alloc] == [c["ranks"] for c in exact_alloc]
     key = next(iter(het[0]))
     assert not torch.allclose(het[0][key], exact[0][key], rtol=1e-3, atol=1e-6)

@@ -31,11 +31,11 @@ def _built(model) -> tuple[int, list[int]]:
     return len(blocks), [ranks[b] for b in sorted(ranks)]
 
 
-def test_built_adapters_have_the_allocated_ranks_and_budgets_bind(tmp_path, capture_models) -> None:
-    run_job(_cfg(tmp_path, "ablation=fedavg_cluster", "fed.rounds=1"))
+def test_built_adapters_have_the_allocated_ranks_and_budgets_bind(smoke_run) -> None:
+    run = smoke_run("ablation=fedavg_cluster", "fed.rounds=1")
+    tmp_path, fed = run.dir, run.fed
     allocation = _allocation(tmp_path)
-    fed = capture_models["fed"]
-    record = _records(tmp_path)[0]
+    record = run.records()[0]
     arch = ModelArch.from_backbone(fed.backbone)
     clusters = json.loads((tmp_path / "clustering.json").read_text())["labels"]
     by_device_cluster: dict[tuple[str, int], list[int]] = {}
@@ -83,11 +83,11 @@ def test_importance_shapes_ranks_within_a_budget(tmp_path, capture_models, monke
     assert len({tuple(e["ranks"]) for e in _allocation(tmp_path)["clients"]}) == 1
 
 
-def test_heterogeneous_ranks_in_a_cluster_share_one_dw_up_to_their_rank(tmp_path, capture_models) -> None:
+def test_heterogeneous_ranks_in_a_cluster_share_one_dw_up_to_their_rank(smoke_run) -> None:
     """After stack aggregation each client holds the best rank-r_k approximation of the cluster's dW."""
-    run_job(_cfg(tmp_path, "ablation=fedavg_cluster", "fed.rounds=1"))
-    fed = capture_models["fed"]
-    labels = json.loads((tmp_path / "clustering.json").read_text())["labels"]
+    run = smoke_run("ablation=fedavg_cluster", "fed.rounds=1")
+    fed = run.fed
+    labels = json.loads((run.dir / "clustering.json").read_text())["labels"]
     members = [k for k in range(len(labels)) if labels[k] == labels[0]]
     ranks = {k: fed.models[k].ranks for k in members}
     assert len({tuple(r.values()) for r in ranks.values()}) > 1  # the cluster really is heterogeneous

@@ -59,7 +59,7 @@ def _cli(tmp_path: Path, run_dir: Path, *overrides: str, script: str | None = No
         [*cmd, *overrides, f"hydra.run.dir={run_dir}"],
         capture_output=True,
         text=True,
-        env=cli_env(tmp_path.parent / "cache"),
+        env=cli_env(),
         cwd=REPO_ROOT,
         timeout=1800,
     )
@@ -259,7 +259,7 @@ def test_sweep_rerun_skips_finished_jobs_and_resumes_the_others(tmp_path) -> Non
             [sys.executable, "-m", "atlas_pl", *args, *extra],
             capture_output=True,
             text=True,
-            env=cli_env(tmp_path.parent / "cache"),
+            env=cli_env(),
             cwd=REPO_ROOT,
             timeout=1800,
         )

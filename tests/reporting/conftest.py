@@ -16,7 +16,7 @@ def smoke_multirun(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished multirun directory with 4 jobs; tests copy it before changing anything in it."""
     base = tmp_path_factory.mktemp("reporting")
     root = base / "multirun"
-    env = cli_env(base / "cache")
+    env = cli_env()
     result = subprocess.run(
         [
             sys.executable,
