@@ -126,6 +126,7 @@ def test_round_records_and_summary_have_every_field(smoke_run) -> None:
             "std_accuracy",
             "per_task",
             "round_seconds",
+            "orchestration_seconds",
         ):
             assert key in record, key
         assert len(record["clients"]) == 9

@@ -14,7 +14,7 @@ from atlas_pl.run import run_job
 
 from .test_federation import _cfg, _records
 
-TIMING = {"train_seconds", "round_seconds"}
+TIMING = {"train_seconds", "round_seconds", "orchestration_seconds"}
 
 
 def _without_timing(records: list[dict]) -> list[dict]:
