@@ -103,7 +103,7 @@ class InProcessEngine:
             self.host.host(p.index, server)
         modules = [
             ClientModule(
-                p.data.client_id,
+                p.index,  # the party's index names it everywhere: host, ledger, orchestrator
                 p.model.client,
                 LocalLink(p.index, self.host, self.ledger),
                 lr=s.fed.lr,
@@ -207,6 +207,7 @@ class InProcessEngine:
 
     def run(self) -> FederationResult:
         s = self.settings
+        prepared = time.perf_counter()  # round 1's clock includes Phases 1 and 2, as its orchestration does
         self._phases_1_and_2()
         self._attach_lightning()
         stateful = self._stateful()
@@ -222,7 +223,7 @@ class InProcessEngine:
             disable=None,
         )
         for round_index in range(start_round, s.fed.rounds + 1):
-            round_start = time.perf_counter()
+            round_start = prepared if round_index == 1 else time.perf_counter()
             self.ledger.start_round(round_index)
             self.orchestrator.start_round(round_index)
             reports = self._train(round_index, progress)

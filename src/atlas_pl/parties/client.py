@@ -5,8 +5,10 @@
 3. apply the coordinator's update to the factors it holds;
 4. evaluate: its half's activations go over the link, the host returns logits.
 
-Phase 1 reads the provisional model whole (embeddings, blocks and head: every client starts from the
-same seeded state, which each could build itself); from Phase 2 on the party trains only its half.
+Phase 1 reads the client's model whole: before round 1 that is the provisional model, the same seeded
+state every client could build itself; at a re-clustering round it is the trained model, whose server
+half the host holds, read here in-process rather than over the link (a topology that puts the host
+elsewhere has to route this pass). From Phase 2 on, the party trains only its own half.
 """
 
 from __future__ import annotations
@@ -134,7 +136,11 @@ class ClientParty:
     def factors(self) -> tuple[Factors, dict[int, float]]:
         """Its client-half factors (detached views) and their LoRA scales, for the coordinator."""
         adapter = self.half.adapter
-        pairs = {key: (adapter.pair(key)[0].detach(), adapter.pair(key)[1].detach()) for key in adapter.keys}
+        # copies: the message must not change when the factors are overwritten by an update
+        pairs = {
+            key: (adapter.pair(key)[0].detach().clone(), adapter.pair(key)[1].detach().clone())
+            for key in adapter.keys
+        }
         return pairs, {block: adapter.scaling(block) for block in adapter.ranks}
 
     def upload_adapter(self) -> None:

@@ -64,15 +64,15 @@ class ServerHost:
 
     # -- what the coordinator aggregates ----------------------------------------------------------
     def factors(self, client: int) -> tuple[Factors, dict[int, float], list[Tensor]]:
-        """The client's server-side factors (detached views), LoRA scales and head tensors."""
+        """The client's server-side factors, LoRA scales and head tensors (copies, as sent)."""
         half = self.modules[client].server_half
         adapter = half.adapter
         factors: Factors = {}
-        for key in adapter.keys:
+        for key in adapter.keys:  # copies: a message must not change when the factors are updated
             a, b = adapter.pair(key)
-            factors[key] = (a.detach(), b.detach())
+            factors[key] = (a.detach().clone(), b.detach().clone())
         scaling = {block: adapter.scaling(block) for block in adapter.ranks}
-        return factors, scaling, [p.detach() for p in half.head.parameters()]
+        return factors, scaling, [p.detach().clone() for p in half.head.parameters()]
 
     @torch.no_grad()
     def apply(self, update: AdapterUpdate) -> None:

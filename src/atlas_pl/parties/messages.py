@@ -52,7 +52,6 @@ class AdapterUpdate:
     factors: Factors = field(default_factory=dict)
     head: list[Tensor] | None = None
     reset_optimizer: bool = False
-    truncation_error: float | None = None
 
 
 @dataclass
