@@ -176,7 +176,7 @@ def test_optimizer_state_and_trainers_persist_across_rounds(smoke_run) -> None:
     result, fed = run.result, run.fed
     assert len(result.trainers) == len(fed.models)  # one Trainer per client, reused every round
     for module, server, client in zip(
-        [p.module for p in result.parties], result.host.modules.values(), fed.data.clients
+        [p.training.module for p in result.parties], result.host.modules.values(), fed.data.clients
     ):
         batches = -(-client.num_samples // 16)
         for optimizer in (module.optimizer, server.optimizer):
@@ -190,7 +190,7 @@ def test_aggregation_clears_the_state_of_rewritten_factors_only(smoke_run) -> No
     run = smoke_run("ablation=fedavg", "fed.rounds=2", "logger=csv")
     assert run.config()["fed"]["local_epochs"] == 1
     result = run.result
-    modules = [p.module for p in result.parties]
+    modules = [p.training.module for p in result.parties]
     for module, server, client in zip(modules, result.host.modules.values(), run.fed.data.clients):
         batches = -(-client.num_samples // 16)
         adapters = [*module.client_half.adapter.parameters(), *server.server_half.adapter.parameters()]

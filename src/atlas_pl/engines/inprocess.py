@@ -21,6 +21,7 @@ from atlas_pl.engines.setup import Federation, build_client_model
 from atlas_pl.lightning.modules import ClientModule, ServerModule, task_class_weights
 from atlas_pl.lightning.orchestrator import FederatedOrchestrator
 from atlas_pl.lightning.trainers import make_trainer, server_grad_scaler, set_completed_epochs
+from atlas_pl.lightning.training import ClientTraining
 from atlas_pl.parties.client import ClientParty
 from atlas_pl.parties.coordinator import Coordinator
 from atlas_pl.parties.host import ServerHost
@@ -54,6 +55,7 @@ class InProcessEngine:
         self.log = RoundLog()
         self.fit_seconds = 0.0
         self.step_before = 0.0
+        self.training: list[ClientTraining] = []  # per party, built after Phase 2
 
     @property
     def resuming(self) -> bool:
@@ -118,23 +120,24 @@ class InProcessEngine:
             for p in self.parties
         ]
         trainers = [make_trainer(s.trainer, fed.device, [self.orchestrator]) for _ in self.parties]
-        for p, module, trainer, loader in zip(self.parties, modules, trainers, loaders):
-            p.attach(module, trainer, loader)
+        self.training = [ClientTraining(*pieces) for pieces in zip(modules, trainers, loaders)]
+        for p, training in zip(self.parties, self.training):
+            p.attach(training)
 
     def _stateful(self) -> dict[str, Any]:
         """What a round checkpoint saves and a resumed job restores (keys are the checkpoint's names)."""
         kept = [self.parties[k] for k in self.coordinator.participants]
-        pieces = {p.index: p.lightning() for p in self.parties}
+        pieces = self.training
         return {
             "modules": {f"model/{p.index}": p.model for p in kept},
             "optimizers": {
                 f"optim/{p.index}/{i}": opt
                 for p in kept
-                for i, opt in enumerate([pieces[p.index][0].optimizer, self.host.modules[p.index].optimizer])
+                for i, opt in enumerate([pieces[p.index].optimizer, self.host.modules[p.index].optimizer])
             },
-            "generators": [pieces[p.index][2].generator for p in self.parties],
+            "generators": [t.loader.generator for t in pieces],
             "scalers": {
-                **{f"precision/{p.index}": pieces[p.index][1].precision_plugin for p in kept},
+                **{f"precision/{p.index}": pieces[p.index].trainer.precision_plugin for p in kept},
                 **{
                     f"scaler/server/{p.index}": self.host.modules[p.index].scaler
                     for p in kept
@@ -157,7 +160,7 @@ class InProcessEngine:
 
     @property
     def step_seconds(self) -> float:
-        return self.step_before + sum(p.lightning()[0].step_seconds for p in self.parties if p.module)
+        return self.step_before + sum(t.module.step_seconds for t in self.training)
 
     def _restore(self, stateful: dict[str, Any]) -> None:
         assert self.checkpointer is not None
@@ -169,8 +172,8 @@ class InProcessEngine:
         self.tracker.restore(self.log.records)
         self.checkpointer.restore(**stateful)
         epochs = (self.checkpointer.start_round - 1) * self.settings.fed.local_epochs
-        for p in self.parties:
-            set_completed_epochs(p.lightning()[1], epochs)
+        for t in self.training:
+            set_completed_epochs(t.trainer, epochs)
 
     def _train(self, round_index: int, progress: Any) -> dict[int, tuple[float, float]]:
         """Each participant's (mean loss, seconds) of local training this round."""
@@ -257,7 +260,7 @@ class InProcessEngine:
             parties=self.parties,
             host=self.host,
             orchestrator=self.orchestrator,
-            trainers=[p.trainer for p in self.parties],
+            trainers=[t.trainer for t in self.training],
         )
 
 

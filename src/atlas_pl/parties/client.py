@@ -1,7 +1,7 @@
 """The client party: its private data, its client half, and the four things it does in a round.
 
 1. fingerprint itself on its own minibatches (Phase 1; only the sketch and importance leave it);
-2. train one round: Lightning fits its ClientModule, every step going through its split link;
+2. train one round through what the engine attached (Lightning in-process), every step over its split link;
 3. apply the coordinator's update to the factors it holds;
 4. evaluate: its half's activations go over the link, the host returns logits.
 
@@ -13,18 +13,14 @@ elsewhere has to route this pass). From Phase 2 on, the party trains only its ow
 
 from __future__ import annotations
 
-import statistics
-import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
 from atlas_pl.data import ClientData, TokenizedExamples, shuffled_loader
 from atlas_pl.data.federated import derive_seed
-from atlas_pl.lightning.modules import ClientModule
 from atlas_pl.models.split import ClientHalf, SplitClientModel
 from atlas_pl.parties.apply import apply_factors
 from atlas_pl.parties.evaluation import evaluate
@@ -37,7 +33,19 @@ from atlas_pl.settings import FingerprintSettings
 @dataclass
 class TrainReport:
     loss: float
-    seconds: float  # wall time of Lightning's fit for this client's round
+    seconds: float  # wall time of this client's local training in the round
+
+
+class RoundTraining(Protocol):
+    """What trains a client's half one round at a time (lightning.training.ClientTraining in-process)."""
+
+    @property
+    def link(self) -> SplitLink: ...
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer: ...
+
+    def fit_round(self, round_index: int, local_epochs: int) -> TrainReport: ...
 
 
 def fingerprint_batches(
@@ -71,9 +79,7 @@ class ClientParty:
         self.ledger = ledger
         self.seed = seed
         self.name = client_name(index)
-        self.module: ClientModule | None = None
-        self.trainer: pl.Trainer | None = None
-        self.loader: torch.utils.data.DataLoader | None = None
+        self.training: RoundTraining | None = None
 
     @property
     def task(self) -> str:
@@ -108,29 +114,21 @@ class ClientParty:
         self.ledger.send(self.name, COORDINATOR, kind, tensors)
 
     # -- Phase 3 --------------------------------------------------------------------------------------
-    def attach(self, module: ClientModule, trainer: pl.Trainer, loader: torch.utils.data.DataLoader) -> None:
-        """The Lightning pieces that train its half (built by the engine after Phase 2)."""
-        self.module, self.trainer, self.loader = module, trainer, loader
+    def attach(self, training: RoundTraining) -> None:
+        """What trains its half (the engine builds it after Phase 2: Lightning in-process)."""
+        self.training = training
+
+    def _training(self) -> RoundTraining:
+        if self.training is None:
+            raise RuntimeError(f"client {self.index} cannot train yet: attach() its training first")
+        return self.training
 
     @property
     def link(self) -> SplitLink:
-        return self.lightning()[0].link
-
-    def lightning(self) -> tuple[ClientModule, pl.Trainer, torch.utils.data.DataLoader]:
-        """Its module, Trainer and loader (after `attach`)."""
-        if self.module is None or self.trainer is None or self.loader is None:
-            raise RuntimeError(f"client {self.index} has no Lightning pieces yet: attach() first")
-        return self.module, self.trainer, self.loader
+        return self._training().link
 
     def train_round(self, round_index: int, local_epochs: int) -> TrainReport:
-        module, trainer, loader = self.lightning()
-        trainer.fit_loop.max_epochs = round_index * local_epochs
-        module.losses = []
-        start = time.perf_counter()
-        trainer.fit(module, loader)
-        seconds = time.perf_counter() - start
-        losses = module.losses
-        return TrainReport(statistics.fmean(losses) if losses else float("nan"), seconds)
+        return self._training().fit_round(round_index, local_epochs)
 
     # -- Phase 4 --------------------------------------------------------------------------------------
     def factors(self) -> tuple[Factors, dict[int, float]]:
@@ -151,7 +149,9 @@ class ClientParty:
 
     def apply(self, update: AdapterUpdate) -> None:
         """Write the client-half part of an update; rewritten factors lose their AdamW state."""
-        apply_factors(self.half.adapter, update, self.module.optimizer if self.module is not None else None)
+        apply_factors(
+            self.half.adapter, update, self.training.optimizer if self.training is not None else None
+        )
 
     # -- evaluation -----------------------------------------------------------------------------------
     def evaluate(self, data: TokenizedExamples, *, batch_size: int, device: torch.device) -> dict[str, float]:

@@ -8,15 +8,32 @@ hosted half over whole, so that a half can move to another host without losing i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
-from atlas_pl.lightning.modules import ServerModule
+from atlas_pl.models.split import ServerHalf
 from atlas_pl.parties.apply import apply_factors
 from atlas_pl.parties.messages import ActivationGrads, Activations, AdapterUpdate, Factors
 from atlas_pl.tracking.checkpoint import module_tensors, optimizer_tensors, restore_module, restore_optimizer
+
+
+class ServerModule(Protocol):
+    """What the host runs for one client: lightning.modules.ServerModule in-process."""
+
+    server_half: ServerHalf
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    training: bool
+
+    def process(self, hidden: Tensor, attention_mask: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]: ...
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def eval(self) -> Any: ...
+
+    def train(self, mode: bool = True) -> Any: ...
 
 
 @dataclass
