@@ -41,7 +41,7 @@ from .conftest import REPO_ROOT, cli_env
 
 # our conf/hydra/launcher files are merged onto the plugins' schemas on purpose (see atlas_pl/__main__.py)
 pytestmark = pytest.mark.filterwarnings(
-    r"ignore:\s*'hydra/launcher/.*' is validated against ConfigStore:UserWarning"
+    r"ignore:\s*'hydra/(launcher|sweeper)/.*' is validated against ConfigStore:UserWarning"
 )
 
 FAST = ["+experiment=smoke", "fed.rounds=1"]
@@ -262,8 +262,11 @@ def test_sweep_dirs_are_collision_proof_and_named_by_overrides() -> None:
     cfg = _compose()
     assert re.fullmatch(r"multirun/\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d-\d{6}", cfg.hydra.sweep.dir)
     raw = OmegaConf.to_container(cfg.hydra.sweep, resolve=False)
-    assert raw["subdir"] == "${hydra.job.num}_${hydra.job.override_dirname}"
-    assert cfg.hydra.sweeper._target_ == "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+    assert raw["subdir"] == "${hydra.job.num}_${atlas_dirname:${hydra.job.override_dirname}}"
+    # the basic sweeper, validating every job's config before the first one starts
+    assert (
+        cfg.hydra.sweeper._target_ == "hydra_plugins.atlas_pl_launcher.validating_sweeper.ValidatingSweeper"
+    )
     assert cfg.hydra.launcher._target_ == "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 
 

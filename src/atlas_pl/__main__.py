@@ -7,7 +7,6 @@ about a second; torch, transformers and Lightning are imported after the config 
 from __future__ import annotations
 
 import logging
-import sys
 import warnings
 from pathlib import Path
 
@@ -22,13 +21,15 @@ if not OmegaConf.has_resolver("atlas_root"):
 
 log = logging.getLogger("atlas_pl")
 
-# conf/hydra/launcher/{joblib,submitit_local,submitit_slurm}.yaml share their names with the launcher
-# plugins' ConfigStore entries on purpose (users keep typing hydra/launcher=joblib); Hydra merges them onto
-# those schemas, which checks our keys, and warns that this matching is deprecated
-# (see src/hydra_plugins/atlas_pl_launcher/fresh_process_launcher.py).
+# conf/hydra/launcher/{joblib,submitit_local,submitit_slurm}.yaml and conf/hydra/sweeper/basic.yaml share
+# their names with the plugins' ConfigStore entries on purpose (users keep typing hydra/launcher=joblib, and
+# the basic sweeper stays the default); Hydra merges them onto those schemas, which checks our keys, and
+# warns that this matching is deprecated (see src/hydra_plugins/atlas_pl_launcher/fresh_process_launcher.py
+# and validating_sweeper.py).
 warnings.filterwarnings(
     "ignore",
-    message=r"\s*'hydra/launcher/(joblib|submitit_local|submitit_slurm)' is validated against ConfigStore",
+    message=r"\s*'hydra/(launcher/(joblib|submitit_local|submitit_slurm)|sweeper/basic)' is validated against"
+    r" ConfigStore",
     category=UserWarning,
 )
 
@@ -39,17 +40,18 @@ def app(cfg: DictConfig) -> float | None:
 
     DictConfig stops here: everything below reads the typed `Settings`.
     """
-    from atlas_pl.config_validation import ConfigError
+    from atlas_pl.errors import user_errors
     from atlas_pl.settings import build_settings
 
-    try:
+    with user_errors():
         settings = build_settings(cfg)
-    except ConfigError as err:
-        print("atlas_pl: invalid configuration:", file=sys.stderr)
-        for problem in err.problems:
-            print(f"  - {problem}", file=sys.stderr)
-        sys.exit(2)
+        _quiet_third_party()
+        from atlas_pl.run import run_job
 
+        return run_job(settings)
+
+
+def _quiet_third_party() -> None:
     for noisy in (
         "lightning.pytorch",
         "lightning.fabric",
@@ -59,9 +61,6 @@ def app(cfg: DictConfig) -> float | None:
     ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*treespec.*", category=Warning)  # Lightning vs torch 2.13
-    from atlas_pl.run import run_job
-
-    return run_job(settings)
 
 
 def main() -> None:

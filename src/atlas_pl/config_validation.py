@@ -7,6 +7,7 @@ collected and reported together, each naming the key, the bad value and what is 
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -15,6 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from atlas_pl.errors import AtlasError
 from atlas_pl.models.catalog import ModelNotFound, known_models, resolve_model_spec
 
 GLUE_TASK_NAMES = ("sst2", "cola", "mrpc", "rte", "qnli", "qqp", "mnli")
@@ -34,12 +36,15 @@ LOGGERS = ("wandb", "csv", "none")
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
 
 
-class ConfigError(ValueError):
+class ConfigError(AtlasError, ValueError):
     """One or more config values are invalid; the message lists each key with its valid values."""
 
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("\n".join(problems))
+
+    def lines(self) -> list[str]:
+        return ["invalid configuration:", *self.problems]
 
 
 class _Checker:
@@ -73,7 +78,7 @@ class _Checker:
         if value is None and optional:
             return
         kind = int if integer else (int, float)
-        ok = isinstance(value, kind) and not isinstance(value, bool)
+        ok = isinstance(value, kind) and not isinstance(value, bool) and math.isfinite(value)
         if ok and low is not None:
             ok = value > low if strict_low else value >= low
         if ok and high is not None:
@@ -82,7 +87,8 @@ class _Checker:
             what = "an integer" if integer else "a number"
             lo = "" if low is None else (f" > {low}" if strict_low else f" >= {low}")
             hi = "" if high is None else f" and <= {high}"
-            self.fail(key, value, f"{what}{lo}{hi}" + (" (or null)" if optional else ""))
+            finite = "" if integer else " (finite)"
+            self.fail(key, value, f"{what}{finite}{lo}{hi}" + (" (or null)" if optional else ""))
 
 
 def validate_config(cfg: DictConfig) -> None:
@@ -206,7 +212,7 @@ def validate_config(cfg: DictConfig) -> None:
 
     # fingerprint / clustering
     c.number("fingerprint.batches", low=1, integer=True)
-    c.number("fingerprint.layers", low=1, integer=True)
+    c.number("fingerprint.layers", low=1, integer=True, high=spec.num_layers if spec else None)
     c.number("fingerprint.sketch_dim", low=1, integer=True)
     c.number("fingerprint.dim", low=1, integer=True)
     c.one_of("fingerprint.compression", ("sketch", "raw_pca"))

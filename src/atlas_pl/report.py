@@ -17,8 +17,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from atlas_pl.errors import user_errors
 from atlas_pl.reporting import figures as figs
-from atlas_pl.reporting.reader import COMPLETED, Job, ReportError, load_jobs
+from atlas_pl.reporting.reader import COMPLETED, Job, load_jobs
 from atlas_pl.reporting.split import Split, find_split
 from atlas_pl.reporting.tables import Group, aggregate, markdown, write_csv
 
@@ -60,11 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("run_dir", type=Path, help="a Hydra run or multirun directory (or a tree of them)")
     parser.add_argument("--out", type=Path, default=None, help="where to write the report (default: RUN_DIR)")
     args = parser.parse_args(argv)
-    try:
+    with user_errors("atlas_pl.report"):
         report = build_report(args.run_dir, args.out)
-    except ReportError as exc:
-        print(f"atlas_pl.report: {exc}", file=sys.stderr)
-        return 2
     done = sum(j.status == COMPLETED for j in report.jobs)
     print(
         f"{len(report.jobs)} job(s), {done} completed, {len(report.groups)} group(s); "

@@ -8,90 +8,27 @@ Without `resume`, a directory that already holds a job is refused, so nothing wr
 
 from __future__ import annotations
 
-import fcntl
-import json
 import logging
 import os
-import sys
 import time
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig
 
-from atlas_pl.engines.setup import build_federation
+from atlas_pl.errors import AtlasError, JobDirectoryError
+from atlas_pl.jobdir import DONE, FAILED, JOB_FILES, check_writable, lock, prepare
 from atlas_pl.settings import Settings, build_settings
-from atlas_pl.tracking.checkpoint import Checkpoint, CheckpointError, complete_rounds, latest_checkpoint
-from atlas_pl.tracking.results import peak_memory, versions, write_json
-from atlas_pl.tracking.resume import RoundCheckpointer, check_resumable, check_settings, checkpoint_root
-from atlas_pl.tracking.tracker import Tracker
+from atlas_pl.tracking.results import write_json
+
+if TYPE_CHECKING:
+    from atlas_pl.tracking.checkpoint import Checkpoint
 
 log = logging.getLogger(__name__)
 
-
-DONE = "done"
-FAILED = "failed.json"
-JOB_FILES = ("job_config.json", "metrics.jsonl", "summary.json", DONE, FAILED, "checkpoints")
-
-
-class JobDirectoryError(RuntimeError):
-    """The output directory already holds a job and resume is off: refusing to overwrite it."""
-
-
-def _lock(out_dir: Path) -> int:
-    """Hold `out_dir/.lock` for the job's lifetime: a second process (a sweep re-run started while the
-    first still runs) is refused instead of writing the same checkpoints and metrics concurrently."""
-    fd = os.open(out_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError as err:
-        os.close(fd)
-        raise JobDirectoryError(f"{out_dir} is in use by another running atlas_pl process") from err
-    return fd
-
-
-def _prepare(settings: Settings, out_dir: Path) -> tuple[float | None, Checkpoint | None]:
-    """(metric of an already finished job, checkpoint to resume from), decided before any real work."""
-    if not settings.resume:
-        present = [name for name in JOB_FILES if (out_dir / name).exists()]
-        if present:
-            raise JobDirectoryError(
-                f"{out_dir} already holds a job ({', '.join(present)}); resume=true continues it (or skips "
-                "it if it is done); to start over choose another hydra.run.dir / hydra.sweep.dir"
-            )
-        return None, None
-    done = out_dir / DONE
-    if done.is_file():
-        marker = json.loads(done.read_text())
-        if "config" in marker:
-            check_settings(settings.config, marker["config"], done)
-        rounds, finished_round = settings.fed.rounds, int(marker["round"])
-        if rounds == finished_round:
-            metric = float(marker["final_mean_primary"])
-            log.info("resume=true: %s is done (final mean primary %.4f); skipped", out_dir, metric)
-            return metric, None
-        if rounds < finished_round:
-            raise CheckpointError(
-                f"resume=true: {out_dir} is done after {finished_round} rounds, fed.rounds={rounds} asks "
-                f"for fewer; valid: fed.rounds >= {finished_round} (more rounds extend the job)"
-            )
-        checkpoint = latest_checkpoint(checkpoint_root(out_dir))
-        if checkpoint is None or checkpoint.round != finished_round:
-            raise CheckpointError(
-                f"resume=true: cannot extend {out_dir} to {rounds} rounds: no checkpoint of its last round "
-                f"{finished_round} (checkpoint.enabled was false?)"
-            )
-        check_resumable(settings, checkpoint)
-        log.info("resume=true: extending %s from %d to %d rounds", out_dir, finished_round, rounds)
-        done.unlink()
-        return None, checkpoint
-    checkpoint = latest_checkpoint(checkpoint_root(out_dir))
-    if checkpoint is None:
-        log.info("resume=true: no checkpoint in %s; starting from round 1", out_dir)
-        return None, None
-    check_resumable(settings, checkpoint)
-    return None, checkpoint
+__all__ = ["DONE", "FAILED", "JOB_FILES", "JobDirectoryError", "run_job"]
 
 
 def _write_failure(out_dir: Path, err: BaseException, result_round: int | None) -> None:
@@ -109,31 +46,49 @@ def _write_failure(out_dir: Path, err: BaseException, result_round: int | None) 
 def run_job(cfg: DictConfig | Settings) -> float:
     """Run one job; returns the final mean primary metric over clients (what sweepers optimise).
 
-    A DictConfig is validated and typed here (the CLI passes Settings it already built)."""
+    A DictConfig is validated and typed here (the CLI passes Settings it already built). The job
+    directory is checked before torch, the model or the data are loaded: a refusal costs a second."""
     started = time.perf_counter()
     settings = cfg if isinstance(cfg, Settings) else build_settings(cfg)
     out_dir = settings.output_dir
+    check_writable(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    fd = lock(out_dir)
     try:
-        lock = _lock(out_dir)
-        finished, checkpoint = _prepare(settings, out_dir)
-    except (CheckpointError, JobDirectoryError) as err:
-        print(f"atlas_pl: {err}", file=sys.stderr)
-        sys.exit(2)
-    try:
-        if finished is not None:
-            return finished
-        return _run(settings, out_dir, checkpoint, started)
+        start = prepare(settings, out_dir)
+        if start.finished is not None:
+            return start.finished
+        return _run(settings, out_dir, start.checkpoint, started, extends_done=start.extends_done)
     finally:
-        os.close(lock)  # releases the flock
+        os.close(fd)  # releases the flock
 
 
-def _run(settings: Settings, out_dir: Path, checkpoint: Checkpoint | None, started: float) -> float:
-    from atlas_pl.engines.centralized import run_centralized
-    from atlas_pl.engines.inprocess import run_inprocess
+def _run(
+    settings: Settings, out_dir: Path, checkpoint: Checkpoint | None, started: float, *, extends_done: bool
+) -> float:
+    from atlas_pl.preflight import check_inputs
 
+    fresh = not any((out_dir / name).exists() for name in JOB_FILES)
+    try:
+        # inputs first (accelerator, data files, then the model): a bad one changes nothing on disk
+        check_inputs(settings)
+        from atlas_pl.engines.centralized import run_centralized
+        from atlas_pl.engines.inprocess import run_inprocess
+        from atlas_pl.engines.setup import build_federation
+        from atlas_pl.tracking.checkpoint import complete_rounds
+        from atlas_pl.tracking.results import peak_memory, versions
+        from atlas_pl.tracking.resume import RoundCheckpointer, checkpoint_root
+        from atlas_pl.tracking.tracker import Tracker
+
+        fed = build_federation(settings)
+    except AtlasError as err:
+        if fresh:
+            _write_failure(out_dir, err, None)
+        raise
     if (out_dir / FAILED).exists():  # an earlier attempt's failure: kept, but no longer the job's state
         os.replace(out_dir / FAILED, out_dir / "failed.previous.json")
+    if extends_done:
+        (out_dir / DONE).unlink()  # the job runs again: done after its new last round
     resolved = settings.config
     if checkpoint is None:
         # the job's own settings: Hydra rewrites .hydra/ whenever anything is launched into this directory
@@ -145,7 +100,6 @@ def _run(settings: Settings, out_dir: Path, checkpoint: Checkpoint | None, start
     checkpointer.extra["wandb_id"] = tracker.wandb_id
     failed = True
     try:
-        fed = build_federation(settings)
         ablation = settings.ablation.name
         build_seconds = time.perf_counter() - started
         engine = run_centralized if settings.ablation.centralized else run_inprocess

@@ -390,10 +390,14 @@ def settings_from_dict(c: dict[str, Any]) -> Settings:
 
 
 def build_settings(cfg: DictConfig) -> Settings:
-    """Validate `cfg` (raises config_validation.ConfigError naming every bad value), then type it."""
+    """Validate `cfg` (raises config_validation.ConfigError naming every bad value), type it, and check
+    it against the model's structure (raises ConfigError or InfeasibleClientError)."""
     from atlas_pl.config_validation import validate_config
+    from atlas_pl.preflight import preflight
 
     validate_config(cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(resolved, dict)
-    return settings_from_dict({str(k): v for k, v in resolved.items()})
+    settings = settings_from_dict({str(k): v for k, v in resolved.items()})
+    preflight(settings)  # what the model's structure rules out (config.json only, no weights)
+    return settings

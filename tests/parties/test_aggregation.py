@@ -8,6 +8,7 @@ import torch
 
 from atlas_pl.parties.aggregation import aggregate_round
 from atlas_pl.parties.messages import AdapterUpload
+from atlas_pl.phases.aggregation import LowRank, normalized_weights, stack, svd_from_factors, truncate
 from atlas_pl.phases.personalization import mixing_matrix
 
 KEYS = [(0, "q"), (1, "q")]
@@ -161,3 +162,89 @@ def test_one_dtype_in_one_dtype_out(mode: str) -> None:
         for key, (a, b) in update.factors.items():
             assert a.dtype == uploads[k].factors[key][0].dtype and a.shape == uploads[k].factors[key][0].shape
             assert b.shape == uploads[k].factors[key][1].shape
+
+
+def _largest_rank_non_finite(mode: str):
+    """Ranks 2, 4 and a non-finite 8: the run's arguments with client 2, and without it."""
+    uploads = {0: _upload(0, 2, 1), 1: _upload(1, 4, 2), 2: _upload(2, 8, 3)}
+    uploads[2].factors[KEYS[1]][1][0, 0] = float("nan")
+    kwargs: dict = {"aggregation": mode, "head_aggregation": "group", "counts": [1, 3, 4]}
+    alone: dict = {**kwargs, "counts": [1, 3]}
+    if mode == "laplacian":
+        adjacency = np.full((3, 3), 0.5) - 0.5 * np.eye(3)
+        kwargs["mixing"] = mixing_matrix(adjacency, 0.5)
+        alone["mixing"] = kwargs["mixing"][:2, :2]  # the same rows, client 2 dropped (renormalized)
+    return uploads, kwargs, alone
+
+
+@pytest.mark.parametrize("mode", ["stack", "fedavg", "zeropad", "laplacian"])
+def test_a_non_finite_largest_rank_client_gets_the_others_aggregate_at_its_own_rank(mode: str) -> None:
+    # the aggregate's rank comes from the finite clients only (4 or 6 < 8): client 2 must still get its shapes
+    uploads, kwargs, alone = _largest_rank_non_finite(mode)
+    result = _run(uploads, **kwargs)
+    without = _run({k: uploads[k] for k in (0, 1)}, **alone)
+    assert result.excluded == {2} and 2 not in result.senders
+    for k, upload in uploads.items():
+        for key, (a, b) in upload.factors.items():
+            new_a, new_b = result.updates[k].factors[key]
+            assert new_a.shape == a.shape and new_b.shape == b.shape
+            assert torch.isfinite(new_a).all() and torch.isfinite(new_b).all()
+    repaired = result.updates[2]
+    assert repaired.reset_optimizer  # its moments came from the non-finite steps
+    assert all(torch.isfinite(t).all() for t in repaired.head or uploads[2].head)
+    for k in (0, 1):  # as if client 2 had not been there at all, bitwise
+        assert not result.updates[k].reset_optimizer
+        for key in KEYS:
+            got, want = result.updates[k].factors[key], without.updates[k].factors[key]
+            assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+        assert all(
+            torch.equal(got, want) for got, want in zip(result.updates[k].head, without.updates[k].head)
+        )
+    # stack / laplacian: the exact weighted sum (rank 2 + 4 = 6); fedavg / zeropad: the averaged factors,
+    # of rank 4, which is what the rank-4 client holds too. Either way the rest of rank 8 is revived.
+    filled = 6 if mode in ("stack", "laplacian") else 4
+    weights = [0.25, 0.75] if mode == "stack" else [0.5, 0.5]
+    for key in KEYS:
+        if filled == 6:
+            expected = sum(w * _dw(uploads[k], key) for k, w in enumerate(weights))
+        else:
+            expected = _new_dw(result.updates[1], uploads[1], key)
+        torch.testing.assert_close(_new_dw(repaired, uploads[2], key), expected, rtol=1e-5, atol=1e-5)
+        a, b = repaired.factors[key]
+        assert torch.count_nonzero(b[:, filled:]).item() == 0
+        assert bool((a[filled:].norm(dim=1) > 0.1).all())
+
+
+def test_components_an_aggregate_leaves_at_round_off_are_redrawn() -> None:
+    # after a round, the group's members hold one and the same dW; with weights of 1/3 the stack's SVD
+    # leaves components 2..5 (from 0) at round-off, about 1e-15 of the largest singular value, not at zero
+    same = _upload(0, 2, 1)
+    uploads = {k: AdapterUpload(k, same.factors, same.scaling, same.head) for k in range(3)}
+    uploads[3] = _upload(3, 8, 2)
+    uploads[3].factors[KEYS[0]][0][0, 0] = float("nan")
+    for key in KEYS:  # the premise: the raw aggregate's spare components are tiny but not zero
+        parts = [LowRank(*uploads[k].factors[key], uploads[k].scaling[key[0]]) for k in range(3)]
+        u, s, vh = svd_from_factors(*stack(parts, normalized_weights([1, 1, 1])))
+        raw_a, _, _ = truncate(u, s, vh, 8, uploads[3].scaling[key[0]])
+        assert bool((raw_a[2:6].abs().amax(dim=1) > 0).all()) and float(raw_a[2:].abs().max()) < 1e-6
+    result = _run(uploads)
+    assert result.excluded == {3}
+    for key in KEYS:
+        a, b = result.updates[3].factors[key]
+        assert bool((a[2:].norm(dim=1) > 0.1).all())  # all six re-drawn, round-off or zero padding alike
+        assert torch.count_nonzero(b[:, 2:]).item() == 0
+        torch.testing.assert_close(
+            _new_dw(result.updates[3], uploads[3], key), _dw(same, key), rtol=1e-5, atol=1e-6
+        )
+
+
+def test_a_fresh_lora_init_is_not_mistaken_for_dead_components() -> None:
+    # B = 0 with a live A (no training yet) gets gradient: the average must come back exactly
+    uploads = {k: _upload(k, 4, k) for k in range(2)}
+    for upload in uploads.values():
+        for _, b in upload.factors.values():
+            b.zero_()
+    result = _run(uploads, aggregation="fedavg")
+    for key in KEYS:
+        mean_a = 0.5 * uploads[0].factors[key][0] + 0.5 * uploads[1].factors[key][0]
+        assert torch.equal(result.updates[0].factors[key][0], mean_a)

@@ -178,8 +178,11 @@ def test_empty_directory_fails_clearly(tmp_path: Path) -> None:
     assert not (tmp_path / "empty" / "report.md").exists()
 
 
-def test_missing_directory_fails_clearly(tmp_path: Path) -> None:
-    assert main([str(tmp_path / "absent")]) == 2
+def test_missing_directory_fails_clearly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main([str(tmp_path / "absent")])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.startswith(f"atlas_pl.report: {tmp_path / 'absent'}")
 
 
 def _set_config(job: Path, edit) -> None:

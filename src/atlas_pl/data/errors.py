@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from atlas_pl.errors import AtlasError
 
-class DataError(ValueError):
+
+class DataError(AtlasError, ValueError):
     """Bad data, a bad data argument or a missing data file.
 
     A ValueError subclass so callers that validate configs can catch one type, and the message always

@@ -89,6 +89,12 @@ def read_glue_tsv(path: Path, spec: TaskSpec) -> TextExamples:
                         f"{path}:{line}: found {len(row)} tab-separated fields, expected {n_fields} "
                         f"({', '.join(columns)})"
                     )
+                for name, text in zip(columns, row):
+                    if "\x00" in text:
+                        raise DataError(
+                            f"{path}:{line}: NUL byte in column {name!r}; expected text (is this a binary "
+                            "file?)"
+                        )
                 for name, text in zip(columns[:-1], row[:-1]):
                     if not text.strip():
                         raise DataError(
@@ -96,7 +102,7 @@ def read_glue_tsv(path: Path, spec: TaskSpec) -> TextExamples:
                         )
                 raw = row[-1]
                 if not (raw.isascii() and raw.isdigit()):
-                    raise DataError(f"{path}:{line}: label {raw!r} is not an integer; expected {valid}")
+                    raise DataError(f"{path}:{line}: label {raw!r} is invalid; expected {valid}")
                 label = int(raw)
                 if label >= spec.num_labels:
                     raise DataError(f"{path}:{line}: label {label} out of range; expected {valid}")

@@ -16,7 +16,14 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from atlas_pl.data import shuffled_loader
-from atlas_pl.engines.records import ClientRound, FederationResult, RoundLog, log_round, round_record
+from atlas_pl.engines.records import (
+    ClientRound,
+    FederationResult,
+    RoundLog,
+    check_not_diverged,
+    log_round,
+    round_record,
+)
 from atlas_pl.engines.setup import Federation, build_client_model
 from atlas_pl.lightning.modules import ClientModule, ServerModule, task_class_weights
 from atlas_pl.lightning.orchestrator import FederatedOrchestrator
@@ -238,6 +245,7 @@ class InProcessEngine:
             }
             self.tracker.log_round(self.log.add(record, timing))
             log_round(record, s.fed.rounds)
+            check_not_diverged(round_index, rows, s.fed.lr)
             if self.checkpointer is not None:
                 self.checkpointer.save(round_index, json_state=self._json_state(), **stateful)
         progress.close()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import math
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from atlas_pl.errors import DivergedError
 from atlas_pl.parties.link import TrafficLedger
 from atlas_pl.phases.allocation import ClientAllocation
 
@@ -29,6 +31,21 @@ class ClientRound:
     train_seconds: float | None = None  # None = did not train this round
     excluded: bool = False
     truncation_error: float | None = None
+
+
+def check_not_diverged(round_index: int, rows: Sequence[ClientRound], lr: float) -> None:
+    """Fail the job once every client that trained this round came back non-finite.
+
+    A NaN model still evaluates (to chance), so without this a diverged run would finish `done` with
+    numbers that look like a weak result instead of a broken one."""
+    trained = [r for r in rows if r.train_seconds is not None]
+    broken = [r for r in trained if r.excluded or r.train_loss is None or not math.isfinite(r.train_loss)]
+    if trained and len(broken) == len(trained):
+        raise DivergedError(
+            f"round {round_index}: training diverged: every one of the {len(trained)} clients that trained "
+            f"came back with non-finite (NaN/inf) loss or adapters; lower fed.lr (now {lr:g}) or "
+            "fed.head_lr, or train in float32 (model.dtype=float32, trainer.precision=32-true)"
+        )
 
 
 def client_entry(c: ClientRound, index: int, round_index: int, ledger: TrafficLedger) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from atlas_pl.models.catalog import ModelSpec, resolve_model_spec
 from atlas_pl.models.loading import load_base
 from atlas_pl.models.split import SharedBackbone, SplitClientModel
 from atlas_pl.phases.devices import assign_devices
+from atlas_pl.preflight import check_accelerator
 from atlas_pl.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -44,8 +45,7 @@ def seed_everything(seed: int) -> None:
 
 def pick_device(accelerator: str) -> torch.device:
     if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise RuntimeError("trainer.accelerator=gpu but no CUDA device is visible; use cpu or auto")
+        check_accelerator(accelerator)
         return torch.device("cuda")
     return torch.device("cpu")
 

@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from atlas_pl.errors import AtlasError
+
 ENCODER = "encoder"
 DECODER = "decoder"
 
@@ -33,6 +35,15 @@ class ModelSpec:
     def is_decoder(self) -> bool:
         return self.kind == DECODER
 
+
+# LoRA targets when model.lora_targets is null: the query and value projections, as in the LoRA paper
+DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
+    "bert": ("attention.self.query", "attention.self.value"),
+    "roberta": ("attention.self.query", "attention.self.value"),
+    "distilbert": ("attention.q_lin", "attention.v_lin"),
+    "gpt2": ("attn.c_attn",),
+    "llama": ("self_attn.q_proj", "self_attn.v_proj"),
+}
 
 _TINY_COMMON = {"hidden_size": 32, "num_attention_heads": 4, "intermediate_size": 64, "vocab_size": 256}
 
@@ -100,7 +111,7 @@ _FAMILY_BY_MODEL_TYPE = {
 }
 
 
-class ModelNotFound(ValueError):
+class ModelNotFound(AtlasError, ValueError):
     """The model name is neither a registry entry nor a usable local directory."""
 
 
@@ -117,7 +128,14 @@ def resolve_model_spec(name: str) -> ModelSpec:
         cfg_file = path / "config.json"
         if not cfg_file.is_file():
             raise ModelNotFound(f"model directory {path} has no config.json")
-        cfg = json.loads(cfg_file.read_text())
+        try:
+            cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ModelNotFound(
+                f"{cfg_file} is not valid JSON ({err}); expected a Hugging Face model config"
+            ) from err
+        if not isinstance(cfg, dict):
+            raise ModelNotFound(f"{cfg_file} is not a JSON object; expected a Hugging Face model config")
         model_type = cfg.get("model_type", "")
         if model_type not in _FAMILY_BY_MODEL_TYPE:
             raise ModelNotFound(

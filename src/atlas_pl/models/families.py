@@ -13,13 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
-    "bert": ("attention.self.query", "attention.self.value"),
-    "roberta": ("attention.self.query", "attention.self.value"),
-    "distilbert": ("attention.q_lin", "attention.v_lin"),
-    "gpt2": ("attn.c_attn",),
-    "llama": ("self_attn.q_proj", "self_attn.v_proj"),
-}
+from atlas_pl.models.catalog import DEFAULT_TARGETS  # noqa: F401  (re-exported)
 
 
 def additive_mask(attention_mask: Tensor, dtype: torch.dtype, causal: bool) -> Tensor:

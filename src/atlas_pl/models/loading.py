@@ -13,12 +13,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from atlas_pl.errors import AtlasError
 from atlas_pl.models.catalog import ModelSpec, package_dir
 
 log = logging.getLogger(__name__)
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(AtlasError, RuntimeError):
     """The model could not be loaded; the message says what to install or where to look."""
 
 

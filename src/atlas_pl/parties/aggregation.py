@@ -53,24 +53,39 @@ class RoundAggregation:
     truncation_errors: dict[int, float] = field(default_factory=dict)
 
 
+# A rank component is dead when both its row of A and its column of B are below _DEAD_RTOL times their
+# side's largest, in squared norm. For factors split from an SVD (`truncate`) either side's squared norm
+# is the component's singular value (B's over s_k^2), so this reads sigma_i / sigma_1 <= 1e-6. Exact zero
+# is the wrong test: an aggregate of lower rank than the client leaves the unfilled components at the
+# SVD's round-off (trailing singular values of an exactly rank-deficient stack come out near
+# 1e-16..1e-14 of the largest, factor entries 1e-15..1e-7), and such a component trains no better than a
+# zero one (each side's gradient scales with the other side). 1e-6 is far above that float64 round-off
+# and far below the spread of a trained adapter's singular values; exact zeros (zero padding) are dead
+# under any tolerance, so that case is unchanged.
+_DEAD_RTOL = 1e-6
+
+
 @torch.no_grad()
 def ready_to_train(
     new_a: Tensor, new_b: Tensor, like: tuple[Tensor, Tensor], seed_text: str
 ) -> tuple[Tensor, Tensor]:
     """New factors in the old ones' dtype and device, with dead rank components revived.
 
-    Where the aggregate has lower rank than r_k, both A and B come back with zero rows/columns, which get
-    no gradient ever again: those rows of A are re-drawn from a seeded initialisation (B stays zero
-    there, so dW is unchanged).
+    Where the aggregate has lower rank than r_k, both A and B come back with (numerically) zero
+    rows/columns, which get no gradient ever again: those rows of A are re-drawn from a seeded
+    initialisation and those columns of B set to zero, so dW loses only round-off. A component with a live
+    row of A and a zero column of B (a fresh LoRA init) trains and is left alone.
     """
     a = new_a.to(dtype=like[0].dtype, device=like[0].device).clone()
     b = new_b.to(dtype=like[1].dtype, device=like[1].device).clone()
-    dead = (a.abs().sum(dim=1) == 0) & (b.abs().sum(dim=0) == 0)
+    a_norm, b_norm = a.square().sum(dim=1), b.square().sum(dim=0)
+    dead = (a_norm <= _DEAD_RTOL * a_norm.max()) & (b_norm <= _DEAD_RTOL * b_norm.max())
     if bool(dead.any()):
         gen = torch.Generator().manual_seed(zlib.crc32(seed_text.encode()))
         bound = 1.0 / float(a.shape[1]) ** 0.5
         fresh = (torch.rand(int(dead.sum()), a.shape[1], generator=gen) * 2 - 1) * bound
         a[dead] = fresh.to(a)
+        b[:, dead] = 0.0
     return a, b
 
 

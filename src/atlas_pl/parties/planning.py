@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 
 from atlas_pl.phases.allocation import ClientAllocation, allocate
-from atlas_pl.phases.fingerprint import cluster_importance
 from atlas_pl.phases.memory import MemorySettings, ModelArch, budget_bytes, client_memory, lora_bytes
 from atlas_pl.settings import DevicesSettings, Settings
 from atlas_pl.tracking.results import write_json
@@ -71,6 +70,8 @@ def importance_profiles(source: str, importance: np.ndarray, labels: list[int] |
     if source == "client":
         return [np.asarray(row) for row in importance]
     groups = list(labels) if source == "cluster" and labels is not None else [0] * n
+    from atlas_pl.phases.fingerprint import cluster_importance  # torch: planning stays importable without
+
     by_group = cluster_importance(importance, groups)
     return [np.asarray(by_group[g]) for g in groups]
 

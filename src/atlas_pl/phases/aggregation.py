@@ -104,5 +104,15 @@ def fedavg_factors(updates: Sequence[LowRank], weights: Sequence[float]) -> tupl
 
 
 def slice_rank(a: Tensor, b: Tensor, rank: int, scale: float = 1.0) -> tuple[Tensor, Tensor]:
-    """The first `rank` components of averaged factors for a client with LoRA scale `scale`."""
-    return a[:rank], b[:, :rank] / scale
+    """The first `rank` components of averaged factors for a client with LoRA scale `scale`.
+
+    A client can be of higher rank than every client averaged (the group's largest-rank client, left out
+    for a non-finite update): it gets the average zero-padded to its own shapes, as `truncate` pads, since
+    a client's factors are only ever overwritten in place.
+    """
+    a, b = a[:rank], b[:, :rank] / scale
+    missing = rank - a.shape[0]
+    if missing > 0:
+        a = torch.nn.functional.pad(a, (0, 0, 0, missing))
+        b = torch.nn.functional.pad(b, (0, missing))
+    return a, b

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from atlas_pl.errors import AtlasError
 from atlas_pl.phases.memory import (
     MemoryBreakdown,
     MemorySettings,
@@ -53,7 +54,7 @@ DEFAULT_CANDIDATES: tuple[int, ...] = (4, 8, 16, 32, 64)
 MODES = ("importance", "uniform")
 
 
-class InfeasibleClientError(ValueError):
+class InfeasibleClientError(AtlasError, ValueError):
     """A client whose device cannot hold even one block (or the fixed split) at the minimum rank."""
 
     def __init__(

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+from atlas_pl.errors import AtlasError
 from atlas_pl.reporting.names import GroupKey, Settings, group_key, group_label, natural_key
 from atlas_pl.reporting.split import assign_settings
 
@@ -42,7 +43,7 @@ HYDRA_CONFIG = ".hydra/config.yaml"
 _SKIP_DIRS = {"wandb", "checkpoints", "csv", "figures", "__pycache__", "node_modules"}
 
 
-class ReportError(Exception):
+class ReportError(AtlasError):
     """A directory that cannot be reported on (missing, or no job directories in it)."""
 
 

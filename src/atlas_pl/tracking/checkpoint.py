@@ -25,26 +25,18 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from atlas_pl.errors import CheckpointError
+from atlas_pl.tracking.compatibility import (  # noqa: F401  (re-exported: tests and resume import them here)
+    RESUMABLE_DIFFERENCES,
+    comparable_config,
+    config_differences,
+)
+
 log = logging.getLogger(__name__)
 
 FORMAT = 2  # 2: engine state as ledger + coordinator (parties/engines redesign)
 TENSORS = "tensors.safetensors"
 STATE = "state.json"
-# keys that may differ between the run that wrote a checkpoint and the one resuming it
-RESUMABLE_DIFFERENCES = (
-    "resume",
-    "logger",
-    "paths",
-    "data.glue_dir",  # resolved from paths: a moved checkout or another mount is the same data
-    "data.cache_dir",
-    "fed.rounds",
-    "trainer.num_threads",
-    "checkpoint",
-)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be resumed from; the message says which and why."""
 
 
 @dataclass
@@ -152,33 +144,6 @@ def latest_checkpoint(root: Path) -> Checkpoint | None:
         except CheckpointError as err:
             log.warning("skipping checkpoint: %s", err)
     return None
-
-
-def comparable_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The resolved config minus what may legitimately change on resume (paths, logger, rounds, ...)."""
-    flat: dict[str, Any] = {}
-
-    def walk(prefix: str, value: Any) -> None:
-        if any(prefix == k or prefix.startswith(k + ".") for k in RESUMABLE_DIFFERENCES):
-            return
-        if isinstance(value, Mapping):
-            for key, sub in value.items():
-                walk(f"{prefix}.{key}" if prefix else str(key), sub)
-        else:
-            flat[prefix] = value
-
-    walk("", config)
-    return flat
-
-
-def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """'key: saved -> current' for every saved setting that differs (resuming would mix two runs).
-
-    Keys the saved config does not have are settings added to atlas_pl since; their defaults keep the
-    old behaviour, so they do not block resuming an older checkpoint.
-    """
-    a, b = comparable_config(saved), comparable_config(current)
-    return [f"{k}: {a[k]!r} -> {b.get(k, '<absent>')!r}" for k in sorted(a) if a[k] != b.get(k, "<absent>")]
 
 
 # ---- what goes in: RNG states, optimizer moments, module parameters ----

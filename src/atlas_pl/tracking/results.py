@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import resource
@@ -15,7 +16,7 @@ def write_json(path: Path, payload: Any) -> None:
     """Write JSON via a temp file + rename: readers see the old file or the new one, never a torn one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=_default) + "\n")
+    tmp.write_text(_dumps(payload, indent=2) + "\n")
     os.replace(tmp, path)
 
 
@@ -23,14 +24,34 @@ def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
     """Replace a JSON-lines file atomically (temp file + rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r, default=_default) + "\n" for r in records))
+    tmp.write_text("".join(_dumps(r) + "\n" for r in records))
     os.replace(tmp, path)
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as fh:
-        fh.write(json.dumps(record, default=_default) + "\n")
+        fh.write(_dumps(record) + "\n")
+
+
+def strict(obj: Any) -> Any:
+    """`obj` with NaN and infinities as None: Python's json writes them as bare NaN / Infinity tokens,
+    which strict JSON parsers (jq, JavaScript, most other languages) reject."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: strict(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict(value) for value in obj]
+    if hasattr(obj, "item") and getattr(obj, "ndim", 0) == 0:
+        return strict(obj.item())
+    if hasattr(obj, "tolist"):
+        return strict(obj.tolist())
+    return obj
+
+
+def _dumps(payload: Any, indent: int | None = None) -> str:
+    return json.dumps(strict(payload), indent=indent, default=_default, allow_nan=False)
 
 
 def _default(obj: Any) -> Any:

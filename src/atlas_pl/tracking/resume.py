@@ -19,7 +19,6 @@ from atlas_pl.settings import CheckpointSettings, Settings
 from atlas_pl.tracking.checkpoint import (
     Checkpoint,
     CheckpointError,
-    config_differences,
     generator_tensors,
     module_tensors,
     optimizer_tensors,
@@ -30,6 +29,7 @@ from atlas_pl.tracking.checkpoint import (
     rng_state,
     save_checkpoint,
 )
+from atlas_pl.tracking.compatibility import check_settings
 
 log = logging.getLogger(__name__)
 
@@ -44,22 +44,6 @@ class ScalerState(Protocol):
 
 def checkpoint_root(out_dir: Path) -> Path:
     return out_dir / "checkpoints"
-
-
-def check_settings(current: Mapping[str, Any], saved_config: Mapping[str, Any], source: Path) -> None:
-    """Refuse, before any work, to continue a job (from `source`) under settings it was not run with.
-
-    `current` and `saved_config` are resolved configs (Settings.config)."""
-    differences = config_differences(saved_config, current)
-    if differences:
-        shown = "; ".join(differences[:8]) + (
-            f"; and {len(differences) - 8} more" if len(differences) > 8 else ""
-        )
-        raise CheckpointError(
-            f"resume=true: {source} was written with different settings ({shown}); resume with the "
-            "original settings (only fed.rounds, logger, paths, trainer.num_threads and checkpoint.* may "
-            "change), or start a new run in another directory"
-        )
 
 
 def check_resumable(settings: Settings, checkpoint: Checkpoint) -> None:

@@ -1,0 +1,141 @@
+"""Checks that need the model's structure but not its weights: run with the config checks, in a second.
+
+The model's config.json (or a tiny model's registry entry) says how many positions, how wide each LoRA
+target is and how much memory a client half needs. With that alone, a `data.max_len` beyond the model's
+positions (a memory bomb at 100000), a rank wider than a projection, LoRA targets that match nothing,
+and a device mix where no client fits are all refused before torch is even imported. The real
+allocation in Phase 2 uses the same memory model on the loaded modules (the counts are equal, as
+tests/phases/test_memory.py checks), so what passes here fits there.
+"""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+
+from atlas_pl.config_validation import ConfigError
+from atlas_pl.data.errors import DataError
+from atlas_pl.data.glue import SPLITS, glue_file, read_glue_tsv
+from atlas_pl.data.tasks import is_synthetic, task_spec
+from atlas_pl.errors import RunEnvironmentError
+from atlas_pl.models.catalog import DEFAULT_TARGETS, ModelSpec, resolve_model_spec
+from atlas_pl.models.files import check_model_files, max_tokens, model_config
+from atlas_pl.parties.planning import allocation_mode, plan
+from atlas_pl.phases.devices import assign_devices
+from atlas_pl.phases.memory import ModelArch
+from atlas_pl.settings import Settings
+
+
+def preflight(settings: Settings) -> None:
+    """Raise ConfigError (or InfeasibleClientError) for what the model's structure rules out."""
+    spec = resolve_model_spec(settings.model.name)
+    problems = check_model_files(spec)
+    if problems:
+        raise ConfigError(problems)
+    config = model_config(spec)
+    if config is None:
+        return  # a hub model not on this machine: the loader reports what is missing
+    arch, problems = _structure(settings, spec, config)
+    if problems:
+        raise ConfigError(problems)
+    if arch is not None:
+        check_devices_fit(settings, arch)
+
+
+def _structure(
+    settings: Settings, spec: ModelSpec, config: SimpleNamespace
+) -> tuple[ModelArch | None, list[str]]:
+    problems = []
+    limit = max_tokens(spec, config)
+    if limit is not None and settings.data.max_len > limit:
+        problems.append(
+            f"data.max_len={settings.data.max_len} is invalid; valid: an integer in 8..{limit} "
+            f"({spec.name} has {limit} positions)"
+        )
+    targets = list(settings.model.lora_targets or DEFAULT_TARGETS[spec.family])
+    try:
+        arch = ModelArch.from_hf_config(spec.family, config, targets)
+    except ValueError as err:
+        problems.append(f"model.lora_targets={targets!r} is invalid; {err}")
+        return None, problems
+    narrowest = min(min(t.in_features, t.out_features) for t in arch.targets)
+    ranks = {
+        "allocation.rank_candidates": list(settings.allocation.rank_candidates),
+        "lora.rank": [settings.lora.rank],
+        "allocation.uniform_rank": [settings.allocation.uniform_rank or 0],
+    }
+    for key, values in ranks.items():
+        too_wide = [r for r in values if r > narrowest]
+        if too_wide:
+            shown = values if key == "allocation.rank_candidates" else values[0]
+            problems.append(
+                f"{key}={shown!r} is invalid; valid: ranks <= {narrowest} (the narrowest LoRA target "
+                f"of {spec.name}, {min(arch.targets, key=lambda t: min(t.in_features, t.out_features)).path},"
+                f" is {narrowest} wide; a wider rank adds nothing a full-rank update cannot)"
+            )
+    return arch, problems
+
+
+def check_devices_fit(settings: Settings, arch: ModelArch) -> None:
+    """Phase 2's feasibility, decided before Phase 1 runs: every client must hold one block (or the
+    fixed split) at the minimum rank; with drop_infeasible, at least one client must remain."""
+    if settings.ablation.centralized or allocation_mode(settings) == "fixed":
+        return  # no split to fit (centralized) or no budgets applied (fixed)
+    n_clients = len(settings.tasks) * settings.fed.clients_per_task
+    devices = assign_devices(
+        n_clients, list(settings.devices.mix), seed=settings.seed, rule=settings.devices.assignment
+    )
+    allocation_log = logging.getLogger("atlas_pl.phases.allocation")
+    allocation_log.disabled = True  # Phase 2 logs its drops when it runs; this rehearsal stays quiet
+    try:
+        allocations = plan(settings, arch, list(range(n_clients)), devices)  # InfeasibleClientError
+    finally:
+        allocation_log.disabled = False
+    if all(a.dropped for a in allocations):
+        raise ConfigError(
+            [
+                f"allocation.drop_infeasible=true drops every one of the {n_clients} clients: no device "
+                f"of devices.mix={sorted(set(devices))} can hold one block of {arch.family} at rank "
+                f"{min(settings.allocation.rank_candidates)}; raise devices.profiles.<device>.memory_gb "
+                "(or devices.scale), or lower fed.batch_size or data.max_len"
+            ]
+        )
+
+
+def check_inputs(settings: Settings) -> None:
+    """At job start, before the model loads: the accelerator exists and every local data file parses.
+
+    Reading the TSVs twice (here and when tokenizing) costs well under a second for GLUE; finding a bad
+    row after the model has loaded costs the user the load and a traceback."""
+    check_accelerator(settings.trainer.accelerator)
+    d = settings.data
+    for task in settings.tasks:
+        if is_synthetic(task):
+            check_enough_examples(task, "generated", d.synthetic_train_size, settings.fed.clients_per_task)
+            continue
+        files = {split: glue_file(d.glue_dir, task, split) for split in SPLITS} if d.glue_dir else {}
+        if d.source == "hub" or not all(path.is_file() for path in files.values()):
+            continue  # hub data: loaded (and checked) by the data layer
+        train = read_glue_tsv(files["train"], task_spec(task))
+        read_glue_tsv(files["validation"], task_spec(task))
+        check_enough_examples(task, str(files["train"]), len(train), settings.fed.clients_per_task)
+
+
+def check_enough_examples(task: str, where: str, n_train: int, clients_per_task: int) -> None:
+    if n_train < clients_per_task:
+        raise DataError(
+            f"task {task} has {n_train} training examples ({where}), fewer than "
+            f"fed.clients_per_task={clients_per_task}; valid: fed.clients_per_task <= {n_train}"
+        )
+
+
+def check_accelerator(accelerator: str) -> None:
+    if accelerator not in ("gpu", "cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise RunEnvironmentError(
+            f"trainer.accelerator={accelerator} but no CUDA device is visible to this process "
+            "(CUDA_VISIBLE_DEVICES, drivers, or a CPU-only torch build); valid here: cpu or auto"
+        )
