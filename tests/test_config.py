@@ -86,6 +86,11 @@ BAD = [
         "trainer.precision='16-mixed'",
         "model.dtype=float32",
     ),
+    (["fed.lr=inf"], "fed.lr=inf", "(finite) > 0"),
+    (["fed.head_lr=nan"], "fed.head_lr=nan", "(finite) > 0"),
+    (["lora.alpha=inf"], "lora.alpha=inf", "(finite) > 0"),
+    (["fingerprint.dp.clip=-inf"], "fingerprint.dp.clip=-inf", "(finite) > 0"),
+    (["fingerprint.layers=7"], "fingerprint.layers=7", "<= 6"),
 ]
 
 

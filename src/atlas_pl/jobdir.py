@@ -106,10 +106,17 @@ def prepare(settings: Settings, out_dir: Path) -> JobStart:
     done = out_dir / DONE
     if done.exists():
         return _prepare_done(settings, out_dir, read_done_marker(done))
-    from atlas_pl.tracking.checkpoint import latest_checkpoint
+    from atlas_pl.tracking.checkpoint import complete_rounds, latest_checkpoint
     from atlas_pl.tracking.resume import check_resumable, checkpoint_root
 
-    checkpoint = latest_checkpoint(checkpoint_root(out_dir))
+    root = checkpoint_root(out_dir)
+    checkpoint = latest_checkpoint(root)
+    if checkpoint is None and complete_rounds(root):
+        raise CheckpointError(
+            f"resume=true: no checkpoint in {root} can be resumed from (each failed verification; the "
+            "log says why); restarting would overwrite the job's history, so move the directory away "
+            "or choose another hydra.run.dir to start over"
+        )
     if checkpoint is None:
         log.info("resume=true: no checkpoint in %s; starting from round 1", out_dir)
         return JobStart()

