@@ -279,6 +279,18 @@ CASES = [
         ["trainer.accelerator=gpu", "no CUDA device"],
         on_finished_job=False,
     ),
+    # the command line itself: a key or an option that does not exist, an override that does not parse
+    Case(
+        "mistyped_key",
+        _overrides("fed.lrr=0.1"),
+        ["fed.lrr is not a key", "did you mean fed.lr", "valid keys under fed"],
+    ),
+    Case(
+        "unknown_option", _overrides("ablation=atlass"), ["ablation=atlass is invalid", "atlas, centralized"]
+    ),
+    Case(
+        "unparsable_override", _overrides("fed.lr=[1"), ["cannot parse the override fed.lr=[1", "key=value"]
+    ),
     # output directories, checked before Hydra logs into them
     Case("output_dir_under_a_file", _file_in_the_way, ["is a file, not a directory"], on_finished_job=False),
     Case(
@@ -399,3 +411,21 @@ def test_a_diverged_job_fails_and_its_metrics_are_strict_json(tmp_path: Path) ->
         json.loads(line, parse_constant=refuse) for line in (job / "metrics.jsonl").read_text().splitlines()
     ]
     assert len(records) == 1 and all(c["train_loss"] is None for c in records[0]["clients"].values())
+
+
+@pytest.mark.parametrize("launcher", [[], ["hydra/launcher=joblib"]], ids=["basic", "joblib"])
+def test_a_sweep_stopped_by_a_bad_data_file_says_so_in_its_line(
+    tmp_path: Path, glue: Path, model_dir: Path, launcher: list[str]
+) -> None:
+    """Config checks pass (the file exists), the job finds the bad row at its start: the sweep ends with
+    that job's line and exit 2, with either launcher (joblib's jobs run in their own processes)."""
+    overrides = _broken_glue("sst2/train.tsv", _sst2("too high\t2"))(tmp_path, glue, model_dir)
+    sweep = tmp_path / "sweep"
+    result = run_cli(
+        *BASE, *overrides, *launcher, f"hydra.sweep.dir={sweep}", "fed.lr=0.1,0.2", multirun=True
+    )
+    err = result.stderr
+    assert result.returncode == 2, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    assert "train.tsv:3: label 2 out of range" in err.splitlines()[-1], err[-3000:]
+    assert not any((job / "done").exists() for job in sweep.iterdir())

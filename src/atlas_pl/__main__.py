@@ -7,6 +7,7 @@ about a second; torch, transformers and Lightning are imported after the config 
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 from pathlib import Path
 
@@ -64,6 +65,9 @@ def _quiet_third_party() -> None:
 
 
 def main() -> None:
+    from atlas_pl.override_check import check_overrides
+
+    check_overrides(sys.argv[1:], CONFIG_DIR)
     app()
 
 

@@ -149,6 +149,8 @@ def validate_config(cfg: DictConfig) -> None:
                 c.fail("devices.mix", device, ", ".join(sorted(profiles)))
     for device in profiles:
         c.number(f"devices.profiles.{device}.memory_gb", low=0, strict_low=True)
+        for carried in ("compute", "bandwidth_mbps"):  # not read yet, but a result records them
+            c.number(f"devices.profiles.{device}.{carried}", low=0, strict_low=True, optional=True)
     c.number("devices.scale", low=0, strict_low=True, optional=True)
     c.one_of("devices.assignment", ("seeded", "round_robin"))
 
@@ -243,6 +245,7 @@ def validate_config(cfg: DictConfig) -> None:
         "allocation.drop_infeasible",
         "graph.ensure_connectivity",
         "ablation.clustering",
+        "trainer.deterministic",
     ):
         if not isinstance(c.get(flag), bool):
             c.fail(flag, c.get(flag), "true or false")
@@ -265,6 +268,8 @@ def validate_config(cfg: DictConfig) -> None:
     c.number("data.samples_per_client", low=1, integer=True, optional=True)
     c.number("data.eval_samples", low=1, integer=True, optional=True)
     c.number("data.max_len", low=8, integer=True)
+    c.number("data.synthetic_train_size", low=1, integer=True)
+    c.number("data.synthetic_eval_size", low=1, integer=True)
     _check_glue_files(c, names)
 
     # run plumbing
@@ -274,6 +279,7 @@ def validate_config(cfg: DictConfig) -> None:
             c.fail(key, c.get(key), "true or false")
     c.number("checkpoint.keep", low=0, integer=True)
     c.number("trainer.devices", low=1, high=1, integer=True)
+    c.number("trainer.num_threads", low=0, integer=True)
     # `*-true` precisions would cast only the client's LightningModule; the frozen base it shares with the
     # server halves (which train outside Lightning) would change dtype under them. model.dtype sets the base.
     c.one_of("trainer.precision", ("32-true", "32", "16-mixed", "bf16-mixed"))

@@ -29,7 +29,9 @@ JOB_FILES = ("job_config.json", "metrics.jsonl", "summary.json", DONE, FAILED, "
 _MARKER_KEYS = ("final_mean_primary", "round")
 
 
-def check_writable(directory: Path, what: str = "the output directory") -> None:
+def check_writable(
+    directory: Path, what: str = "the output directory", setting: str = "hydra.run.dir / hydra.sweep.dir"
+) -> None:
     """Create `directory` (Hydra would, a moment later) and prove a file can be written in it.
 
     Run before Hydra configures logging into it, where a failure would be a traceback. Trying is the
@@ -39,7 +41,7 @@ def check_writable(directory: Path, what: str = "the output directory") -> None:
         if blocker.exists() and not blocker.is_dir():
             raise JobDirectoryError(
                 f"{what} {directory} cannot be created: {blocker} is a file, not a directory; "
-                "choose another hydra.run.dir / hydra.sweep.dir"
+                f"choose another {setting}"
             )
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -48,7 +50,7 @@ def check_writable(directory: Path, what: str = "the output directory") -> None:
     except OSError as err:
         raise JobDirectoryError(
             f"{what} {directory} cannot be created or written ({err.strerror or err}); "
-            "choose a writable hydra.run.dir / hydra.sweep.dir"
+            f"choose a writable {setting}"
         ) from err
 
 

@@ -18,6 +18,7 @@ from atlas_pl.data.errors import DataError
 from atlas_pl.data.glue import SPLITS, glue_file, read_glue_tsv
 from atlas_pl.data.tasks import is_synthetic, task_spec
 from atlas_pl.errors import RunEnvironmentError
+from atlas_pl.jobdir import check_writable
 from atlas_pl.models.catalog import DEFAULT_TARGETS, ModelSpec, resolve_model_spec
 from atlas_pl.models.files import check_model_files, max_tokens, model_config
 from atlas_pl.parties.planning import allocation_mode, plan
@@ -109,6 +110,8 @@ def check_inputs(settings: Settings) -> None:
     row after the model has loaded costs the user the load and a traceback."""
     check_accelerator(settings.trainer.accelerator)
     d = settings.data
+    check_writable(d.cache_dir, "the tokenization cache", "data.cache_dir (or paths.cache_dir)")
+    check_writable(settings.cache_dir, "the cache directory", "paths.cache_dir (or ATLAS_CACHE_DIR)")
     for task in settings.tasks:
         if is_synthetic(task):
             check_enough_examples(task, "generated", d.synthetic_train_size, settings.fed.clients_per_task)

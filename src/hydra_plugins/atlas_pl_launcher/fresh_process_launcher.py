@@ -66,6 +66,8 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
+from atlas_pl.errors import EXIT_USER_ERROR, AtlasError
+
 log = logging.getLogger(__name__)
 
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -189,7 +191,8 @@ def _child_main(payload: bytes, conn: Connection, threads: int | None) -> None:
     """Entry point of a job process: thread limits first (before anything imports torch), then the job.
 
     Sends back ("ok", JobReturn) for a job that completed, ("failed", JobReturn, text) for one whose task
-    raised (the JobReturn without the exception, which travels as text), ("exit", text) when the task
+    raised (the JobReturn without the exception, which travels as text), ("exit", text, code, the job's
+    `atlas_pl:` lines) when the task
     called sys.exit, or ("error", text) when something else failed.
     """
     if threads is not None:
@@ -213,7 +216,7 @@ def _child_main(payload: bytes, conn: Connection, threads: int | None) -> None:
         text = f"SystemExit: exit status {stop.code!r}"
         if stderr.tail():
             text += f"\n\nThe end of what the job wrote to stderr:\n{stderr.tail()}"
-        message = ("exit", f"{text}\n\n{_traceback_text(stop)}")
+        message = ("exit", f"{text}\n\n{_traceback_text(stop)}", stop.code, _user_error_lines(stderr.tail()))
     except BaseException as error:
         message = ("error", _describe(error))
     try:
@@ -223,6 +226,28 @@ def _child_main(payload: bytes, conn: Connection, threads: int | None) -> None:
         data = cloudpickle.dumps(("error", text))
     conn.send_bytes(data)
     conn.close()
+
+
+class JobInputError(AtlasError, RuntimeError):
+    """A job stopped on bad input (exit 2 after its `atlas_pl:` line): the sweep reports that line."""
+
+    def __init__(self, job_num: int, overrides: Sequence[str], lines: Sequence[str]) -> None:
+        self.job_lines = list(lines)
+        super().__init__(f"job #{job_num} ({' '.join(overrides)}) stopped: {self.job_lines[0]}")
+
+    def lines(self) -> list[str]:
+        return [str(self), *self.job_lines[1:]]
+
+
+def _user_error_lines(tail: str) -> list[str]:
+    """The `atlas_pl: ...` message (and its `  - ` continuation lines) a job wrote before exiting 2."""
+    lines = tail.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("atlas_pl: ")]
+    if not starts:
+        return []
+    first = starts[-1]
+    rest = [line[4:] for line in lines[first + 1 :] if line.startswith("  - ")]
+    return [lines[first].removeprefix("atlas_pl: "), *rest]
 
 
 def _failed(job_num: int, overrides: Sequence[str], text: str, ret: JobReturn | None = None) -> JobReturn:
@@ -299,7 +324,10 @@ def _run_in_fresh_process(
     if status == "failed":
         return _failed(job_num, overrides, message[2], ret=message[1])
     if status == "exit":
-        return _failed(job_num, overrides, message[1])
+        ret = _failed(job_num, overrides, message[1])
+        if message[2] == EXIT_USER_ERROR and message[3]:  # bad input, already said in one line: pass it on
+            ret.return_value = JobInputError(job_num, filter_overrides(overrides), message[3])
+        return ret
     return _failed(job_num, overrides, f"outside its task: {message[1]}")
 
 

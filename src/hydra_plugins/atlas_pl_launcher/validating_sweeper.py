@@ -73,7 +73,8 @@ class ValidatingSweeper(BasicSweeper):
         overrides = parser.parse_overrides([*self._parse_config(), *arguments])
         batches = self.split_arguments(overrides, self.max_batch_size)
         self._refuse_invalid([job for batch in batches for job in batch])
-        return super().sweep(arguments)
+        with user_errors():  # a job stopped by bad input (a data file, say): its line, not a traceback
+            return super().sweep(arguments)
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         """Nothing left to check: `sweep` composed and validated every job of every batch already."""
@@ -92,6 +93,8 @@ class ValidatingSweeper(BasicSweeper):
                 self._validate_job(job_num, job)
             except ConfigError as err:
                 problems[job_num] = list(err.problems)
+            except AtlasError as err:  # the model's structure rules it out (preflight), e.g. no device fits
+                problems[job_num] = [str(err)]
         if not problems:
             return
         # a bad value every job shares (not a swept one) is said once, not once per job
@@ -116,7 +119,7 @@ class ValidatingSweeper(BasicSweeper):
         The job's Hydra config (its number, id and output directory, as `hydra.core.utils.run_job` sets
         them) is current while validating, so that `${hydra:...}` values resolve as they will in the job.
         """
-        from atlas_pl.config_validation import validate_config
+        from atlas_pl.settings import build_settings
 
         assert self.config is not None and self.hydra_context is not None
         cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
@@ -137,6 +140,6 @@ class ValidatingSweeper(BasicSweeper):
             task_cfg = copy.deepcopy(cfg)
             with read_write(task_cfg), open_dict(task_cfg):
                 del task_cfg["hydra"]
-            validate_config(task_cfg)
+            build_settings(task_cfg)  # the config checks, then what the model's config.json rules out
         finally:
             hydra_config.cfg = previous

@@ -1,0 +1,138 @@
+"""Mistyped keys and options on the command line, answered like every other bad value.
+
+Hydra reports a key that does not exist (`fed.lrr=0.1`) or a group option that does not exist
+(`model=tiny_bertt`) in its own words and exits 1, without saying which keys do exist. Composing the
+config once here, before Hydra does, turns those into `atlas_pl: ...` lines that name the valid keys
+(with the nearest ones first) or options, exit 2. Multirun sweeps are left to the validating sweeper
+and Hydra's own flags (--help, --cfg, ...) to Hydra.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from atlas_pl.errors import AtlasError, user_errors
+
+_HYDRA_FLAGS = ("help", "hydra_help", "info", "cfg", "shell_completion", "experimental_rerun")
+_CUSTOM_CONFIG = ("config_path", "config_name", "config_dir")
+
+
+class OverrideError(AtlasError, ValueError):
+    """A command-line override names a key or an option the config does not have."""
+
+
+def check_overrides(argv: Sequence[str], config_dir: Path) -> None:
+    """Exit 2 with one line if Hydra could not compose the config from `argv`'s overrides."""
+    from hydra._internal.utils import get_args_parser
+
+    args, _ = get_args_parser().parse_known_args(list(argv))
+    if args.multirun or any(getattr(args, flag, None) for flag in (*_HYDRA_FLAGS, *_CUSTOM_CONFIG)):
+        return
+    with user_errors():
+        _compose(list(args.overrides), config_dir)
+
+
+def _compose(overrides: list[str], config_dir: Path) -> None:
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+
+    try:
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+            compose("config", overrides=overrides, return_hydra_config=True)
+    except MissingConfigException as err:
+        raise OverrideError(_missing_option(str(err))) from err
+    except OverrideParseException as err:
+        raise OverrideError(_unparsable(overrides, str(err))) from err
+    except ConfigCompositionException as err:
+        raise OverrideError(_composition_problem(err, overrides, config_dir)) from err
+
+
+def _unparsable(overrides: list[str], message: str) -> str:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    bad = overrides
+    for override in overrides:
+        try:
+            parser.parse_override(override)
+        except HydraException:  # parse_override raises the grammar's error, not OverrideParseException
+            bad = [override]
+            break
+    return (
+        f"cannot parse the override {' '.join(bad)} ({message.splitlines()[0]}); valid: key=value, with "
+        "lists as [a,b] and values holding , [ ] = or spaces quoted (see "
+        "https://hydra.cc/docs/advanced/override_grammar/basic/)"
+    )
+
+
+def _missing_option(message: str) -> str:
+    found = re.search(r"Could not find '([^']+)/([^'/]+)'", message)
+    options = re.findall(r"^\t(\S+)$", message.split("Config search path")[0], flags=re.M)
+    if not found:
+        return message.splitlines()[0]
+    group, option = found.groups()
+    return f"{group}={option} is invalid; valid: {', '.join(options) or '(no options)'}"
+
+
+def _composition_problem(err: Exception, overrides: list[str], config_dir: Path) -> str:
+    cause = str(err.__cause__ or "")
+    key_match = re.search(r"full_key: (\S+)", cause)
+    ambiguous = re.search(r"Ambiguous value for argument '(.+)'", str(err))
+    if ambiguous:
+        return (
+            f"{ambiguous.group(1)} holds several values; valid: key=[a,b] for a list, key='a,b' for a "
+            "string, or add -m (--multirun) to sweep over them"
+        )
+    if key_match is None:
+        return " ".join(str(err).split())
+    key = key_match.group(1)
+    wanted = next((o for o in overrides if _names(o, key)), key)
+    known = _known_keys([o for o in overrides if o != wanted], config_dir)
+    parent = _parent(key)
+    siblings = sorted(k.rsplit(".", 1)[-1] for k in known if _parent(k) == parent)
+    close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    where = f"under {parent}" if parent else "at the top level"
+    return (
+        f"{wanted} names no setting: {key} is not a key{hint}; valid keys {where}: {', '.join(siblings)}; "
+        f"to add a new key, write +{wanted.lstrip('+')}"
+    )
+
+
+def _names(override: str, key: str) -> bool:
+    name = override.split("=", 1)[0].lstrip("+~")
+    return name == key or name.startswith(key + ".")
+
+
+def _parent(key: str) -> str:
+    return key.rsplit(".", 1)[0] if "." in key else ""
+
+
+def _known_keys(overrides: list[str], config_dir: Path) -> list[str]:
+    """Every key of the config composed without the bad override (the one the user meant to change)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    try:
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+            cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    except Exception:  # noqa: BLE001 - another override is bad too: fall back to the plain config
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+            cfg = compose("config", return_hydra_config=True)
+    container = OmegaConf.to_container(cfg, resolve=False)
+    keys: list[str] = []
+    _walk("", container, keys)
+    return keys
+
+
+def _walk(prefix: str, value: Any, keys: list[str]) -> None:
+    if isinstance(value, dict):
+        for name, sub in value.items():
+            path = f"{prefix}.{name}" if prefix else str(name)
+            keys.append(path)
+            _walk(path, sub, keys)
