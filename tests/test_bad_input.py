@@ -201,7 +201,12 @@ CASES = [
     Case(
         "binary_content",
         _broken_glue("sst2/train.tsv", bytes(range(128, 256)) * 8),
-        ["train.tsv", "not valid UTF-8"],
+        ["train.tsv:1: not valid UTF-8", "byte 0x80"],
+    ),
+    Case(
+        "undecodable_byte_in_a_row",
+        _broken_glue("sst2/train.tsv", _sst2("caf\xe9 latin-1\t1").encode("latin-1")),
+        ["train.tsv:3: not valid UTF-8", "byte 0xe9"],
     ),
     Case(
         "empty_text",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -12,6 +13,7 @@ from omegaconf import OmegaConf
 
 import atlas_pl.__main__  # noqa: F401  (registers the atlas_root resolver)
 from atlas_pl.config_validation import ConfigError, validate_config
+from atlas_pl.settings import build_settings
 
 from .conftest import GLUE_DIR, REPO_ROOT
 
@@ -34,6 +36,7 @@ def _compose(*overrides: str):
 def test_every_experiment_composes_and_validates(experiment: str) -> None:
     cfg = _compose(f"+experiment={experiment}")
     validate_config(cfg)
+    build_settings(cfg)  # and what the model's structure rules out
     for key in (
         "seed",
         "model",
@@ -122,12 +125,13 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
         ("fed.eta=2", "fed.eta=2 is invalid"),
         ("devices.mix=[]", "devices.mix"),
         ("model.split_point=9", "1..5"),
-        ("model=gpt5", "Available options in 'model'"),
+        ("model=gpt5", "atlas_pl: model=gpt5 is invalid; valid: bert, distilbert, gpt2, minilm"),
+        ("fed.lrr=0.1", "fed.lrr is not a key (did you mean fed.lr"),
     ],
 )
 def test_cli_reports_bad_config_cleanly(override: str, expected: str, tmp_path) -> None:
     result = _cli(override, f"hydra.run.dir={tmp_path}")
-    assert result.returncode != 0
+    assert result.returncode == 2
     assert expected in result.stderr
     assert "Traceback" not in result.stderr
     assert "torch" not in result.stderr  # failed before any heavy work
@@ -147,3 +151,23 @@ def test_help_and_cfg_answer_without_heavy_imports() -> None:
     assert help_out.returncode == 0
     for group in ("ablation:", "devices:", "experiment:", "model:", "task:", "logger:", "trainer:"):
         assert group in help_out.stdout
+
+
+MODELS = sorted(p.stem for p in (Path(CONF) / "model").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_every_model_passes_the_structural_checks(model: str, monkeypatch) -> None:
+    """build_settings adds what the model's config.json rules out; every shipped model must pass with its
+    own settings. The tiny models are 32 wide, so they take ranks up to 32 (the default candidates go to
+    64 for MiniLM's 384-wide projections) and refuse more with that figure named."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    tiny = model.startswith("tiny_")
+    ranks = ["allocation.rank_candidates=[2,4,8,16,32]"] if tiny else []
+    settings = build_settings(_compose(f"model={model}", "task=synthetic3", *ranks))
+    assert settings.model.name == model
+    if tiny:
+        with pytest.raises(
+            ConfigError, match=r"allocation.rank_candidates=\[4, 8, 16, 32, 64\] is invalid.*<= 32"
+        ):
+            build_settings(_compose(f"model={model}", "task=synthetic3"))

@@ -33,6 +33,8 @@ ABLATIONS = (
     "centralized",
 )
 LOGGERS = ("wandb", "csv", "none")
+INT64_MAX = 2**63 - 1
+MAX_GIB = 2.0**20  # a device budget beyond a PiB is a typo (and 1e300 GiB would overflow the byte count)
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
 
 
@@ -44,6 +46,7 @@ class ConfigError(AtlasError, ValueError):
         super().__init__("\n".join(problems))
 
     def lines(self) -> list[str]:
+        """A header, then one line per problem: several bad values are all fixed in one go."""
         return ["invalid configuration:", *self.problems]
 
 
@@ -78,7 +81,10 @@ class _Checker:
         if value is None and optional:
             return
         kind = int if integer else (int, float)
-        ok = isinstance(value, kind) and not isinstance(value, bool) and math.isfinite(value)
+        ok = isinstance(value, kind) and not isinstance(value, bool)
+        ok = ok and (not isinstance(value, float) or math.isfinite(value))
+        if integer and high is None:
+            high = INT64_MAX  # numpy and torch hold counts and seeds as int64
         if ok and low is not None:
             ok = value > low if strict_low else value >= low
         if ok and high is not None:
@@ -148,10 +154,10 @@ def validate_config(cfg: DictConfig) -> None:
             if device not in profiles:
                 c.fail("devices.mix", device, ", ".join(sorted(profiles)))
     for device in profiles:
-        c.number(f"devices.profiles.{device}.memory_gb", low=0, strict_low=True)
+        c.number(f"devices.profiles.{device}.memory_gb", low=0, strict_low=True, high=MAX_GIB)
         for carried in ("compute", "bandwidth_mbps"):  # not read yet, but a result records them
             c.number(f"devices.profiles.{device}.{carried}", low=0, strict_low=True, optional=True)
-    c.number("devices.scale", low=0, strict_low=True, optional=True)
+    c.number("devices.scale", low=0, strict_low=True, high=MAX_GIB, optional=True)
     c.one_of("devices.assignment", ("seeded", "round_robin"))
 
     # ablation, federation, LoRA, allocation

@@ -127,13 +127,16 @@ def prepare(settings: Settings, out_dir: Path) -> JobStart:
 
 
 def _prepare_done(settings: Settings, out_dir: Path, marker: dict[str, Any]) -> JobStart:
+    """A done job: skipped when asked for the rounds it ran, extended when asked for more (from the
+    checkpoint of its last round), refused when asked for fewer or under other settings."""
     from atlas_pl.tracking.compatibility import check_settings
 
     if "config" in marker:
         check_settings(settings.config, marker["config"], out_dir / DONE)
     rounds, finished_round = settings.fed.rounds, int(marker["round"])
     if rounds == finished_round:
-        metric = float(marker["final_mean_primary"])
+        value = marker["final_mean_primary"]  # strict JSON: null when it was not a finite number
+        metric = float("nan") if value is None else float(value)
         log.info("resume=true: %s is done (final mean primary %.4f); skipped", out_dir, metric)
         return JobStart(finished=metric)
     if rounds < finished_round:

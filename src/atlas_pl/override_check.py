@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,28 +30,59 @@ def check_overrides(argv: Sequence[str], config_dir: Path) -> None:
     from hydra._internal.utils import get_args_parser
 
     args, _ = get_args_parser().parse_known_args(list(argv))
-    if args.multirun or any(getattr(args, flag, None) for flag in (*_HYDRA_FLAGS, *_CUSTOM_CONFIG)):
+    if any(getattr(args, flag, None) for flag in (*_HYDRA_FLAGS, *_CUSTOM_CONFIG)):
         return
+    overrides = list(args.overrides)
     with user_errors():
-        _compose(list(args.overrides), config_dir)
+        if args.multirun:  # the sweep's own values are composed job by job, by the validating sweeper
+            overrides = _without_sweeps(overrides)
+        _compose(overrides, config_dir)
+
+
+def _without_sweeps(overrides: list[str]) -> list[str]:
+    """The overrides every job of a sweep shares (Hydra composes the sweep's base config from them)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except OverrideParseException as err:
+        raise OverrideError(_unparsable(overrides, str(err))) from err
+    return [o.input_line for o in parsed if not o.is_sweep_override() and o.input_line is not None]
 
 
 def _compose(overrides: list[str], config_dir: Path) -> None:
+    """Compose as Hydra is about to; its composition errors become one OverrideError line."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
             compose("config", overrides=overrides, return_hydra_config=True)
-    except MissingConfigException as err:
-        raise OverrideError(_missing_option(str(err))) from err
-    except OverrideParseException as err:
-        raise OverrideError(_unparsable(overrides, str(err))) from err
-    except ConfigCompositionException as err:
-        raise OverrideError(_composition_problem(err, overrides, config_dir)) from err
+    except (MissingConfigException, OverrideParseException, ConfigCompositionException) as err:
+        raise OverrideError(
+            describe_composition_error(err, overrides, lambda: _known_keys(overrides, config_dir))
+        ) from err
+
+
+def describe_composition_error(
+    err: Exception, overrides: Sequence[str], known_keys: Callable[[], list[str]]
+) -> str:
+    """One line for Hydra's MissingConfigException / OverrideParseException / ConfigCompositionException.
+
+    `known_keys` lists the config's keys (called only for a mistyped key), so a caller inside a running
+    Hydra app can walk the config it has instead of composing a new one."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+
+    if isinstance(err, MissingConfigException):
+        return _missing_option(str(err))
+    if isinstance(err, OverrideParseException):
+        return _unparsable(list(overrides), str(err))
+    return _composition_problem(err, list(overrides), known_keys)
 
 
 def _unparsable(overrides: list[str], message: str) -> str:
+    """Name the one override that does not parse (Hydra's message names only the input it stopped at)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
@@ -71,6 +102,7 @@ def _unparsable(overrides: list[str], message: str) -> str:
 
 
 def _missing_option(message: str) -> str:
+    """`group=option is invalid; valid: ...` from Hydra's multi-line MissingConfigException text."""
     found = re.search(r"Could not find '([^']+)/([^'/]+)'", message)
     options = re.findall(r"^\t(\S+)$", message.split("Config search path")[0], flags=re.M)
     if not found:
@@ -79,7 +111,8 @@ def _missing_option(message: str) -> str:
     return f"{group}={option} is invalid; valid: {', '.join(options) or '(no options)'}"
 
 
-def _composition_problem(err: Exception, overrides: list[str], config_dir: Path) -> str:
+def _composition_problem(err: Exception, overrides: list[str], known_keys: Callable[[], list[str]]) -> str:
+    """A mistyped key: name it, the nearest existing keys and its siblings, and how to add a new one."""
     cause = str(err.__cause__ or "")
     key_match = re.search(r"full_key: (\S+)", cause)
     ambiguous = re.search(r"Ambiguous value for argument '(.+)'", str(err))
@@ -92,7 +125,7 @@ def _composition_problem(err: Exception, overrides: list[str], config_dir: Path)
         return " ".join(str(err).split())
     key = key_match.group(1)
     wanted = next((o for o in overrides if _names(o, key)), key)
-    known = _known_keys([o for o in overrides if o != wanted], config_dir)
+    known = known_keys()
     parent = _parent(key)
     siblings = sorted(k.rsplit(".", 1)[-1] for k in known if _parent(k) == parent)
     close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
@@ -105,6 +138,7 @@ def _composition_problem(err: Exception, overrides: list[str], config_dir: Path)
 
 
 def _names(override: str, key: str) -> bool:
+    """Whether `override` sets `key` or something below it (`foo.bar=1` sets under the missing `foo`)."""
     name = override.split("=", 1)[0].lstrip("+~")
     return name == key or name.startswith(key + ".")
 
@@ -114,23 +148,32 @@ def _parent(key: str) -> str:
 
 
 def _known_keys(overrides: list[str], config_dir: Path) -> list[str]:
-    """Every key of the config composed without the bad override (the one the user meant to change)."""
+    """Every key of the config composed with the overrides that compose (group choices change the keys)."""
     from hydra import compose, initialize_config_dir
+
+    good: list[str] = []
+    for override in overrides:
+        try:
+            with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+                compose("config", overrides=[*good, override], return_hydra_config=True)
+            good.append(override)
+        except Exception:  # noqa: BLE001, S112 - this override is a bad one: leave it out
+            continue
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+        return config_keys(compose("config", overrides=good, return_hydra_config=True))
+
+
+def config_keys(cfg: Any) -> list[str]:
+    """Dotted paths of every key of a composed config."""
     from omegaconf import OmegaConf
 
-    try:
-        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-            cfg = compose("config", overrides=overrides, return_hydra_config=True)
-    except Exception:  # noqa: BLE001 - another override is bad too: fall back to the plain config
-        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-            cfg = compose("config", return_hydra_config=True)
-    container = OmegaConf.to_container(cfg, resolve=False)
     keys: list[str] = []
-    _walk("", container, keys)
+    _walk("", OmegaConf.to_container(cfg, resolve=False), keys)
     return keys
 
 
 def _walk(prefix: str, value: Any, keys: list[str]) -> None:
+    """Collect dotted paths depth-first (parents before children)."""
     if isinstance(value, dict):
         for name, sub in value.items():
             path = f"{prefix}.{name}" if prefix else str(name)

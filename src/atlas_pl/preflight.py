@@ -23,7 +23,7 @@ from atlas_pl.models.catalog import DEFAULT_TARGETS, ModelSpec, resolve_model_sp
 from atlas_pl.models.files import check_model_files, max_tokens, model_config
 from atlas_pl.parties.planning import allocation_mode, plan
 from atlas_pl.phases.devices import assign_devices
-from atlas_pl.phases.memory import ModelArch
+from atlas_pl.phases.memory import ModelArch, NoTargetsMatched
 from atlas_pl.settings import Settings
 
 
@@ -46,6 +46,7 @@ def preflight(settings: Settings) -> None:
 def _structure(
     settings: Settings, spec: ModelSpec, config: SimpleNamespace
 ) -> tuple[ModelArch | None, list[str]]:
+    """The model's architecture as the memory model sees it, and what it rules out in the settings."""
     problems = []
     limit = max_tokens(spec, config)
     if limit is not None and settings.data.max_len > limit:
@@ -56,25 +57,36 @@ def _structure(
     targets = list(settings.model.lora_targets or DEFAULT_TARGETS[spec.family])
     try:
         arch = ModelArch.from_hf_config(spec.family, config, targets)
-    except ValueError as err:
+    except NoTargetsMatched as err:
         problems.append(f"model.lora_targets={targets!r} is invalid; {err}")
         return None, problems
-    narrowest = min(min(t.in_features, t.out_features) for t in arch.targets)
-    ranks = {
-        "allocation.rank_candidates": list(settings.allocation.rank_candidates),
-        "lora.rank": [settings.lora.rank],
-        "allocation.uniform_rank": [settings.allocation.uniform_rank or 0],
-    }
+    except (ValueError, TypeError, AttributeError) as err:  # a config.json without the usual fields
+        problems.append(f"model.name={settings.model.name!r}: its config cannot be read ({err})")
+        return None, problems
+    problems += _ranks_too_wide(settings, spec, arch)
+    return arch, problems
+
+
+def _ranks_too_wide(settings: Settings, spec: ModelSpec, arch: ModelArch) -> list[str]:
+    """Ranks no target can use: beyond min(in, out) of the widest target, extra components add nothing
+    (the update is already full-rank everywhere), yet the allocator would spend the memory budget on them.
+    Only the rank settings the run reads are checked."""
+    widest = max(min(t.in_features, t.out_features) for t in arch.targets)
+    mode = allocation_mode(settings)
+    ranks = {"lora.rank": [settings.lora.rank]}  # the provisional model Phase 1 fingerprints, and fixed mode
+    if mode != "fixed":
+        ranks["allocation.rank_candidates"] = list(settings.allocation.rank_candidates)
+    if mode == "uniform" and settings.allocation.uniform_rank is not None:
+        ranks["allocation.uniform_rank"] = [settings.allocation.uniform_rank]
+    problems = []
     for key, values in ranks.items():
-        too_wide = [r for r in values if r > narrowest]
-        if too_wide:
+        if any(r > widest for r in values):
             shown = values if key == "allocation.rank_candidates" else values[0]
             problems.append(
-                f"{key}={shown!r} is invalid; valid: ranks <= {narrowest} (the narrowest LoRA target "
-                f"of {spec.name}, {min(arch.targets, key=lambda t: min(t.in_features, t.out_features)).path},"
-                f" is {narrowest} wide; a wider rank adds nothing a full-rank update cannot)"
+                f"{key}={shown!r} is invalid; valid: ranks <= {widest} (min(in, out) of the widest LoRA "
+                f"target of {spec.name}; a larger rank adds no capacity, only memory)"
             )
-    return arch, problems
+    return problems
 
 
 def check_devices_fit(settings: Settings, arch: ModelArch) -> None:
@@ -125,6 +137,7 @@ def check_inputs(settings: Settings) -> None:
 
 
 def check_enough_examples(task: str, where: str, n_train: int, clients_per_task: int) -> None:
+    """Every client needs at least one example; the partitioner would otherwise fail deep inside."""
     if n_train < clients_per_task:
         raise DataError(
             f"task {task} has {n_train} training examples ({where}), fewer than "
@@ -133,6 +146,7 @@ def check_enough_examples(task: str, where: str, n_train: int, clients_per_task:
 
 
 def check_accelerator(accelerator: str) -> None:
+    """A GPU asked for must exist: Lightning would otherwise fail after the model and data are loaded."""
     if accelerator not in ("gpu", "cuda"):
         return
     import torch

@@ -43,6 +43,17 @@ def _write_failure(out_dir: Path, err: BaseException, result_round: int | None) 
     )
 
 
+def _keep_previous_failure(out_dir: Path) -> None:
+    """An earlier attempt's failure is kept, but it is no longer the job's state."""
+    if (out_dir / FAILED).exists():
+        os.replace(out_dir / FAILED, out_dir / "failed.previous.json")
+
+
+def _record_failure(out_dir: Path, err: BaseException, result_round: int | None) -> None:
+    _keep_previous_failure(out_dir)
+    _write_failure(out_dir, err, result_round)
+
+
 def run_job(cfg: DictConfig | Settings) -> float:
     """Run one job; returns the final mean primary metric over clients (what sweepers optimise).
 
@@ -81,12 +92,13 @@ def _run(
         from atlas_pl.tracking.tracker import Tracker
 
         fed = build_federation(settings)
-    except AtlasError as err:
-        if fresh:
-            _write_failure(out_dir, err, None)
+    except Exception as err:
+        # bad input found before the job changed anything leaves an existing job's files as they were;
+        # a fresh directory, or a bug, still gets its failed.json
+        if fresh or not isinstance(err, AtlasError):
+            _record_failure(out_dir, err, None)
         raise
-    if (out_dir / FAILED).exists():  # an earlier attempt's failure: kept, but no longer the job's state
-        os.replace(out_dir / FAILED, out_dir / "failed.previous.json")
+    _keep_previous_failure(out_dir)
     if extends_done:
         (out_dir / DONE).unlink()  # the job runs again: done after its new last round
     resolved = settings.config

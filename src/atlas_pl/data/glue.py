@@ -7,6 +7,7 @@ column) changes the data without any error, so every row is checked and failures
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,7 +73,7 @@ def read_glue_tsv(path: Path, spec: TaskSpec) -> TextExamples:
     labels: list[int] = []
     valid = f"an integer in 0..{spec.num_labels - 1}"
     try:
-        with path.open("r", encoding="utf-8-sig", newline="") as f:
+        with io.StringIO(_decode(path), newline="") as f:
             reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
             header = next(reader, None)
             if header is None:
@@ -110,13 +111,25 @@ def read_glue_tsv(path: Path, spec: TaskSpec) -> TextExamples:
                 if spec.is_pair:
                     text_b.append(row[1])
                 labels.append(label)
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not valid UTF-8 ({err}); expected UTF-8 text") from err
     except csv.Error as err:
         raise DataError(f"{path}: unreadable as TSV: {err}") from err
     if not labels:
         raise DataError(f"{path}: no data rows after the header")
     return TextExamples(text_a, text_b if spec.is_pair else None, np.asarray(labels, dtype=np.int64))
+
+
+def _decode(path: Path) -> str:
+    """The file as text; undecodable bytes are reported with the line they are on (a decoder reading in
+    chunks would only know an offset inside its chunk)."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise DataError(
+            f"{path}:{line}: not valid UTF-8 (byte {data[err.start]:#04x} at offset {err.start}); expected "
+            "UTF-8 text (is this a binary file?)"
+        ) from err
 
 
 def glue_file(glue_dir: str | Path, task: str, split: str) -> Path:

