@@ -66,13 +66,13 @@ def _job_num(path: Path) -> int:
     return int(path.name.split("_", 1)[0])
 
 
-def _sweep(sweep_dir: Path, *overrides: str, expect_ok: bool = True) -> Sweep:
+def _sweep(sweep_dir: Path, *overrides: str, expect_ok: bool = True, **env: str) -> Sweep:
     process = subprocess.Popen(
         [sys.executable, "-m", "atlas_pl", "-m", *overrides, f"hydra.sweep.dir={sweep_dir}"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env=cli_env(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"),
+        env=cli_env(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", **env),
         cwd=REPO_ROOT,
     )
     output, _ = process.communicate(timeout=900)
@@ -306,14 +306,10 @@ def _job_error(sweep: Sweep) -> str:
 @pytest.mark.integration
 def test_a_failing_job_fails_the_joblib_sweep_with_its_message(tmp_path: Path) -> None:
     """A job that stops on bad input only it can see (here: a GPU accelerator on a machine without one,
-    checked at job start) exits 2 after its one line; the sweep ends with that line, not a traceback."""
-    import torch
-
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU")
-    sweep = _sweep(
-        tmp_path / "sweep", *FAST, "hydra/launcher=joblib", "trainer.accelerator=gpu", expect_ok=False
-    )
+    checked at job start; CUDA_VISIBLE_DEVICES="" hides any GPU the machine has) exits 2 after its one
+    line; the sweep ends with that line, not a traceback."""
+    overrides = [*FAST, "hydra/launcher=joblib", "trainer.accelerator=gpu"]
+    sweep = _sweep(tmp_path / "sweep", *overrides, expect_ok=False, CUDA_VISIBLE_DEVICES="")
     error = _job_error(sweep)
     assert "atlas_pl: job #0 (" in error and "stopped: trainer.accelerator=gpu but no CUDA device" in error
     assert "Traceback" not in sweep.output
