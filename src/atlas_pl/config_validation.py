@@ -121,8 +121,8 @@ def validate_config(cfg: DictConfig) -> None:
             )
     c.one_of("model.pooling", ("cls", "mean", "last"))
     c.one_of("model.head", ("linear", "mlp"))
-    c.one_of("model.attn_implementation", ("eager", "sdpa"))
-    c.one_of("model.dtype", ("float32", "bfloat16", "float16"))
+    c.one_of("model.attn_implementation", ("auto", "eager", "sdpa"))
+    c.one_of("model.dtype", ("auto", "float32", "bfloat16", "float16"))
 
     # tasks
     names = c.get("task.names")

@@ -14,6 +14,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from atlas_pl.hardware import resolve_attention, resolve_dtype
+
 
 @dataclass(frozen=True)
 class ModelSettings:
@@ -62,8 +64,8 @@ class FedSettings:
 
     @property
     def eval_batch_size(self) -> int:
-        """Forward-only batches can be larger than training ones; never below 32."""
-        return max(32, self.batch_size)
+        """Most sequences in one evaluation batch; its token budget (parties/evaluation.py) binds first."""
+        return max(1024, self.batch_size)
 
     def loader_seed(self, index: int) -> int:
         """Seed of the shuffled training loader of client (or task) `index`: one rule for every pipeline."""
@@ -220,16 +222,18 @@ def _opt_int(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
-def _model(c: dict[str, Any]) -> ModelSettings:
+def _model(c: dict[str, Any], accelerator: str) -> ModelSettings:
+    """Model settings with `auto` dtype/attention resolved for this machine (atlas_pl.hardware)."""
     targets = c.get("lora_targets")
+    dtype = resolve_dtype(str(c["dtype"]), accelerator)
     return ModelSettings(
         name=str(c["name"]),
         split_point=int(c["split_point"]),
         pooling=None if c.get("pooling") is None else str(c["pooling"]),
         head=str(c.get("head", "linear")),
         lora_targets=tuple(str(t) for t in targets) if targets else None,
-        attn_implementation=str(c["attn_implementation"]),
-        dtype=str(c["dtype"]),
+        attn_implementation=resolve_attention(str(c["attn_implementation"]), dtype, accelerator),
+        dtype=dtype,
     )
 
 
@@ -350,7 +354,7 @@ def settings_from_dict(c: dict[str, Any]) -> Settings:
         seed=seed,
         resume=bool(c.get("resume", False)),
         experiment_name=str(c.get("experiment_name", "default")),
-        model=_model(c["model"]),
+        model=_model(c["model"], str(trainer["accelerator"])),
         lora=LoraSettings(
             rank=int(c["lora"]["rank"]), alpha=float(c["lora"]["alpha"]), dropout=float(c["lora"]["dropout"])
         ),

@@ -14,7 +14,13 @@ from atlas_pl.run import run_job
 
 from .test_federation import _cfg, _records
 
-TIMING = {"train_seconds", "round_seconds", "orchestration_seconds"}
+TIMING = {
+    "train_seconds",
+    "round_seconds",
+    "orchestration_seconds",
+    "evaluation_seconds",
+    "fingerprint_seconds",
+}
 
 
 def _without_timing(records: list[dict]) -> list[dict]:

@@ -28,7 +28,7 @@ from atlas_pl.tracking.wandb_offline import read_offline_run
 from ..conftest import REPO_ROOT, cli_env
 
 SMOKE = ["+experiment=smoke", "ablation=atlas", "fed.eta=0.5", "fed.rounds=2", "checkpoint.keep=0"]
-TIMING = ("round_seconds", "orchestration_seconds")
+TIMING = ("round_seconds", "orchestration_seconds", "evaluation_seconds", "fingerprint_seconds")
 CLIENT_TIMING = ("train_seconds",)
 
 # Runs the app, but SIGKILLs itself at the second training step of client 1 in round 2 (after round 1's

@@ -31,6 +31,7 @@ from atlas_pl.lightning.trainers import make_trainer, server_grad_scaler, set_co
 from atlas_pl.lightning.training import ClientTraining
 from atlas_pl.parties.client import ClientParty
 from atlas_pl.parties.coordinator import Coordinator
+from atlas_pl.parties.evaluation import model_digest
 from atlas_pl.parties.host import ServerHost
 from atlas_pl.parties.link import LocalLink, TrafficLedger
 from atlas_pl.phases.allocation import ClientAllocation
@@ -200,14 +201,18 @@ class InProcessEngine:
     def _record(self, round_index: int, reports: dict[int, tuple[float, float]]) -> list[ClientRound]:
         s, fed, orch = self.settings, self.fed, self.orchestrator
         rows = []
+        scored: dict[tuple[str, str], dict[str, float]] = {}  # (task, model digest) -> metrics
         for k, p in enumerate(self.parties):
             row = ClientRound(p.data.client_id, p.task, self.coordinator.clusters[k], fed.devices[k])
             if not self.coordinator.dropped[k]:
                 row.split = p.model.split
                 row.ranks = [p.model.ranks[b] for b in range(fed.backbone.num_layers)]
-                row.metrics = p.evaluate(
-                    fed.data.eval[p.task], batch_size=s.fed.eval_batch_size, device=fed.device
-                )
+                seen = (p.task, model_digest(p.model))
+                if seen not in scored:  # identical models (e.g. after cluster averaging) are scored once
+                    scored[seen] = p.evaluate(
+                        fed.data.eval[p.task], batch_size=s.fed.eval_batch_size, device=fed.device
+                    )
+                row.metrics = dict(scored[seen])
                 if k in reports:
                     row.train_loss, row.train_seconds = reports[k]
                 row.excluded = k in orch.excluded
@@ -237,11 +242,15 @@ class InProcessEngine:
             self.ledger.start_round(round_index)
             self.orchestrator.start_round(round_index)
             reports = self._train(round_index, progress)
+            evaluated = time.perf_counter()
             rows = self._record(round_index, reports)
+            evaluation = time.perf_counter() - evaluated
             record = round_record(round_index, rows, list(self.fed.data.specs), self.ledger)
             timing = {
                 "round_seconds": time.perf_counter() - round_start,
                 "orchestration_seconds": self.orchestrator.seconds.get(round_index, 0.0),
+                "evaluation_seconds": evaluation,
+                "fingerprint_seconds": self.orchestrator.fingerprint_seconds.get(round_index, 0.0),
             }
             self.tracker.log_round(self.log.add(record, timing))
             log_round(record, s.fed.rounds)

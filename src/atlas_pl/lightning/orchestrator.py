@@ -75,6 +75,8 @@ class FederatedOrchestrator(pl.Callback):
         self.pending: set[int] = set()
         self.seconds: dict[int, float] = defaultdict(float)
         self.aggregation_seconds = 0.0  # this round's Phase 4, which runs inside the last client's fit
+        # the clients' fingerprinting passes (part of `seconds`): Phase 1's compute, not the server's
+        self.fingerprint_seconds: dict[int, float] = defaultdict(float)
         self.excluded: set[int] = set()
         self.truncation_errors: dict[int, float] = {}
         # JSON views of the discoveries, kept so a resumed job can rewrite clustering.json and summary.json
@@ -93,8 +95,9 @@ class FederatedOrchestrator(pl.Callback):
         return len(heads) == 1
 
     def _gradients(self, round_index: int) -> list[Any]:
+        started = time.perf_counter()
         include_head = self._include_head()
-        return [
+        grads = [
             party.fingerprint_gradients(
                 self.settings.fingerprint,
                 round_index,
@@ -104,6 +107,8 @@ class FederatedOrchestrator(pl.Callback):
             )
             for party in self.parties
         ]
+        self.fingerprint_seconds[round_index] += time.perf_counter() - started
+        return grads
 
     def measure_importance(self, round_index: int) -> np.ndarray:
         """Importance only, for ablations that allocate ranks without clustering: [n_clients, n_blocks]."""

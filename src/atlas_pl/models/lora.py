@@ -53,8 +53,12 @@ class LoRAHost(nn.Module):
         if self.active is None:
             return out
         a, b, scale, dropout = self.active
-        update = F.linear(F.linear(dropout(x).to(a.dtype), a), b) * scale  # factors may be fp32 over bf16
-        return out + update.to(out.dtype)
+        if a.dtype != x.dtype:
+            # fp32 master factors over a bf16/fp16 base: run the update in the base's dtype, as autocast
+            # does. Casting the tiny factors down (their gradients flow back up to fp32) costs nothing;
+            # casting every activation up to fp32 and the update back cost more than the matmuls.
+            a, b = a.to(x.dtype), b.to(x.dtype)
+        return out + F.linear(F.linear(dropout(x), a), b) * scale
 
 
 def _param_name(key: ModuleKey, which: str) -> str:

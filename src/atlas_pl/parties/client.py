@@ -14,12 +14,12 @@ elsewhere has to route this pass). From Phase 2 on, the party trains only its ow
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
-from atlas_pl.data import ClientData, TokenizedExamples, shuffled_loader
+from atlas_pl.data import ClientData, TokenDataset, TokenizedExamples, collate_trim
 from atlas_pl.data.federated import derive_seed
 from atlas_pl.models.split import ClientHalf, SplitClientModel
 from atlas_pl.parties.apply import apply_factors
@@ -49,21 +49,39 @@ class RoundTraining(Protocol):
 
 
 def fingerprint_batches(
-    data: Any, *, batches: int, batch_size: int, seed: int
+    data: TokenizedExamples, *, batches: int, batch_size: int, seed: int
 ) -> list[dict[str, torch.Tensor]]:
-    """The client's first `batches` shuffled minibatches (cycling through small data), from a private RNG.
+    """The samples of the client's first `batches` shuffled minibatches, regrouped by length.
 
-    A dedicated generator keeps the global RNG untouched, so clustering never changes the training order.
+    The samples are those of a private shuffle (cycling through small data); a dedicated generator keeps
+    the global RNG untouched, so clustering never changes the training order. Regrouping them into
+    length-sorted batches of the same sizes cuts the padded tokens by about a third on GLUE (139,680 ->
+    93,808 on quick) and leaves the fingerprint unchanged: the class-balanced loss is a sum of per-sample
+    terms, and the plain one a mean over equal-sized batches. Only layer importance, a mean over
+    batches of squared gradient norms, sees the new grouping.
     """
-    loader = shuffled_loader(data, batch_size=batch_size, seed=seed)
-    if len(loader) == 0:
+    # the same sampler draws as shuffled_loader(data, ...): the indices of the batches it would yield
+    order: torch.utils.data.DataLoader[int] = torch.utils.data.DataLoader(
+        range(len(data)),  # type: ignore[arg-type]  # a range is a valid map-style dataset
+        batch_size=batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    if len(order) == 0:
         raise ValueError("a client with no training data cannot fingerprint itself")
-    out: list[dict[str, torch.Tensor]] = []
-    while len(out) < batches:
-        for batch in loader:
-            out.append(batch)
-            if len(out) == batches:
+    chosen: list[torch.Tensor] = []
+    while len(chosen) < batches:
+        for index in order:
+            chosen.append(torch.as_tensor(index))
+            if len(chosen) == batches:
                 break
+    flat = torch.cat(chosen)
+    lengths = data.attention_mask[flat].sum(dim=1)
+    flat = flat[torch.argsort(lengths, stable=True)]
+    out, start = [], 0
+    for size in (len(c) for c in chosen):
+        out.append(collate_trim([TokenDataset(data)[int(i)] for i in flat[start : start + size]]))
+        start += size
     return out
 
 
