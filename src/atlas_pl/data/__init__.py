@@ -37,6 +37,7 @@ _WHERE = {
     "TokenizedExamples": "atlas_pl.data.tokenized",
     "collate_trim": "atlas_pl.data.tokenized",
     "shuffled_loader": "atlas_pl.data.tokenized",
+    "take_rows": "atlas_pl.data.tokenized",
 }
 
 if TYPE_CHECKING:
@@ -54,7 +55,13 @@ if TYPE_CHECKING:
         fingerprint_examples,
         tokenize_examples,
     )
-    from atlas_pl.data.tokenized import TokenDataset, TokenizedExamples, collate_trim, shuffled_loader
+    from atlas_pl.data.tokenized import (
+        TokenDataset,
+        TokenizedExamples,
+        collate_trim,
+        shuffled_loader,
+        take_rows,
+    )
 
 
 def __getattr__(name: str) -> Any:
@@ -85,6 +92,7 @@ __all__ = [
     "fingerprint_examples",
     "is_synthetic",
     "shuffled_loader",
+    "take_rows",
     "load_glue_split",
     "make_synthetic_split",
     "max_synthetic_tasks",

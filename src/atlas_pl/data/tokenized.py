@@ -95,7 +95,16 @@ def collate_trim(batch: list[dict[str, Tensor]]) -> dict[str, Tensor]:
     """
     if not batch:
         raise DataError("collate_trim: empty batch")
-    out = {key: torch.stack([item[key] for item in batch]) for key in batch[0]}
+    return _trim_padding({key: torch.stack([item[key] for item in batch]) for key in batch[0]})
+
+
+def take_rows(data: TokenizedExamples, index: Tensor) -> dict[str, Tensor]:
+    """The examples at `index` as one batch, trimmed like `collate_trim` (gathered, not item by item)."""
+    return _trim_padding({key: getattr(data, key)[index] for key in KEYS})
+
+
+def _trim_padding(out: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Cut the columns after the last real token anywhere in the batch (right padding)."""
     mask = out.get("attention_mask")
     if mask is None:
         return out

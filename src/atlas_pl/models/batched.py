@@ -18,10 +18,8 @@ The maths is the sequential one, not an approximation:
 
 Optimizers are not touched: the caller zeroes and steps every client's own optimizers as before.
 
-Hook into the hosts: the hosts are left with no adapter lent (`active is None`, so they return the bare
-base projection) and a forward hook adds the batched update, so `lora.py` needs no change. The cleaner
-version is a host whose `active` may also be a callable x -> update, set by `batched_lora` instead of a
-hook: one code path for lending, and no hooks left behind if a forward raises outside the context.
+Lending: `batched_lora` lends every host a callable that computes all clients' updates (LoRAHost accepts
+one in place of a single client's factors) and takes it back afterwards, as `LoRAAdapter.active` does.
 """
 
 from __future__ import annotations
@@ -165,14 +163,13 @@ class _HostUpdate:
         self.scale = _constant(tuple(scales), a_stack.dtype, a_stack.device).view(-1, 1, 1)
         self.dropout = _shared_dropout(adapters)
 
-    def __call__(self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
-        x = inputs[0]
+    def __call__(self, x: Tensor) -> Tensor:
         a_t, b_t, scale = self.a_t, self.b_t, self.scale
         if a_t.dtype != x.dtype:  # fp32 factors over a bf16 base: the update runs in the base's dtype,
             a_t, b_t, scale = a_t.to(x.dtype), b_t.to(x.dtype), scale.to(x.dtype)  # as LoRAHost does
         xs = self.dropout(x.reshape(a_t.shape[0], -1, x.shape[-1]))
         update = torch.bmm(torch.bmm(xs, a_t), b_t) * scale
-        return output + update.reshape(output.shape)
+        return update.reshape(*x.shape[:-1], update.shape[-1])
 
 
 def _shared_dropout(adapters: Sequence[LoRAAdapter]) -> nn.Module:
@@ -195,7 +192,7 @@ def _shared_dropout(adapters: Sequence[LoRAAdapter]) -> nn.Module:
 
 @contextmanager
 def batched_lora(backbone: SharedBackbone, models: Sequence[SplitClientModel]) -> Iterator[None]:
-    """Install the clients' stacked updates on every host for one forward pass, then remove them.
+    """Lend the clients' stacked updates to every host for one forward pass, then take them back.
 
     The forward inside must feed the hosts the clients' rows client-major, in `models` order, with the
     same number of rows per client: that is what lets a host view its input as [C, rows * T, in].
@@ -203,15 +200,14 @@ def batched_lora(backbone: SharedBackbone, models: Sequence[SplitClientModel]) -
     busy = [key for key, host in backbone.hosts.items() if host.active is not None]
     if busy:
         raise RuntimeError(f"an adapter is already lent to hosts {busy[:3]}; batched step needs them free")
-    handles = []
     try:
         for key, host in backbone.hosts.items():
             adapters = [m.client.adapter if key[0] < m.split else m.server.adapter for m in models]
-            handles.append(host.register_forward_hook(_HostUpdate(adapters, key)))
+            host.active = _HostUpdate(adapters, key)
         yield
     finally:
-        for handle in handles:
-            handle.remove()
+        for host in backbone.hosts.values():
+            host.active = None
 
 
 def _pad_id(backbone: SharedBackbone) -> int:

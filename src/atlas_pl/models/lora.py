@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
 import torch
@@ -39,7 +39,9 @@ class LoRAHost(nn.Module):
             self.out_features, self.in_features = weight.shape
         else:  # transformers' Conv1D stores the transpose
             self.in_features, self.out_features = weight.shape
-        self.active: tuple[Tensor, Tensor, float, nn.Module] | None = None
+        # a client's lent (A, B, scale, dropout), or a callable x -> update that adds many clients'
+        # updates at once (models/batched.py), or None: the bare base projection
+        self.active: tuple[Tensor, Tensor, float, nn.Module] | Callable[[Tensor], Tensor] | None = None
 
     @property
     def base_weight(self) -> Tensor:
@@ -52,6 +54,8 @@ class LoRAHost(nn.Module):
         out = self.base_layer(x)
         if self.active is None:
             return out
+        if callable(self.active):
+            return out + self.active(x)
         a, b, scale, dropout = self.active
         if a.dtype != x.dtype:
             # fp32 master factors over a bf16/fp16 base: run the update in the base's dtype, as autocast

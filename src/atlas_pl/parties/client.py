@@ -19,7 +19,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from atlas_pl.data import ClientData, TokenDataset, TokenizedExamples, collate_trim
+from atlas_pl.data import ClientData, TokenizedExamples, take_rows
 from atlas_pl.data.federated import derive_seed
 from atlas_pl.models.split import ClientHalf, SplitClientModel
 from atlas_pl.parties.apply import apply_factors
@@ -78,11 +78,7 @@ def fingerprint_batches(
     flat = torch.cat(chosen)
     lengths = data.attention_mask[flat].sum(dim=1)
     flat = flat[torch.argsort(lengths, stable=True)]
-    out, start = [], 0
-    for size in (len(c) for c in chosen):
-        out.append(collate_trim([TokenDataset(data)[int(i)] for i in flat[start : start + size]]))
-        start += size
-    return out
+    return [take_rows(data, part) for part in torch.split(flat, [len(c) for c in chosen])]
 
 
 class ClientParty:

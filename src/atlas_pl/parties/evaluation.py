@@ -9,14 +9,15 @@ the matmuls are large; the forward runs under `torch.inference_mode`. Metrics do
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from atlas_pl.data import TokenizedExamples, compute_metrics
+from atlas_pl.data import TokenizedExamples, compute_metrics, take_rows
 from atlas_pl.models.split import SplitClientModel
 
 Forward = Callable[[dict[str, Tensor]], Tensor]  # a batch -> logits
@@ -44,16 +45,7 @@ def length_sorted_batches(
                 break
             size += 1
         index = order[start : start + size]
-        width = max(1, int(lengths[index].max()))
-        yield (
-            index,
-            {
-                "input_ids": data.input_ids[index, :width],
-                "attention_mask": data.attention_mask[index, :width],
-                "token_type_ids": data.token_type_ids[index, :width],
-                "labels": data.labels[index],
-            },
-        )
+        yield index, take_rows(data, index)
         start += size
 
 
@@ -90,12 +82,14 @@ def model_digest(model: SplitClientModel) -> str:
     for half in (model.client, model.server):
         adapter = half.adapter
         for key in adapter.keys:
-            digest.update(repr(key).encode())
-            for factor in adapter.pair(key):
-                digest.update(repr((factor.dtype, tuple(factor.shape), adapter.scaling(key[0]))).encode())
-                digest.update(factor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    for name, tensor in model.server.head.state_dict().items():
-        digest.update(name.encode())
-        digest.update(repr((tensor.dtype, tuple(tensor.shape))).encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            a, b = adapter.pair(key)
+            _hash_tensors(digest, {f"{key}/A/{adapter.scaling(key[0])}": a, f"{key}/B": b})
+    _hash_tensors(digest, model.server.head.state_dict())
     return digest.hexdigest()
+
+
+def _hash_tensors(digest: Any, tensors: Mapping[str, Tensor]) -> None:
+    """Each tensor's name, dtype, shape and bytes into `digest`."""
+    for name, tensor in tensors.items():
+        digest.update(repr((name, tensor.dtype, tuple(tensor.shape))).encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
