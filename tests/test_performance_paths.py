@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from atlas_pl import hardware
-from atlas_pl.data import TokenDataset, collate_trim, shuffled_loader
+from atlas_pl.data import TokenDataset, collate_trim
 from atlas_pl.data.synthetic import make_synthetic_split
 from atlas_pl.models.catalog import REGISTRY
 from atlas_pl.models.loading import load_base
@@ -43,9 +43,20 @@ def _model(backbone: SharedBackbone, split: int = 2) -> SplitClientModel:
     return model.eval()
 
 
+def _generator_loader(data, *, batch_size: int, seed: int) -> torch.utils.data.DataLoader:
+    """The shuffle Phase 1 drew its minibatches from before they were regrouped: a seeded generator's."""
+    return torch.utils.data.DataLoader(
+        TokenDataset(data),
+        batch_size=batch_size,
+        shuffle=True,
+        collate_fn=collate_trim,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
 def test_fingerprint_batches_hold_the_shuffled_samples_sorted_by_length() -> None:
     data = _data()
-    loader = shuffled_loader(data, batch_size=16, seed=5)  # what the old code drew: 5 batches, cycling
+    loader = _generator_loader(data, batch_size=16, seed=5)  # what the old code drew: 5 batches, cycling
     plain = list(loader) + [next(iter(loader))]
     sorted_ = fingerprint_batches(data, batches=len(plain), batch_size=16, seed=5)
     assert [len(b["labels"]) for b in sorted_] == [len(b["labels"]) for b in plain]
@@ -65,7 +76,7 @@ def test_fingerprint_batches_hold_the_shuffled_samples_sorted_by_length() -> Non
 
 def test_regrouped_batches_give_the_same_class_balanced_fingerprint(backbone) -> None:
     data = _data()
-    plain = [b for _, b in zip(range(4), shuffled_loader(data, batch_size=16, seed=2))]
+    plain = [b for _, b in zip(range(4), _generator_loader(data, batch_size=16, seed=2))]
     regrouped = fingerprint_batches(data, batches=4, batch_size=16, seed=2)
     model = _model(backbone)
     a = client_gradients(model, plain, last_layers=2, include_head=True, class_balanced=True)

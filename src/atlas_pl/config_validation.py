@@ -252,6 +252,7 @@ def validate_config(cfg: DictConfig) -> None:
         "graph.ensure_connectivity",
         "ablation.clustering",
         "trainer.deterministic",
+        "trainer.batched_clients",
     ):
         if not isinstance(c.get(flag), bool):
             c.fail(flag, c.get(flag), "true or false")
@@ -295,6 +296,13 @@ def validate_config(cfg: DictConfig) -> None:
             "16-mixed",
             "bf16-mixed or 32-true with model.dtype=float16, or 16-mixed with model.dtype=float32 or "
             "bfloat16 (an fp16 base sends dL/dh across the split in fp16, below what loss scaling protects)",
+        )
+    if c.get("trainer.batched_clients") is True and c.get("trainer.precision") not in ("32-true", "32"):
+        c.fail(
+            "trainer.batched_clients",
+            True,
+            "false with a mixed trainer.precision (the batched step runs without Lightning's precision "
+            "plugins; set the base's dtype with model.dtype instead)",
         )
     c.one_of("trainer.accelerator", ACCELERATORS)
     c.number("seed", low=0, integer=True)

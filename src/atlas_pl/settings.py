@@ -174,6 +174,7 @@ class TrainerSettings:
     precision: str
     deterministic: bool
     num_threads: int
+    batched_clients: bool = False  # a round's clients in one batched step (engines/batched.py)
 
 
 @dataclass(frozen=True)
@@ -382,6 +383,7 @@ def settings_from_dict(c: dict[str, Any]) -> Settings:
             precision=str(trainer["precision"]),
             deterministic=bool(trainer.get("deterministic", True)),
             num_threads=int(trainer.get("num_threads") or 0),
+            batched_clients=bool(trainer.get("batched_clients", False)),
         ),
         logger=_logger(c["logger"]),
         checkpoint=CheckpointSettings(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,16 +71,47 @@ class TokenDataset(torch.utils.data.Dataset):
         }
 
 
-def shuffled_loader(data: TokenizedExamples, *, batch_size: int, seed: int) -> torch.utils.data.DataLoader:
-    """A client's shuffled, padding-trimmed minibatches from its own generator.
+class EpochShuffle(torch.utils.data.Sampler[int]):
+    """A permutation of range(n) that is a function of (seed, epoch, pass) only.
 
-    The private generator fixes the order from `seed` alone and leaves the global RNG untouched, so
-    one consumer (e.g. fingerprinting) never shifts another's (training) batches.
+    A stateful generator would make the order depend on how often the training loop calls `iter()`:
+    Lightning creates and discards an extra iterator when a fit resumes, which advanced the shared
+    generator and shifted every later epoch, so no other loop (the batched engine, a bare benchmark, a
+    resumed job) could reproduce the order. Here the loop only names the epoch (`set_epoch`, which
+    Lightning calls at each epoch start); a permutation is drawn when its iterator first yields, so an
+    iterator that is discarded unused changes nothing. `pass` counts the loader's full or partial
+    iterations within an epoch (a shorter loader cycled by a CombinedLoader gets a fresh order each time).
+    """
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed = n, seed
+        self.epoch, self.passes = 0, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch, self.passes = int(epoch), 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        from atlas_pl.data.federated import derive_seed  # federated builds on this module
+
+        seed = derive_seed(self.seed, "epoch", self.epoch, self.passes)
+        self.passes += 1
+        yield from torch.randperm(self.n, generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def shuffled_loader(data: TokenizedExamples, *, batch_size: int, seed: int) -> torch.utils.data.DataLoader:
+    """A client's shuffled, padding-trimmed minibatches, in an order fixed by `seed` and the epoch alone.
+
+    The order leaves the global RNG untouched, so one consumer (e.g. fingerprinting) never shifts
+    another's (training) batches. A loop other than Lightning's calls `loader.sampler.set_epoch(e)` before
+    epoch e, as Lightning does. The loader's own generator only seeds worker processes.
     """
     return torch.utils.data.DataLoader(
         TokenDataset(data),
         batch_size=batch_size,
-        shuffle=True,
+        sampler=EpochShuffle(len(data), seed),
         collate_fn=collate_trim,
         generator=torch.Generator().manual_seed(seed),
     )

@@ -16,6 +16,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from atlas_pl.data import shuffled_loader
+from atlas_pl.engines.batched import train_batched
 from atlas_pl.engines.records import (
     ClientRound,
     FederationResult,
@@ -183,8 +184,24 @@ class InProcessEngine:
         for t in self.training:
             set_completed_epochs(t.trainer, epochs)
 
+    def _train_batched(self, round_index: int, progress: Any) -> dict[int, tuple[float, float]]:
+        """Every participant's epochs in lock-stepped batched steps, then Phase 4 (no Lightning fit)."""
+        kept = [self.parties[k] for k in self.coordinator.participants]
+        loaders = [self.training[p.index].loader for p in kept]
+        per_round = self.settings.fed.local_epochs
+        epochs = range((round_index - 1) * per_round, round_index * per_round)
+        reports = train_batched(kept, self.host, self.ledger, loaders, epochs, self.fed.device)
+        progress.update(len(kept))
+        seconds = sum(s for _, s in reports.values())
+        self.fit_seconds += seconds
+        self.step_before += seconds  # no Lightning loop around these steps: no overhead to count
+        self.orchestrator.finished_training(list(reports))
+        return reports
+
     def _train(self, round_index: int, progress: Any) -> dict[int, tuple[float, float]]:
         """Each participant's (mean loss, seconds) of local training this round."""
+        if self.settings.trainer.batched_clients:
+            return self._train_batched(round_index, progress)
         reports: dict[int, tuple[float, float]] = {}
         for k in self.coordinator.participants:
             progress.set_postfix(round=round_index, client=k)

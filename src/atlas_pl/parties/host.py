@@ -25,6 +25,7 @@ class ServerModule(Protocol):
     server_half: ServerHalf
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler | None
+    class_weights: Tensor | None
     training: bool
 
     def process(self, hidden: Tensor, attention_mask: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]: ...
