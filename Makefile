@@ -59,7 +59,7 @@ format: $(STAMP) ## Apply ruff fixes and formatting
 
 bench: $(STAMP) ## Run the benchmarks (they print and write JSON to benchmarks/results/)
 	$(PY) benchmarks/bench_split_step.py
-	$(PY) benchmarks/bench_round_overhead.py --experiment smoke
+	$(PY) benchmarks/bench_round.py --experiments smoke --rounds 2
 	$(PY) benchmarks/bench_fingerprint.py --experiment smoke
 	$(PY) benchmarks/bench_memory.py --experiment smoke
 
