@@ -188,7 +188,7 @@ def bare_evaluation(settings: Settings, fed: Federation, result: FederationResul
 def bench(experiment: str, dtype: str, rounds: int, peaks: dict[str, float]) -> dict[str, Any]:
     overrides = [] if experiment == "default" else [f"+experiment={experiment}"]
     overrides += [f"fed.rounds={rounds}", f"model.dtype={dtype}", "model.attn_implementation=auto"]
-    overrides += ["checkpoint.enabled=false"]
+    overrides += ["checkpoint.enabled=false", f"trainer.num_threads={torch.get_num_threads()}"]
     settings = experiment_settings(overrides)
     fed = build_federation(settings)
     start = time.perf_counter()
@@ -229,8 +229,11 @@ def main() -> None:
     parser.add_argument("--experiments", nargs="+", default=["smoke", "default", "quick"])
     parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     peaks = {name: matmul_peak(dtype) for name, dtype in DTYPES.items()}
     for experiment in args.experiments:
         runs = [bench(experiment, dtype, args.rounds, peaks) for dtype in args.dtypes]

@@ -117,6 +117,7 @@ def main() -> int:
     parser.add_argument("--experiment", default="quick")
     parser.add_argument("--jobs", nargs="+", required=True, help="VARIANT:SEED, run in this order")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--overrides", nargs="*", default=[], help="Hydra overrides for every job")
     parser.add_argument("--python", default=sys.executable)
     parser.add_argument("--results", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
@@ -133,7 +134,12 @@ def main() -> int:
             raise SystemExit(f"unknown variant {variant!r}; valid: {', '.join(VARIANT_OVERRIDES)}")
         name = f"{variant}_seed{seed}"
         job_dir = out / name
-        overrides = [f"+experiment={args.experiment}", f"seed={seed}", *VARIANT_OVERRIDES[variant]]
+        overrides = [
+            f"+experiment={args.experiment}",
+            f"seed={seed}",
+            *VARIANT_OVERRIDES[variant],
+            *args.overrides,
+        ]
         wall = run_job(args.python, trees[variant], job_dir, overrides, out / "logs" / f"{name}.log")
         previous = jobs.get(name, {})
         jobs[name] = {
@@ -144,7 +150,13 @@ def main() -> int:
             **job_summary(job_dir),
         }
         print(f"{name}: wall {jobs[name]['wall_seconds']}, final {jobs[name]['final_mean_primary']:.4f}")
-        report = {"experiment": args.experiment, "ref": args.ref, "jobs": jobs, "table": summarise(jobs)}
+        report = {
+            "experiment": args.experiment,
+            "ref": args.ref,
+            "overrides": args.overrides,
+            "jobs": jobs,
+            "table": summarise(jobs),
+        }
         write_report(args.results, f"speedup_{args.experiment}", report, echo=False)
     return 0
 
