@@ -62,6 +62,7 @@ bench: $(STAMP) ## Run the benchmarks (they print and write JSON to benchmarks/r
 	$(PY) benchmarks/bench_round.py --experiments smoke --rounds 2
 	$(PY) benchmarks/bench_fingerprint.py --experiment smoke
 	$(PY) benchmarks/bench_memory.py --experiment smoke
+	$(PY) benchmarks/bench_orchestration.py --threads 1 --clients 10 100
 
 clean: ## Remove outputs and caches (keeps .venv)
 	rm -rf outputs multirun .cache .pytest_cache .ruff_cache .mypy_cache

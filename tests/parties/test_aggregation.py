@@ -248,3 +248,88 @@ def test_a_fresh_lora_init_is_not_mistaken_for_dead_components() -> None:
     for key in KEYS:
         mean_a = 0.5 * uploads[0].factors[key][0] + 0.5 * uploads[1].factors[key][0]
         assert torch.equal(result.updates[0].factors[key][0], mean_a)
+
+
+def _upload64(k: int, rank: int, seed: int) -> AdapterUpload:
+    up = _upload(k, rank, seed)
+    factors = {key: (a.double(), b.double()) for key, (a, b) in up.factors.items()}
+    return AdapterUpload(k, factors, up.scaling, [t.double() for t in up.head])
+
+
+def _reference_personalize(uploads, mixing):
+    """The Laplacian step by its definition: each row's finite members, renormalized, summed by stacking."""
+    members = sorted(uploads)
+    finite = {k for k in members if uploads[k].finite()}
+    out = {}
+    for k in members:
+        row = {j: float(mixing[k, j]) for j in members if j in finite and mixing[k, j] > 0}
+        if k not in finite:
+            row.pop(k, None)
+        total = sum(row.values())
+        if total <= 0 or set(row) <= {k}:
+            continue
+        row = {j: w / total for j, w in row.items()}
+        out[k] = {}
+        for key in KEYS:
+            parts = [LowRank(*uploads[j].factors[key], uploads[j].scaling[key[0]]) for j in row]
+            u, s, vh = svd_from_factors(*stack(parts, list(row.values())))
+            rank, scale = uploads[k].factors[key][0].shape[0], uploads[k].scaling[key[0]]
+            out[k][key] = truncate(u, s, vh, rank, scale)
+    return out
+
+
+def test_laplacian_rows_of_large_stacked_rank_equal_the_stacked_reference_to_1e_10() -> None:
+    # dW is 6 x 8: the 4-client cluster stacks rank >= 6 (mixed densely), the pair {4, 5} rank 3 (factored);
+    # client 3 is non-finite and drops out of every row; one weight underflowed to exactly zero
+    ranks = [4, 2, 4, 1, 1, 2]
+    uploads = {k: _upload64(k, r, 20 + k) for k, r in enumerate(ranks)}
+    uploads[3].factors[KEYS[1]][0][0, 0] = float("nan")
+    labels = [0, 0, 0, 0, 1, 1]
+    adjacency = np.array(
+        [
+            [0.0 if i == j or a != b else 1.0 + i + j for j, b in enumerate(labels)]
+            for i, a in enumerate(labels)
+        ]
+    )
+    adjacency[0, 2] = 0.0
+    mixing = mixing_matrix(adjacency / adjacency.sum(axis=1, keepdims=True), 0.6)
+    result = _run(uploads, aggregation="laplacian", mixing=mixing)
+    reference = _reference_personalize(uploads, mixing)
+    assert sorted(reference) == [0, 1, 2, 3, 4, 5] and result.excluded == {3}
+    assert sorted(result.senders) == [0, 1, 2, 4, 5] and sorted(result.receivers) == sorted(reference)
+    for k, factors in reference.items():
+        for key, (a_ref, b_ref, _) in factors.items():
+            scale = uploads[k].scaling[key[0]]
+            a, b = result.updates[k].factors[key]
+            torch.testing.assert_close(scale * b @ a, scale * b_ref @ a_ref, rtol=1e-10, atol=1e-10)
+        assert result.truncation_errors[k] == pytest.approx(
+            max(err for *_, err in factors.values()), rel=1e-10, abs=1e-12
+        )
+
+
+def test_a_groups_heads_are_summed_once_and_equal_the_term_by_term_sum() -> None:
+    shapes = [(2, 8)] * 5 + [(3, 8)] * 3
+    uploads = {k: _upload(k, 2, 40 + k, head_shape=s) for k, s in enumerate(shapes)}
+    counts = [1, 2, 3, 4, 5, 6, 7, 8]
+    result = _run(uploads, head_aggregation="group", counts=counts)
+    weights = normalized_weights(counts)
+    for k, shape in enumerate(shapes):
+        same = {j: w for j, w in enumerate(weights) if shapes[j] == shape}
+        total = sum(same.values())
+        head = result.updates[k].head
+        for index, got in enumerate(head):
+            want = sum(w / total * uploads[j].head[index] for j, w in same.items())
+            assert torch.equal(got, want)  # bitwise: the same Python sum, from 0, in row order
+    first, second = result.updates[0].head, result.updates[1].head
+    assert all(p.data_ptr() != q.data_ptr() for p, q in zip(first, second))  # each client its own copy
+
+
+@pytest.mark.parametrize("mode", ["stack", "fedavg"])
+def test_members_of_one_rank_get_equal_factors_in_storage_of_their_own(mode: str) -> None:
+    uploads = {k: _upload(k, 4, 50 + k) for k in range(3)}
+    result = _run(uploads, aggregation=mode)
+    for key in KEYS:
+        first, second = result.updates[0].factors[key], result.updates[1].factors[key]
+        assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+        assert first[0].data_ptr() != second[0].data_ptr() and first[1].data_ptr() != second[1].data_ptr()
+        assert first[0].data_ptr() != uploads[0].factors[key][0].data_ptr()

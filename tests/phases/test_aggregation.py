@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from atlas_pl.phases.aggregation import LowRank, normalized_weights, stack, svd_from_factors, truncate
+from atlas_pl.phases.aggregation import (
+    LowRank,
+    mixed_svds,
+    normalized_weights,
+    stack,
+    svd_from_factors,
+    truncate,
+    weighted_sum_svd,
+)
 
 
 def _updates(ranks: list[int], out_f: int = 48, in_f: int = 40, seed: int = 0) -> list[LowRank]:
@@ -61,3 +69,72 @@ def test_redistribution_with_enough_rank_reproduces_the_aggregate() -> None:
 def test_weights_must_have_positive_sum() -> None:
     with pytest.raises(ValueError, match="positive sum"):
         normalized_weights([0, 0])
+
+
+def _mixing_rows(n: int, seed: int) -> list[list[tuple[int, float]]]:
+    """Rows of a mixing matrix: two dense blocks (4 and 5 clients), a light pair, and one borrower."""
+    rng = torch.Generator().manual_seed(seed)
+    blocks = [list(range(4)), list(range(4, 9))]
+    rows = [[(j, float(w)) for j, w in zip(b, torch.rand(len(b), generator=rng))] for b in blocks for _ in b]
+    rows += [[(9, 0.7), (10, 0.3)], [(10, 0.5), (9, 0.5)], [(10, 0.2), (2, 0.5), (5, 0.3)]]
+    assert max(j for row in rows for j, _ in row) < n
+    return rows
+
+
+def test_mixed_svds_equal_each_rows_stacked_svd_to_1e_10() -> None:
+    # out 12, in 10: rows over the two blocks stack rank >= 10 (mixed dense), the others stay factored
+    ranks = [4, 2, 8, 4, 2, 2, 4, 8, 2, 1, 2]
+    updates = _updates(ranks, out_f=12, in_f=10, seed=5)
+    rows = _mixing_rows(len(ranks), seed=6)
+    dense_rows = {i for i, row in enumerate(rows) if sum(ranks[j] for j, _ in row) >= 10}
+    assert len(dense_rows) == 10 and len(rows) - len(dense_rows) == 2  # both kinds, 3 column sets
+    # a block budget of two d x d matrices: several row and column blocks per group of rows
+    got = dict(mixed_svds(updates, rows, chunk_bytes=2 * 12 * 10 * 8))
+    assert sorted(got) == list(range(len(rows)))
+    for i, row in enumerate(rows):
+        picked = [updates[j] for j, _ in row]
+        weights = [w for _, w in row]
+        u_ref, s_ref, vh_ref = svd_from_factors(*stack(picked, weights))
+        u, s, vh = got[i]
+        if i not in dense_rows:  # the factored route is the one a single sum takes: bitwise equal
+            assert all(torch.equal(p, q) for p, q in zip((u, s, vh), (u_ref, s_ref, vh_ref)))
+        expected = sum(w * up.dense() for up, w in zip(picked, weights))
+        torch.testing.assert_close((u * s) @ vh, expected, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(s, s_ref, rtol=1e-10, atol=1e-10)
+        for rank in (1, 3):  # what a client takes back: the same best rank-r factors and error
+            a, b, err = truncate(u, s, vh, rank, 0.5)
+            a_ref, b_ref, err_ref = truncate(u_ref, s_ref, vh_ref, rank, 0.5)
+            torch.testing.assert_close(b @ a, b_ref @ a_ref, rtol=1e-10, atol=1e-10)
+            assert err == pytest.approx(err_ref, rel=1e-10, abs=1e-12)
+
+
+def test_mixed_svds_use_each_updates_scale_and_input_rounding() -> None:
+    # float32 factors: the dense route rounds s_k B_k in float32 as `stack` does, then sums in float64
+    updates = [LowRank(up.a.float(), up.b.float(), up.scale) for up in _updates([6, 6], 8, 6, seed=7)]
+    rows = [[(0, 0.25), (1, 0.75)]]
+    (_, (u, s, vh)), *_ = mixed_svds(updates, rows)
+    expected = sum(w * (up.scale * up.b).double() @ up.a.double() for up, (_, w) in zip(updates, rows[0]))
+    torch.testing.assert_close((u * s) @ vh, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_weighted_sum_svd_in_parts_equals_the_single_stack_to_1e_10() -> None:
+    updates = _updates([4, 2, 8, 4, 6, 1, 3], out_f=12, in_f=10, seed=8)  # stacked rank 28 >= 10
+    weights = normalized_weights([3, 1, 4, 1, 5, 9, 2])
+    reference = svd_from_factors(*stack(updates, weights))
+    whole = weighted_sum_svd(updates, weights, chunk_rank=28)  # fits one stack: the same computation
+    assert all(torch.equal(p, q) for p, q in zip(whole, reference))
+    for chunk_rank in (1, 7, 12):  # one update a part (even wider than the limit), or several
+        u, s, vh = weighted_sum_svd(updates, weights, chunk_rank=chunk_rank)
+        torch.testing.assert_close(s, reference[1], rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(
+            (u * s) @ vh, (reference[0] * reference[1]) @ reference[2], rtol=1e-10, atol=1e-10
+        )
+        expected = sum(w * up.dense() for up, w in zip(updates, weights))
+        torch.testing.assert_close((u * s) @ vh, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_weighted_sum_svd_below_full_rank_keeps_the_factored_route() -> None:
+    updates = _updates([2, 3], out_f=12, in_f=10, seed=9)  # stacked rank 5 < 10: QR route, any chunk
+    weights = normalized_weights([1, 2])
+    got = weighted_sum_svd(updates, weights, chunk_rank=1)
+    assert all(torch.equal(p, q) for p, q in zip(got, svd_from_factors(*stack(updates, weights))))

@@ -15,7 +15,12 @@ from atlas_pl.phases.aggregation import (
     svd_from_factors,
     truncate,
 )
-from atlas_pl.phases.personalization import mixing_matrix, rbf_adjacency
+from atlas_pl.phases.personalization import (
+    DISTANCE_CHUNK_BYTES,
+    mixing_matrix,
+    rbf_adjacency,
+    squared_distances,
+)
 
 
 def _coords(seed: int = 0) -> np.ndarray:
@@ -120,3 +125,35 @@ def test_factor_averaging_agrees_with_stack_where_theory_says() -> None:
     # a single client: averaging is the identity, as stack is
     a1, b1 = fedavg_factors(ups[:1], [1.0])
     torch.testing.assert_close(b1 @ a1, ups[0].dense(), rtol=0, atol=0)
+
+
+def _broadcast_rbf(x: np.ndarray, labels: list[int], knn: int = 2) -> np.ndarray:
+    """The graph by the plain formula: every pair's difference at once (O(n^2 dim) memory)."""
+    n = x.shape[0]
+    sq = np.sum((x[:, None, :] - x[None, :, :]) ** 2, axis=-1)
+    alpha = 1.0 / float(np.median(sq[~np.eye(n, dtype=bool)]))
+    weights = np.exp(-alpha * sq)
+    np.fill_diagonal(weights, 0.0)
+    adjacency = np.where(np.equal.outer(labels, labels), weights, 0.0)
+    for k in range(n):
+        if adjacency[k].sum() == 0:
+            nearest = [j for j in np.argsort(sq[k], kind="stable") if j != k][:knn]
+            adjacency[k, nearest] = weights[k, nearest]
+    return adjacency / adjacency.sum(axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 3 * 37 * 5 * 8, 2**30])  # one row, 3 rows, all rows a block
+def test_squared_distances_by_row_blocks_equal_the_broadcast_bitwise(chunk_bytes: int) -> None:
+    x = np.random.default_rng(3).normal(size=(37, 5))
+    expected = np.sum((x[:, None, :] - x[None, :, :]) ** 2, axis=-1)
+    assert np.array_equal(squared_distances(x, chunk_bytes=chunk_bytes), expected)
+
+
+def test_rbf_adjacency_of_many_clients_equals_the_broadcast_formula_bitwise() -> None:
+    # 600 clients x 64 coordinates: several default row blocks, and two singletons that borrow neighbours
+    rng = np.random.default_rng(4)
+    labels = [k % 4 for k in range(598)] + [4, 5]
+    centres = rng.normal(0.0, 3.0, size=(6, 64))
+    x = centres[labels] + rng.normal(size=(600, 64))
+    assert 600 * 64 * 8 * 600 > DISTANCE_CHUNK_BYTES  # the default really splits this into blocks
+    assert np.array_equal(rbf_adjacency(x, labels), _broadcast_rbf(x, labels))

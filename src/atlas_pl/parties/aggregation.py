@@ -30,11 +30,11 @@ from atlas_pl.parties.messages import AdapterUpdate, AdapterUpload
 from atlas_pl.phases.aggregation import (
     LowRank,
     fedavg_factors,
+    mixed_svds,
     normalized_weights,
     slice_rank,
-    stack,
-    svd_from_factors,
     truncate,
+    weighted_sum_svd,
 )
 
 log = logging.getLogger(__name__)
@@ -76,8 +76,8 @@ def ready_to_train(
     initialisation and those columns of B set to zero, so dW loses only round-off. A component with a live
     row of A and a zero column of B (a fresh LoRA init) trains and is left alone.
     """
-    a = new_a.to(dtype=like[0].dtype, device=like[0].device).clone()
-    b = new_b.to(dtype=like[1].dtype, device=like[1].device).clone()
+    a = new_a.to(dtype=like[0].dtype, device=like[0].device, copy=True)
+    b = new_b.to(dtype=like[1].dtype, device=like[1].device, copy=True)
     a_norm, b_norm = a.square().sum(dim=1), b.square().sum(dim=0)
     dead = (a_norm <= _DEAD_RTOL * a_norm.max()) & (b_norm <= _DEAD_RTOL * b_norm.max())
     if bool(dead.any()):
@@ -139,19 +139,27 @@ class RoundAggregator:
 
     # -- heads ----------------------------------------------------------------------------------------
     def _mix_heads(self, rows: Rows) -> None:
-        """Heads follow the same rows, restricted to neighbours whose head has the same shape."""
+        """Heads follow the same rows, restricted to neighbours whose head has the same shape.
+
+        Equal rows give equal heads, so each distinct row is summed once: a group's members all share
+        one row, which would otherwise cost group size squared tensor operations.
+        """
         shape = {k: tuple(tuple(t.shape) for t in head) for k, head in self.heads.items()}
         old = {k: list(head) for k, head in self.heads.items()}
+        mixed: dict[tuple[tuple[int, float], ...], list[Tensor]] = {}
         for k, row in rows.items():
             same = {j: w for j, w in row.items() if shape[j] == shape[k]}
             total = sum(same.values())
             if total <= 0:
                 continue
-            # a Python sum from 0, term by term in row order (what the results were measured with)
-            self.heads[k] = [
-                cast(Tensor, sum(w / total * old[j][index] for j, w in same.items()))
-                for index in range(len(old[k]))
-            ]
+            terms = tuple(same.items())
+            if terms not in mixed:
+                # a Python sum from 0, term by term in row order (what the results were measured with)
+                mixed[terms] = [
+                    cast(Tensor, sum(w / total * old[j][index] for j, w in terms))
+                    for index in range(len(old[k]))
+                ]
+            self.heads[k] = list(mixed[terms])
             self._update_for(k)
 
     def _repair(self, excluded: Sequence[int], donors: Sequence[int]) -> None:
@@ -195,18 +203,23 @@ class RoundAggregator:
         for key in self._keys(members):
             updates = [self._low_rank(k, key) for k in group]
             if self.aggregation == "stack":
-                u, s, vh = svd_from_factors(*stack(updates, weights))
+                u, s, vh = weighted_sum_svd(updates, weights)
             else:
                 mean_a, mean_b = fedavg_factors(updates, weights)
+            # members of one rank and LoRA scale take back the same factors: computed once per kind
+            given: dict[tuple[int, float], tuple[Tensor, Tensor, float | None]] = {}
             for k in members:
                 rank = self.uploads[k].factors[key][0].shape[0]
                 scale = self.uploads[k].scaling[key[0]]
-                if self.aggregation == "stack":
-                    new_a, new_b, err = truncate(u, s, vh, rank, scale)
+                if (rank, scale) not in given:
+                    if self.aggregation == "stack":
+                        given[rank, scale] = truncate(u, s, vh, rank, scale)
+                    else:
+                        given[rank, scale] = (*slice_rank(mean_a, mean_b, rank, scale), None)
+                new_a, new_b, err = given[rank, scale]
+                if err is not None:
                     errors[k].append(err)
-                else:
-                    new_a, new_b = slice_rank(mean_a, mean_b, rank, scale)
-                self._write(k, key, new_a, new_b)
+                self._write(k, key, new_a, new_b)  # a copy per client: `ready_to_train` copies
         if self.head_aggregation == "group":  # every member's row is the group's weights
             self._mix_heads({k: dict(zip(group, weights)) for k in group})
         self._repair(sorted(set(members) - set(group)), group)
@@ -223,31 +236,30 @@ class RoundAggregator:
         renormalized) and keep their own state only if nobody else is left in their row.
         """
         finite = set(self._exclude_non_finite(members))
-        rows: Rows = {}
-        for k in members:
-            row = {j: float(mixing[k, j]) for j in members if j in finite and mixing[k, j] > 0}
-            if k not in finite:
-                row.pop(k, None)
-            total = sum(row.values())
-            if total <= 0 or set(row) <= {k}:  # nobody else to move toward: untouched
-                continue
-            rows[k] = {j: w / total for j, w in row.items()}
+        rows = _mixing_rows(members, finite, mixing)
         if not rows:
             return
-        self.out.senders.extend(sorted({j for row in rows.values() for j in row}))
-        new: dict[int, dict[ModuleKey, tuple[Tensor, Tensor, float]]] = {k: {} for k in rows}
-        for key in self._keys(members):
-            for k, row in rows.items():
-                updates = [self._low_rank(j, key) for j in row]
-                u, s, vh = svd_from_factors(*stack(updates, list(row.values())))
+        senders = sorted({j for row in rows.values() for j in row})
+        self.out.senders.extend(senders)
+        position = {j: p for p, j in enumerate(senders)}
+        clients = list(rows)
+        indexed = [[(position[j], w) for j, w in rows[k].items()] for k in clients]
+        keys = self._keys(members)
+        errors: dict[int, list[float]] = {}
+        for k in rows:  # every sum reads the old factors only, so each is written as soon as it is done
+            errors[k] = []
+            if keys:
+                self._update_for(k)  # updates in row order, whichever sum finishes first
+        for key in keys:
+            updates = [self._low_rank(j, key) for j in senders]
+            for i, (u, s, vh) in mixed_svds(updates, indexed):
+                k = clients[i]
                 rank = self.uploads[k].factors[key][0].shape[0]
-                new[k][key] = truncate(u, s, vh, rank, self.uploads[k].scaling[key[0]])
-        for k, factors in new.items():
-            errors = []
-            for key, (new_a, new_b, err) in factors.items():
+                new_a, new_b, err = truncate(u, s, vh, rank, self.uploads[k].scaling[key[0]])
                 self._write(k, key, new_a, new_b)
-                errors.append(err)
-            self.out.truncation_errors[k] = max(errors) if errors else 0.0
+                errors[k].append(err)
+        for k, errs in errors.items():
+            self.out.truncation_errors[k] = max(errs) if errs else 0.0
         if self.head_aggregation == "group":
             self._mix_heads(rows)
         self._repair(sorted(set(members) - finite), sorted(finite))
@@ -256,6 +268,25 @@ class RoundAggregator:
     def result(self) -> RoundAggregation:
         self._finish_heads()
         return self.out
+
+
+def _mixing_rows(members: Sequence[int], finite: set[int], mixing: np.ndarray) -> Rows:
+    """Each member's renormalized row of W over the finite members, for those with someone to move
+    toward (row by row in numpy: a Python scan of every pair was the cost at 1000 clients)."""
+    ids = np.asarray(members, dtype=np.int64)
+    usable = np.array([j in finite for j in members], dtype=bool)
+    rows: Rows = {}
+    for k in members:
+        weights = mixing[k, ids]
+        picked = np.flatnonzero(usable & (weights > 0))
+        row = {int(ids[p]): float(weights[p]) for p in picked}
+        if k not in finite:
+            row.pop(k, None)
+        total = sum(row.values())
+        if total <= 0 or set(row) <= {k}:  # nobody else to move toward: untouched
+            continue
+        rows[k] = {j: w / total for j, w in row.items()}
+    return rows
 
 
 def aggregate_round(

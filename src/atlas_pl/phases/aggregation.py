@@ -9,7 +9,7 @@ never formed when the stacked rank is small.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -56,6 +56,88 @@ def svd_from_factors(b_cat: Tensor, a_cat: Tensor) -> tuple[Tensor, Tensor, Tens
     q_a, r_a = torch.linalg.qr(a64.T)  # [in, R], [R, R]
     u_core, s, vh_core = torch.linalg.svd(r_b @ r_a.T)
     return q_b @ u_core, s, vh_core @ q_a.T
+
+
+# the stacked rank `weighted_sum_svd` casts to float64 and multiplies at a time
+STACK_CHUNK_RANK = 2048
+
+
+def weighted_sum_svd(
+    updates: Sequence[LowRank], weights: Sequence[float], *, chunk_rank: int = STACK_CHUNK_RANK
+) -> tuple[Tensor, Tensor, Tensor]:
+    """SVD of sum_k w_k dW_k, as `svd_from_factors(*stack(updates, weights))` computes it.
+
+    A stack wider than `chunk_rank` (and than d, where the SVD is of the dense d x d sum anyway) is
+    multiplied out part by part into that d x d sum: the same products, without a float32 and a float64
+    copy of both [d, R] factors for a group of R = 1000 clients x their ranks. Up to `chunk_rank`, and
+    whenever the stacked rank is below d, this is exactly the single-stack computation.
+    """
+    out_f, in_f = updates[0].b.shape[0], updates[0].a.shape[1]
+    if sum(u.a.shape[0] for u in updates) <= max(chunk_rank, min(out_f, in_f) - 1):
+        return svd_from_factors(*stack(updates, weights))
+    dense = torch.zeros(out_f, in_f, dtype=torch.float64)
+    start = 0
+    while start < len(updates):
+        stop, width = start, 0
+        while stop < len(updates) and (stop == start or width + updates[stop].a.shape[0] <= chunk_rank):
+            width += updates[stop].a.shape[0]
+            stop += 1
+        b_part, a_part = stack(updates[start:stop], weights[start:stop])
+        dense.addmm_(b_part.to(torch.float64), a_part.to(torch.float64))
+        start = stop
+    return torch.linalg.svd(dense, full_matrices=False)
+
+
+# bytes of float64 d x d matrices that `mixed_svds` holds at once, for each of its two working blocks
+MIX_CHUNK_BYTES = 128 * 2**20
+
+Row = Sequence[tuple[int, float]]  # (index into the updates, weight) of one weighted sum
+
+
+def mixed_svds(
+    updates: Sequence[LowRank], rows: Sequence[Row], *, chunk_bytes: int = MIX_CHUNK_BYTES
+) -> Iterator[tuple[int, tuple[Tensor, Tensor, Tensor]]]:
+    """(i, SVD of sum_j w_ij dW_j) for every row i of a mixing matrix over the same `updates`.
+
+    A row whose stacked rank is below min(out, in) goes through `stack` + `svd_from_factors` exactly as
+    a single sum does. A row of larger stacked rank would have `svd_from_factors` form the d x d product
+    of an [out, R] and an [R, in] factor, R the row's total rank: one whole cluster's worth of work per
+    client, which grows as clients x cluster size x rank. Such rows are instead mixed from each update's
+    dense dW, computed once per block of rows, so the same sums cost clients x cluster size x d^2.
+    Rows come back in no particular order (the light ones first); each SVD is the full one of the sum.
+    """
+    out_f, in_f = updates[0].b.shape[0], updates[0].a.shape[1]
+    heavy: dict[tuple[int, ...], list[int]] = {}
+    for i, row in enumerate(rows):
+        if sum(updates[j].a.shape[0] for j, _ in row) < min(out_f, in_f):
+            yield i, svd_from_factors(*stack([updates[j] for j, _ in row], [w for _, w in row]))
+        else:
+            heavy.setdefault(tuple(sorted(j for j, _ in row)), []).append(i)
+    step = max(1, chunk_bytes // (8 * out_f * in_f))
+    for columns, members in heavy.items():
+        where = {j: c for c, j in enumerate(columns)}
+        weights = torch.zeros(len(members), len(columns), dtype=torch.float64)
+        for r, i in enumerate(members):
+            for j, w in rows[i]:
+                weights[r, where[j]] = w
+        once = _dense_updates(updates, columns) if len(columns) <= step else None
+        for start in range(0, len(members), step):
+            mixed = weights.new_zeros(min(step, len(members) - start), out_f * in_f)
+            for c0 in range(0, len(columns), step):
+                dense = once if once is not None else _dense_updates(updates, columns[c0 : c0 + step])
+                mixed.addmm_(weights[start : start + mixed.shape[0], c0 : c0 + dense.shape[0]], dense)
+            for r, flat in enumerate(mixed):
+                yield members[start + r], torch.linalg.svd(flat.view(out_f, in_f), full_matrices=False)
+
+
+def _dense_updates(updates: Sequence[LowRank], columns: Sequence[int]) -> Tensor:
+    """[len(columns), out * in] float64 rows s_j B_j A_j, with s_j B_j rounded as `stack` rounds it."""
+    first = updates[columns[0]]
+    out = torch.empty(len(columns), first.b.shape[0] * first.a.shape[1], dtype=torch.float64)
+    for c, j in enumerate(columns):
+        u = updates[j]
+        torch.matmul((u.scale * u.b).double(), u.a.double(), out=out[c].view(u.b.shape[0], u.a.shape[1]))
+    return out
 
 
 def truncate(u: Tensor, s: Tensor, vh: Tensor, rank: int, scale: float) -> tuple[Tensor, Tensor, float]:
