@@ -4,10 +4,13 @@ For each experiment (smoke, the default job, quick) and each base dtype (float32
 `--rounds` real rounds through the in-process engine (Trainers, LightningModules, orchestrator), then:
 
 - splits every round into training steps, Lightning overhead (fit time outside `training_step`),
-  evaluation, Phase 1 (fingerprints + clustering + allocation), the rest of the orchestration
-  (aggregation, personalization), and what is left (records, checkpoints);
-- repeats the same training steps on the same batches (each client's own loader and seed, the same
-  number of epochs, fresh AdamW) in a bare PyTorch loop, and gives Lightning's ratio to it;
+  evaluation, the clients' fingerprint passes (Phase 1's compute), the rest of the orchestration
+  (Phase 1's clustering, Phase 2's allocation, aggregation, personalization), and what is left
+  (records, checkpoints);
+- scores every distinct final model once more, then repeats the same training steps on the same
+  batches (each client's own loader and seed, the same number of epochs, fresh AdamW with the engine's
+  settings) in a bare PyTorch loop, and gives Lightning's ratio to it. The bare loop starts from the
+  trained models, which changes no step's cost;
 - counts the FLOPs those steps and the evaluation forward passes execute (torch's FlopCounterMode, once
   per distinct batch shape and client) and divides by their measured seconds, against the peak of a
   2048 x 2048 matmul measured in the same process in both dtypes.
@@ -64,7 +67,7 @@ def round_breakdown(result: FederationResult) -> list[dict[str, float]]:
     rows = []
     for r in result.records:
         training = sum(c.get("train_seconds") or 0.0 for c in r["clients"].values())
-        phase1 = r.get("fingerprint_seconds", 0.0)
+        fingerprints = r.get("fingerprint_seconds", 0.0)
         orchestration = r["orchestration_seconds"]
         overhead = lightning * training / fit  # the run's overhead, shared out by each round's fit time
         rows.append(
@@ -74,8 +77,8 @@ def round_breakdown(result: FederationResult) -> list[dict[str, float]]:
                 "training_steps_seconds": training - overhead,
                 "lightning_overhead_seconds": overhead,
                 "evaluation_seconds": r["evaluation_seconds"],
-                "phase1_seconds": phase1,
-                "other_orchestration_seconds": orchestration - phase1,
+                "fingerprint_seconds": fingerprints,
+                "other_orchestration_seconds": orchestration - fingerprints,
                 "rest_seconds": r["round_seconds"] - training - r["evaluation_seconds"] - orchestration,
             }
         )
@@ -114,7 +117,11 @@ def _bare_client(settings: Settings, party: Any, device: torch.device) -> dict[s
         weight_decay=s.fed.weight_decay,
     )
     server = adapter_head_adamw(
-        model.server.adapter.parameters(), model.server.head.parameters(), s.fed.lr, s.fed.head_lr, 0.0
+        model.server.adapter.parameters(),
+        model.server.head.parameters(),
+        s.fed.lr,
+        s.fed.head_lr,
+        s.fed.weight_decay,
     )
     weight = task_class_weights(
         s.fed.balanced_tasks, party.task, party.data.train.labels, model.server.head.num_labels
@@ -194,7 +201,8 @@ def bench(experiment: str, dtype: str, rounds: int, peaks: dict[str, float]) -> 
     start = time.perf_counter()
     result = run_inprocess(settings, fed, Tracker(settings, settings.output_dir))
     wall = time.perf_counter() - start
-    train, evaluation = bare_training(settings, fed, result), bare_evaluation(settings, fed, result)
+    evaluation = bare_evaluation(settings, fed, result)  # first: the models the run scored
+    train = bare_training(settings, fed, result)
     fit, peak = result.overhead["fit_seconds"], peaks[dtype]
     eval_rounds = [r["evaluation_seconds"] for r in result.records]
     return {

@@ -297,6 +297,14 @@ def validate_config(cfg: DictConfig) -> None:
             "bf16-mixed or 32-true with model.dtype=float16, or 16-mixed with model.dtype=float32 or "
             "bfloat16 (an fp16 base sends dL/dh across the split in fp16, below what loss scaling protects)",
         )
+    dropout = c.get("lora.dropout")
+    if c.get("trainer.batched_clients") is True and isinstance(dropout, (int, float)) and dropout > 0:
+        c.fail(
+            "trainer.batched_clients",
+            True,
+            "false with lora.dropout > 0 (one dropout mask over the stacked clients is not the masks each "
+            "client draws alone, so the batched run would no longer equal the one-by-one run)",
+        )
     if c.get("trainer.batched_clients") is True and c.get("trainer.precision") not in ("32-true", "32"):
         c.fail(
             "trainer.batched_clients",

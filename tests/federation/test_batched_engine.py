@@ -66,3 +66,21 @@ def test_batched_clients_refuse_a_mixed_precision(tmp_path) -> None:
     with pytest.raises(ConfigError) as info:
         _cfg(tmp_path, "trainer.batched_clients=true", "trainer.precision=bf16-mixed")
     assert "trainer.batched_clients" in str(info.value)
+
+
+def test_batched_clients_follow_each_loader_over_several_local_epochs(tmp_path, capture_models) -> None:
+    """Two local epochs a round (the lock step restarts every loader at each epoch) on a Dirichlet split."""
+    extra = ("fed.local_epochs=2", "data.partition=dirichlet")
+    seq, _ = _run(tmp_path / "sequential", capture_models, *extra)
+    bat, _ = _run(tmp_path / "batched", capture_models, "trainer.batched_clients=true", *extra)
+    for r_seq, r_bat in zip(seq, bat, strict=True):
+        for k, c_seq in r_seq["clients"].items():
+            c_bat = r_bat["clients"][k]
+            assert c_bat["upload_bytes"] == c_seq["upload_bytes"], (r_seq["round"], k)
+            assert math.isclose(c_bat["train_loss"], c_seq["train_loss"], rel_tol=1e-4), (r_seq["round"], k)
+
+
+def test_batched_clients_refuse_lora_dropout(tmp_path) -> None:
+    with pytest.raises(ConfigError) as info:
+        _cfg(tmp_path, "trainer.batched_clients=true", "lora.dropout=0.1")
+    assert "lora.dropout" in str(info.value)

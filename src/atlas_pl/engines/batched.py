@@ -9,8 +9,11 @@ split protocol's messages are not materialised, but the ledger counts each clien
 dL/dh at the shapes and dtypes they would have had.
 
 What it does not do: Lightning's precision plugins and the server's fp16 loss scaling (the config refuses
-batched_clients with a mixed `trainer.precision`; the base dtype still applies). Per-client training
-seconds are the round's batched seconds shared out by each client's number of steps.
+batched_clients with a mixed `trainer.precision`; the base dtype still applies), and LoRA dropout (refused
+too: one mask over the stacked clients is not the masks each would draw alone). Per-client training
+seconds are the round's batched seconds shared out by each client's number of steps; with no Lightning
+loop around the steps, the job's Lightning overhead is zero by construction. The centralized ablation
+has no clients and ignores the setting.
 """
 
 from __future__ import annotations

@@ -131,7 +131,8 @@ class RoundCheckpointer:
         generators: Sequence[torch.Generator],
         scalers: Mapping[str, ScalerState] | None = None,
     ) -> None:
-        """Parameters, optimizer moments, loss scales, loader orders and global RNGs as after the round."""
+        """Parameters, optimizer moments, loss scales, loader generators (they seed
+        workers; the order itself follows the epoch) and global RNGs as after the round."""
         if self.resume is None:
             return
         tensors = self.resume.tensors
