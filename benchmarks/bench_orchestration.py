@@ -225,20 +225,13 @@ def prepare(stage: str, n: int, tasks: int, seed: int) -> Callable[[], Any]:
     if stage == "allocation":
         return lambda: {"ranks": sum(sum(a.ranks.values()) for a in _allocate(settings, arch, fed))}
     if stage == "laplacian":
-        from atlas_pl.phases.personalization import mixing_matrix, rbf_adjacency
+        from atlas_pl.parties.coordinator import client_graph
 
         coords = _coords(settings, fed)
-        graph = settings.graph
 
         def run_graph() -> Any:
-            adjacency = rbf_adjacency(
-                coords,
-                fed.tasks,
-                alpha=graph.alpha,
-                ensure_connectivity=graph.ensure_connectivity,
-                knn=graph.knn,
-            )
-            return {"mixing_trace": float(mixing_matrix(adjacency, settings.fed.eta).trace())}
+            _, mixing = client_graph(settings, coords, fed.tasks)
+            return {"mixing_trace": float(mixing.trace())}
 
         return run_graph
     from atlas_pl.parties.aggregation import aggregate_round

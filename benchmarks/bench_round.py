@@ -32,7 +32,6 @@ from typing import Any
 
 import torch
 from _report import experiment_settings, write_report
-from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop, sdpa_flop
 
 from atlas_pl.data import shuffled_loader
@@ -40,6 +39,7 @@ from atlas_pl.engines.inprocess import run_inprocess
 from atlas_pl.engines.records import FederationResult
 from atlas_pl.engines.setup import Federation, build_federation
 from atlas_pl.lightning.modules import adapter_head_adamw, task_class_weights
+from atlas_pl.models.split import split_step
 from atlas_pl.parties.evaluation import model_digest
 from atlas_pl.settings import Settings
 from atlas_pl.tracking.tracker import Tracker
@@ -131,14 +131,12 @@ def _bare_client(settings: Settings, party: Any, device: torch.device) -> dict[s
         party.data.train, batch_size=s.fed.batch_size, seed=s.fed.loader_seed(party.data.client_id)
     )
 
+    loss_fn = torch.nn.CrossEntropyLoss(weight=weight)
+
     def step(batch: dict[str, torch.Tensor], update: bool = True) -> None:
-        h = model.client(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
-        sent = h.detach().requires_grad_(True)
-        loss = F.cross_entropy(model.server(sent, batch["attention_mask"]), batch["labels"], weight=weight)
         server.zero_grad(set_to_none=True)
         client.zero_grad(set_to_none=True)
-        loss.backward()
-        h.backward(sent.grad)
+        loss, _, _ = split_step(model, batch, loss_fn)
         if update:
             server.step()
             client.step()

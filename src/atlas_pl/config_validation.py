@@ -297,26 +297,32 @@ def validate_config(cfg: DictConfig) -> None:
             "bf16-mixed or 32-true with model.dtype=float16, or 16-mixed with model.dtype=float32 or "
             "bfloat16 (an fp16 base sends dL/dh across the split in fp16, below what loss scaling protects)",
         )
+    if c.get("trainer.batched_clients") is True:
+        _check_batched_clients(c)
+    c.one_of("trainer.accelerator", ACCELERATORS)
+    c.number("seed", low=0, integer=True)
+
+    if c.problems:
+        raise ConfigError(c.problems)
+
+
+def _check_batched_clients(c: _Checker) -> None:
+    """What the batched step cannot reproduce of one-by-one training is refused, not approximated."""
     dropout = c.get("lora.dropout")
-    if c.get("trainer.batched_clients") is True and isinstance(dropout, (int, float)) and dropout > 0:
+    if isinstance(dropout, (int, float)) and dropout > 0:
         c.fail(
             "trainer.batched_clients",
             True,
             "false with lora.dropout > 0 (one dropout mask over the stacked clients is not the masks each "
             "client draws alone, so the batched run would no longer equal the one-by-one run)",
         )
-    if c.get("trainer.batched_clients") is True and c.get("trainer.precision") not in ("32-true", "32"):
+    if c.get("trainer.precision") not in ("32-true", "32"):
         c.fail(
             "trainer.batched_clients",
             True,
             "false with a mixed trainer.precision (the batched step runs without Lightning's precision "
             "plugins; set the base's dtype with model.dtype instead)",
         )
-    c.one_of("trainer.accelerator", ACCELERATORS)
-    c.number("seed", low=0, integer=True)
-
-    if c.problems:
-        raise ConfigError(c.problems)
 
 
 def _check_glue_files(c: _Checker, tasks: list[str]) -> None:

@@ -29,7 +29,7 @@ from torch import Tensor
 from atlas_pl.models.batched import batched_split_step
 from atlas_pl.parties.client import ClientParty
 from atlas_pl.parties.host import ServerHost
-from atlas_pl.parties.link import SERVER, TrafficLedger, client_name
+from atlas_pl.parties.link import SERVER, TrafficLedger, count_exchange
 
 
 @dataclass
@@ -56,14 +56,6 @@ def _epoch_steps(lanes: Sequence[_Lane]) -> Iterator[list[tuple[_Lane, dict[str,
         iterators = alive
         if group:
             yield group
-
-
-def _count_traffic(ledger: TrafficLedger, lanes: Sequence[_Lane], traffic: Sequence) -> None:
-    for lane, t in zip(lanes, traffic, strict=True):
-        up, down = t.messages()
-        me = client_name(lane.party.index)
-        ledger.send(me, SERVER, "activations", up)
-        ledger.send(SERVER, me, "activation_grads", down)
 
 
 def train_batched(
@@ -119,4 +111,5 @@ def _step(
         for optimizer in reversed(lane.optimizers):  # the server steps first, as in the split protocol
             optimizer.step()
         lane.losses.append(float(loss))
-    _count_traffic(ledger, lanes, step.traffic)
+    for lane, traffic in zip(lanes, step.traffic, strict=True):
+        count_exchange(ledger, lane.party.index, SERVER, *traffic.messages())

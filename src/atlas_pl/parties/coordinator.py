@@ -27,6 +27,18 @@ from atlas_pl.phases.personalization import mixing_matrix, rbf_adjacency
 from atlas_pl.settings import Settings
 
 
+def client_graph(s: Settings, coords: np.ndarray, labels: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Phase 4's client graph from the fingerprint coordinates: (RBF adjacency, mixing matrix at eta)."""
+    adjacency = rbf_adjacency(
+        coords,
+        labels,
+        alpha=s.graph.alpha,
+        ensure_connectivity=s.graph.ensure_connectivity,
+        knn=s.graph.knn,
+    )
+    return adjacency, mixing_matrix(adjacency, s.fed.eta)
+
+
 class Coordinator:
     """Policy between rounds for `n_clients` clients with these training-set sizes."""
 
@@ -78,14 +90,7 @@ class Coordinator:
             include_head=include_head,
         )
         if self.mode == "laplacian":
-            discovery.adjacency = rbf_adjacency(
-                coords,
-                clusters.labels,
-                alpha=s.graph.alpha,
-                ensure_connectivity=s.graph.ensure_connectivity,
-                knn=s.graph.knn,
-            )
-            self.mixing = mixing_matrix(discovery.adjacency, s.fed.eta)
+            discovery.adjacency, self.mixing = client_graph(s, coords, clusters.labels)
         self.clusters = list(clusters.labels)
         if self.clustered:
             self.groups = self._without_dropped(discovery.groups())

@@ -88,6 +88,15 @@ class TrafficLedger:
             self._bytes[(int(r), str(src), str(dst), str(kind))] = int(size)
 
 
+def count_exchange(
+    ledger: TrafficLedger, client: int, host_name: str, sent: Iterable[Tensor], returned: Iterable[Tensor]
+) -> None:
+    """One training exchange of the split protocol: the client's activations up, dL/dh back."""
+    me = client_name(client)
+    ledger.send(me, host_name, "activations", sent)
+    ledger.send(host_name, me, "activation_grads", returned)
+
+
 class HostsServerHalves(Protocol):
     """What a link needs of the party that runs a client's server half."""
 
@@ -114,10 +123,8 @@ class LocalLink:
         self.host_name = host_name
 
     def exchange(self, message: Activations) -> ActivationGrads:
-        me = client_name(self.client)
-        self.ledger.send(me, self.host_name, "activations", message.tensors())
         reply = self.host.process(message)
-        self.ledger.send(self.host_name, me, "activation_grads", (reply.grad,))
+        count_exchange(self.ledger, self.client, self.host_name, message.tensors(), (reply.grad,))
         return reply
 
     def infer(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
