@@ -181,6 +181,7 @@ def validate_config(cfg: DictConfig) -> None:
     c.number("fed.eta", low=0.0, high=1.0)
     c.number("fed.rounds", low=1, integer=True)
     c.number("fed.local_epochs", low=1, integer=True)
+    c.number("fed.eval_every", low=1, integer=True)
     c.number("fed.clients_per_task", low=1, integer=True)
     c.number("fed.batch_size", low=1, integer=True)
     c.number("fed.lr", low=0, strict_low=True)

@@ -61,6 +61,12 @@ class FedSettings:
     weight_decay: float
     balanced_tasks: frozenset[str]
     seed_base: int = 0  # the job's seed, from which every loader's seed derives
+    eval_every: int = 1
+
+    def evaluates(self, round_index: int) -> bool:
+        """Whether clients are scored after this round: every `eval_every`-th round and always the last
+        (the one summary.json, the report and sweeps read)."""
+        return round_index % self.eval_every == 0 or round_index == self.rounds
 
     @property
     def eval_batch_size(self) -> int:
@@ -266,6 +272,7 @@ def _fed(c: dict[str, Any], seed: int) -> FedSettings:
         weight_decay=float(c.get("weight_decay") or 0.0),
         balanced_tasks=frozenset(str(t) for t in c.get("balanced_tasks") or []),
         seed_base=seed,
+        eval_every=int(c.get("eval_every") or 1),
     )
 
 

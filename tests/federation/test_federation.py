@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -285,3 +286,39 @@ def test_orchestration_time_is_its_own_and_not_in_any_clients_training_time(tmp_
                 assert client["train_seconds"] == whole
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["overhead"]["orchestration_seconds"] == sum(r["orchestration_seconds"] for r in records)
+
+
+@pytest.mark.parametrize("ablation", ["atlas", "centralized"])
+def test_eval_every_skips_scoring_without_changing_training(smoke_run, ablation) -> None:
+    """fed.eval_every=5 over 2 rounds scores round 2 only (the last is always scored) and trains exactly
+    as scoring every round does: evaluation reads the models and never their training state."""
+    every = smoke_run(f"ablation={ablation}", "fed.rounds=2").records()
+    sparse = smoke_run(f"ablation={ablation}", "fed.rounds=2", "fed.eval_every=5").records()
+    assert [r["evaluated"] for r in every] == [True, True]
+    assert [r["evaluated"] for r in sparse] == [False, True]
+    skipped = sparse[0]
+    for key in ("mean_accuracy", "worst_accuracy", "std_accuracy", "mean_primary"):
+        assert key not in skipped
+    assert skipped["per_task"] == {}
+    for entry in skipped["clients"].values():
+        assert "accuracy" not in entry and "primary" not in entry and entry["dropped"] is False
+        assert entry["split"] > 0 and entry["train_seconds"] > 0
+    for a, b in zip(every, sparse):
+        assert a["upload_bytes"] == b["upload_bytes"] and a["download_bytes"] == b["download_bytes"]
+        for cid, entry in a["clients"].items():
+            assert entry["train_loss"] == b["clients"][cid]["train_loss"]
+    assert every[1]["per_task"] == sparse[1]["per_task"]
+    assert every[1]["mean_primary"] == sparse[1]["mean_primary"]
+
+
+def test_eval_every_scores_each_nth_round_and_the_last() -> None:
+    from atlas_pl.settings import FedSettings
+
+    fed = FedSettings(7, 1, 3, 0.1, 16, 1e-3, 1e-3, 0.0, frozenset(), eval_every=3)
+    assert [r for r in range(1, 8) if fed.evaluates(r)] == [3, 6, 7]
+    assert all(replace(fed, eval_every=1).evaluates(r) for r in range(1, 8))
+
+
+def test_eval_every_must_be_a_positive_integer(tmp_path) -> None:
+    with pytest.raises(ValueError, match="fed.eval_every"):
+        _cfg(tmp_path, "fed.eval_every=0")

@@ -11,6 +11,7 @@ from atlas_pl.phases.aggregation import (
     normalized_weights,
     stack,
     svd_from_factors,
+    top_svd,
     truncate,
     weighted_sum_svd,
 )
@@ -95,7 +96,7 @@ def test_mixed_svds_equal_each_rows_stacked_svd_to_1e_10() -> None:
         picked = [updates[j] for j, _ in row]
         weights = [w for _, w in row]
         u_ref, s_ref, vh_ref = svd_from_factors(*stack(picked, weights))
-        u, s, vh = got[i]
+        u, s, vh, _ = got[i]
         if i not in dense_rows:  # the factored route is the one a single sum takes: bitwise equal
             assert all(torch.equal(p, q) for p, q in zip((u, s, vh), (u_ref, s_ref, vh_ref)))
         expected = sum(w * up.dense() for up, w in zip(picked, weights))
@@ -108,11 +109,61 @@ def test_mixed_svds_equal_each_rows_stacked_svd_to_1e_10() -> None:
             assert err == pytest.approx(err_ref, rel=1e-10, abs=1e-12)
 
 
+@pytest.mark.parametrize(
+    ("scale_ranks", "out_f", "in_f", "gram_rows"),
+    [(1, 48, 40, 9), (2, 24, 20, 9)],  # factored cores of rank 18 / dense sums: the Gram route on each
+)
+def test_mixed_svds_with_tops_give_each_client_the_same_truncation_to_1e_10(
+    scale_ranks: int, out_f: int, in_f: int, gram_rows: int
+) -> None:
+    ranks = [scale_ranks * r for r in [4, 2, 8, 4, 2, 2, 4, 8, 2, 1, 2]]
+    updates = _updates(ranks, out_f=out_f, in_f=in_f, seed=9)
+    rows = _mixing_rows(len(ranks), seed=10)
+    for route_rank in (2, 3):
+        tops = [route_rank] * len(rows)
+        full = dict(mixed_svds(updates, rows))
+        got = dict(mixed_svds(updates, rows, tops=tops))
+        # a small stack's core is cheaper to decompose whole: only the large ones come back partial
+        assert sum(svd.s.shape[0] == route_rank for svd in got.values()) >= gram_rows
+        for i, svd in got.items():
+            k = min(route_rank, svd.s.shape[0])
+            ref = full[i]
+            torch.testing.assert_close(svd.s[:k], ref.s[:k], rtol=1e-10, atol=1e-12)
+            assert svd.norm == pytest.approx(ref.norm, rel=1e-12)
+            a, b, err = truncate(svd.u, svd.s, svd.vh, route_rank, 0.5, norm=svd.norm)
+            a_ref, b_ref, err_ref = truncate(ref.u, ref.s, ref.vh, route_rank, 0.5)
+            torch.testing.assert_close(b @ a, b_ref @ a_ref, rtol=1e-10, atol=1e-10)
+            assert err == pytest.approx(err_ref, abs=1e-7)
+
+
+@pytest.mark.parametrize("shape", [(30, 50), (50, 30)])
+def test_top_svd_is_the_leading_part_of_the_full_svd(shape: tuple[int, int]) -> None:
+    gen = torch.Generator().manual_seed(11)
+    # rank 5 of 30: the leading 3 are well separated; asking for 6 reaches into the null space
+    left = torch.randn(shape[0], 5, generator=gen, dtype=torch.float64)
+    right = torch.randn(5, shape[1], generator=gen, dtype=torch.float64)
+    matrix = left @ torch.diag(torch.tensor([9.0, 5.0, 3.0, 1.0, 0.5], dtype=torch.float64)) @ right
+    u_ref, s_ref, vh_ref = torch.linalg.svd(matrix, full_matrices=False)
+    for k in (3, 6):
+        svd = top_svd(matrix, k)
+        assert svd.u.shape == (shape[0], k) and svd.vh.shape == (k, shape[1])
+        torch.testing.assert_close(svd.s, s_ref[:k], rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(svd.u.T @ svd.u, torch.eye(k, dtype=torch.float64), atol=1e-10, rtol=0)
+        torch.testing.assert_close(
+            (svd.u * svd.s) @ svd.vh, (u_ref[:, :k] * s_ref[:k]) @ vh_ref[:k], rtol=1e-10, atol=1e-10
+        )
+        assert svd.norm == pytest.approx(float(torch.linalg.norm(matrix)), rel=1e-12)
+    zero = top_svd(torch.zeros(shape, dtype=torch.float64), 3)
+    assert zero.norm == 0.0 and zero.s.numel() == 0
+    a, b, err = truncate(zero.u, zero.s, zero.vh, 3, 1.0, norm=zero.norm)
+    assert a.shape == (3, shape[1]) and float(b.abs().sum()) == 0.0 and err == 0.0
+
+
 def test_mixed_svds_use_each_updates_scale_and_input_rounding() -> None:
     # float32 factors: the dense route rounds s_k B_k in float32 as `stack` does, then sums in float64
     updates = [LowRank(up.a.float(), up.b.float(), up.scale) for up in _updates([6, 6], 8, 6, seed=7)]
     rows = [[(0, 0.25), (1, 0.75)]]
-    (_, (u, s, vh)), *_ = mixed_svds(updates, rows)
+    (_, (u, s, vh, _)), *_ = mixed_svds(updates, rows)
     expected = sum(w * (up.scale * up.b).double() @ up.a.double() for up, (_, w) in zip(updates, rows[0]))
     torch.testing.assert_close((u * s) @ vh, expected, rtol=1e-12, atol=1e-12)
 
@@ -124,13 +175,27 @@ def test_weighted_sum_svd_in_parts_equals_the_single_stack_to_1e_10() -> None:
     whole = weighted_sum_svd(updates, weights, chunk_rank=28)  # fits one stack: the same computation
     assert all(torch.equal(p, q) for p, q in zip(whole, reference))
     for chunk_rank in (1, 7, 12):  # one update a part (even wider than the limit), or several
-        u, s, vh = weighted_sum_svd(updates, weights, chunk_rank=chunk_rank)
+        u, s, vh, _ = weighted_sum_svd(updates, weights, chunk_rank=chunk_rank)
         torch.testing.assert_close(s, reference[1], rtol=1e-10, atol=1e-10)
         torch.testing.assert_close(
             (u * s) @ vh, (reference[0] * reference[1]) @ reference[2], rtol=1e-10, atol=1e-10
         )
         expected = sum(w * up.dense() for up, w in zip(updates, weights))
         torch.testing.assert_close((u * s) @ vh, expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("chunk_rank", [1, 2048])  # the dense sum in parts, and the single stack
+def test_weighted_sum_svd_top_gives_every_rank_the_full_svds_truncation(chunk_rank: int) -> None:
+    updates = _updates([4, 2, 8, 4, 6, 1, 3, 8, 8], out_f=48, in_f=40, seed=12)  # stacked rank 44 >= 40
+    weights = normalized_weights([3, 1, 4, 1, 5, 9, 2, 6, 5])
+    full = weighted_sum_svd(updates, weights, chunk_rank=chunk_rank)
+    part = weighted_sum_svd(updates, weights, top=8, chunk_rank=chunk_rank)
+    assert part.s.shape == (8,) and full.s.shape == (40,)
+    for rank in (1, 4, 8):
+        a, b, err = truncate(part.u, part.s, part.vh, rank, 2.0, norm=part.norm)
+        a_ref, b_ref, err_ref = truncate(full.u, full.s, full.vh, rank, 2.0)
+        torch.testing.assert_close(b @ a, b_ref @ a_ref, rtol=1e-10, atol=1e-10)
+        assert err == pytest.approx(err_ref, abs=1e-7)
 
 
 def test_weighted_sum_svd_below_full_rank_keeps_the_factored_route() -> None:

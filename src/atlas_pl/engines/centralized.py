@@ -198,7 +198,11 @@ def run_centralized(
         start = time.perf_counter()
         trainer.fit(module, combined)
         seconds = time.perf_counter() - start
-        scores = {t: _evaluate_unsplit(models[t], t, fed.data.eval[t], settings, fed.device) for t in tasks}
+        scores = (
+            {t: _evaluate_unsplit(models[t], t, fed.data.eval[t], settings, fed.device) for t in tasks}
+            if f.evaluates(round_index)
+            else {}
+        )
         rows = []
         for k, client in enumerate(fed.data.clients):
             losses = module.losses[client.task]
@@ -211,7 +215,7 @@ def run_centralized(
                     fed.devices[k],
                     split=model.split,
                     ranks=[model.ranks[b] for b in range(fed.backbone.num_layers)],
-                    metrics=scores[client.task],
+                    metrics=scores.get(client.task),
                     train_loss=statistics.fmean(losses) if losses else float("nan"),
                     train_seconds=seconds / n,  # one model: its time, shared out evenly
                 )

@@ -215,21 +215,30 @@ class InProcessEngine:
         self.fit_seconds += sum(seconds for _, seconds in reports.values())
         return reports
 
+    def _score(self, party: Any, scored: dict[tuple[str, str], dict[str, float]]) -> dict[str, float]:
+        """A client's metrics on its task's evaluation set; identical models (e.g. after cluster
+        averaging) are scored once."""
+        seen = (party.task, model_digest(party.model))
+        if seen not in scored:
+            scored[seen] = party.evaluate(
+                self.fed.data.eval[party.task],
+                batch_size=self.settings.fed.eval_batch_size,
+                device=self.fed.device,
+            )
+        return dict(scored[seen])
+
     def _record(self, round_index: int, reports: dict[int, tuple[float, float]]) -> list[ClientRound]:
         s, fed, orch = self.settings, self.fed, self.orchestrator
         rows = []
         scored: dict[tuple[str, str], dict[str, float]] = {}  # (task, model digest) -> metrics
+        evaluates = s.fed.evaluates(round_index)
         for k, p in enumerate(self.parties):
             row = ClientRound(p.data.client_id, p.task, self.coordinator.clusters[k], fed.devices[k])
             if not self.coordinator.dropped[k]:
                 row.split = p.model.split
                 row.ranks = [p.model.ranks[b] for b in range(fed.backbone.num_layers)]
-                seen = (p.task, model_digest(p.model))
-                if seen not in scored:  # identical models (e.g. after cluster averaging) are scored once
-                    scored[seen] = p.evaluate(
-                        fed.data.eval[p.task], batch_size=s.fed.eval_batch_size, device=fed.device
-                    )
-                row.metrics = dict(scored[seen])
+                if evaluates:
+                    row.metrics = self._score(p, scored)
                 if k in reports:
                     row.train_loss, row.train_seconds = reports[k]
                 row.excluded = k in orch.excluded

@@ -26,7 +26,7 @@ class ClientRound:
     device: str
     split: int | None = None  # None = dropped by Phase 2: holds no model, is not scored
     ranks: list[int] = field(default_factory=list)
-    metrics: dict[str, float] | None = None
+    metrics: dict[str, float] | None = None  # None with a split: not scored this round (fed.eval_every)
     train_loss: float | None = None
     train_seconds: float | None = None  # None = did not train this round
     excluded: bool = False
@@ -51,7 +51,7 @@ def check_not_diverged(round_index: int, rows: Sequence[ClientRound], lr: float)
 def client_entry(c: ClientRound, index: int, round_index: int, ledger: TrafficLedger) -> dict[str, Any]:
     entry: dict[str, Any] = {"task": c.task, "cluster": c.cluster, "device": c.device}
     up, down = ledger.upload_bytes(round_index, index), ledger.download_bytes(round_index, index)
-    if c.split is None or c.metrics is None:
+    if c.split is None:
         entry.update(
             split=0,
             ranks=[],
@@ -64,14 +64,13 @@ def client_entry(c: ClientRound, index: int, round_index: int, ledger: TrafficLe
             train_seconds=0.0,
         )
         return entry
-    m = c.metrics
+    m = c.metrics or {}
+    if c.metrics is not None:
+        entry.update(accuracy=m["accuracy"], primary=m["primary"], loss=m["loss"])
     entry.update(
         {
             "split": c.split,
             "ranks": list(c.ranks),
-            "accuracy": m["accuracy"],
-            "primary": m["primary"],
-            "loss": m["loss"],
             "train_loss": float("nan") if c.train_loss is None else c.train_loss,
             "upload_bytes": up,
             "download_bytes": down,
@@ -91,9 +90,18 @@ def client_entry(c: ClientRound, index: int, round_index: int, ledger: TrafficLe
 def round_record(
     round_index: int, clients: Sequence[ClientRound], tasks: Sequence[str], ledger: TrafficLedger
 ) -> dict[str, Any]:
-    """The record of one round: every client's entry, the means, worst client and per-task figures."""
+    """The record of one round: every client's entry, the means, worst client and per-task figures.
+
+    A round in which nobody was scored (`fed.eval_every`) has `evaluated: false` and no metric keys at
+    all, rather than nulls, so a reader that plots a metric over rounds simply finds fewer points."""
     entries = {str(c.client_id): client_entry(c, k, round_index, ledger) for k, c in enumerate(clients)}
     scored = [c for c in entries.values() if c.get("accuracy") is not None]
+    traffic = {
+        "upload_bytes": sum(c["upload_bytes"] for c in entries.values()),
+        "download_bytes": sum(c["download_bytes"] for c in entries.values()),
+    }
+    if not scored:
+        return {"round": round_index, "evaluated": False, "clients": entries, "per_task": {}, **traffic}
     accuracies = [c["accuracy"] for c in scored]
     per_task: dict[str, dict[str, float]] = {}
     for task in tasks:
@@ -107,14 +115,14 @@ def round_record(
         }
     return {
         "round": round_index,
+        "evaluated": True,
         "clients": entries,
         "mean_accuracy": statistics.fmean(accuracies),
         "worst_accuracy": min(accuracies),
         "std_accuracy": statistics.pstdev(accuracies),
         "mean_primary": statistics.fmean(c["primary"] for c in scored),
         "per_task": per_task,
-        "upload_bytes": sum(c["upload_bytes"] for c in entries.values()),
-        "download_bytes": sum(c["download_bytes"] for c in entries.values()),
+        **traffic,
     }
 
 
@@ -162,6 +170,14 @@ class FederationResult:
 
 
 def log_round(record: dict[str, Any], rounds: int) -> None:
+    if not record.get("evaluated", True):
+        log.info(
+            "round %d/%d: trained, not scored (fed.eval_every) (%.1fs)",
+            record["round"],
+            rounds,
+            record["round_seconds"],
+        )
+        return
     log.info(
         "round %d/%d: mean acc %.4f, worst %.4f, per task %s (%.1fs)",
         record["round"],

@@ -203,7 +203,8 @@ class RoundAggregator:
         for key in self._keys(members):
             updates = [self._low_rank(k, key) for k in group]
             if self.aggregation == "stack":
-                u, s, vh = weighted_sum_svd(updates, weights)
+                top = max(self.uploads[k].factors[key][0].shape[0] for k in members)
+                svd = weighted_sum_svd(updates, weights, top=top)
             else:
                 mean_a, mean_b = fedavg_factors(updates, weights)
             # members of one rank and LoRA scale take back the same factors: computed once per kind
@@ -213,7 +214,7 @@ class RoundAggregator:
                 scale = self.uploads[k].scaling[key[0]]
                 if (rank, scale) not in given:
                     if self.aggregation == "stack":
-                        given[rank, scale] = truncate(u, s, vh, rank, scale)
+                        given[rank, scale] = truncate(svd.u, svd.s, svd.vh, rank, scale, norm=svd.norm)
                     else:
                         given[rank, scale] = (*slice_rank(mean_a, mean_b, rank, scale), None)
                 new_a, new_b, err = given[rank, scale]
@@ -252,10 +253,12 @@ class RoundAggregator:
                 self._update_for(k)  # updates in row order, whichever sum finishes first
         for key in keys:
             updates = [self._low_rank(j, key) for j in senders]
-            for i, (u, s, vh) in mixed_svds(updates, indexed):
+            ranks = [self.uploads[k].factors[key][0].shape[0] for k in clients]
+            for i, svd in mixed_svds(updates, indexed, tops=ranks):
                 k = clients[i]
-                rank = self.uploads[k].factors[key][0].shape[0]
-                new_a, new_b, err = truncate(u, s, vh, rank, self.uploads[k].scaling[key[0]])
+                new_a, new_b, err = truncate(
+                    svd.u, svd.s, svd.vh, ranks[i], self.uploads[k].scaling[key[0]], norm=svd.norm
+                )
                 self._write(k, key, new_a, new_b)
                 errors[k].append(err)
         for k, errs in errors.items():

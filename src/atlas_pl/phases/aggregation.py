@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import NamedTuple, cast
 
+import numpy as np
+import scipy.linalg
 import torch
 from torch import Tensor
 
@@ -46,16 +48,67 @@ def stack(updates: Sequence[LowRank], weights: Sequence[float]) -> tuple[Tensor,
     return b_cat, a_cat
 
 
+class Svd(NamedTuple):
+    """The leading singular triplets of a matrix and the Frobenius norm of all of it (so a truncation can
+    report its relative error without the trailing singular values)."""
+
+    u: Tensor  # [out, k]
+    s: Tensor  # [k], descending
+    vh: Tensor  # [k, in]
+    norm: float
+
+
+# a top-k SVD goes through the Gram matrix only when k is at most this share of min(out, in): beyond it
+# the partial eigendecomposition saves too little over LAPACK's full SVD to pay for the Gram product
+TOP_SVD_SHARE = 0.25
+
+
+def top_svd(matrix: Tensor, k: int | None = None) -> Svd:
+    """The k leading singular triplets of a float64 matrix (all of them when k is None).
+
+    For a small k the full SVD's O(d^3) bidiagonalization is most of the work and all of it is wasted on
+    the trailing triplets: instead, the k leading eigenvectors of the smaller Gram matrix (LAPACK's
+    subset eigensolver, ~4x cheaper than the SVD at d = 384, k = 8) give an orthonormal basis Q of the
+    leading singular subspace, and an exact small SVD of Q^T M (k x in) gives the triplets. Q Q^T M is
+    the exact projection, whatever the accuracy of tiny eigenvalues, so the rank-k product is the
+    best one up to the round-off of the subspace (~eps * s_1^2 / the eigengap, checked against the full
+    SVD to 1e-10 in the tests).
+    """
+    out_f, in_f = matrix.shape
+    small = min(out_f, in_f)
+    if k is None or k > TOP_SVD_SHARE * small:
+        u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+        return Svd(u, s, vh, float(torch.linalg.norm(s)))
+    norm = float(torch.linalg.norm(matrix))
+    if k <= 0 or norm == 0.0:
+        return Svd(matrix.new_zeros(out_f, 0), matrix.new_zeros(0), matrix.new_zeros(0, in_f), norm)
+    wide = out_f <= in_f
+    gram = matrix @ matrix.T if wide else matrix.T @ matrix
+    _, vectors = scipy.linalg.eigh(gram.numpy(), subset_by_index=[small - k, small - 1], driver="evr")
+    basis = torch.from_numpy(vectors[:, ::-1].copy())  # [small, k], leading first
+    if wide:
+        u_core, s, vh = torch.linalg.svd(basis.T @ matrix, full_matrices=False)
+        return Svd(basis @ u_core, s, vh, norm)
+    u, s, vh_core = torch.linalg.svd(matrix @ basis, full_matrices=False)
+    return Svd(u, s, vh_core @ basis.T, norm)
+
+
 def svd_from_factors(b_cat: Tensor, a_cat: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """SVD (U, S, Vh) of B_cat @ A_cat via QR of both factors and an R x R core SVD, in float64."""
+    u, s, vh, _ = factored_svd(b_cat, a_cat)
+    return u, s, vh
+
+
+def factored_svd(b_cat: Tensor, a_cat: Tensor, top: int | None = None) -> Svd:
+    """`svd_from_factors`, of only the `top` leading triplets when it is given (`top_svd`)."""
     b64, a64 = b_cat.to(torch.float64), a_cat.to(torch.float64)
     inner = b64.shape[1]
     if inner >= min(b64.shape[0], a64.shape[1]):  # stacked rank not smaller than dW: dense is cheaper
-        return torch.linalg.svd(b64 @ a64, full_matrices=False)
+        return top_svd(b64 @ a64, top)
     q_b, r_b = torch.linalg.qr(b64)  # [out, R], [R, R]
     q_a, r_a = torch.linalg.qr(a64.T)  # [in, R], [R, R]
-    u_core, s, vh_core = torch.linalg.svd(r_b @ r_a.T)
-    return q_b @ u_core, s, vh_core @ q_a.T
+    core = top_svd(r_b @ r_a.T, top)
+    return Svd(q_b @ core.u, core.s, core.vh @ q_a.T, core.norm)
 
 
 # the stacked rank `weighted_sum_svd` casts to float64 and multiplies at a time
@@ -63,9 +116,14 @@ STACK_CHUNK_RANK = 2048
 
 
 def weighted_sum_svd(
-    updates: Sequence[LowRank], weights: Sequence[float], *, chunk_rank: int = STACK_CHUNK_RANK
-) -> tuple[Tensor, Tensor, Tensor]:
-    """SVD of sum_k w_k dW_k, as `svd_from_factors(*stack(updates, weights))` computes it.
+    updates: Sequence[LowRank],
+    weights: Sequence[float],
+    *,
+    top: int | None = None,
+    chunk_rank: int = STACK_CHUNK_RANK,
+) -> Svd:
+    """SVD of sum_k w_k dW_k, as `factored_svd(*stack(updates, weights), top)` computes it: the `top`
+    leading triplets (the largest rank a member takes back) or, without it, all of them.
 
     A stack wider than `chunk_rank` (and than d, where the SVD is of the dense d x d sum anyway) is
     multiplied out part by part into that d x d sum: the same products, without a float32 and a float64
@@ -74,7 +132,7 @@ def weighted_sum_svd(
     """
     out_f, in_f = updates[0].b.shape[0], updates[0].a.shape[1]
     if sum(u.a.shape[0] for u in updates) <= max(chunk_rank, min(out_f, in_f) - 1):
-        return svd_from_factors(*stack(updates, weights))
+        return factored_svd(*stack(updates, weights), top)
     dense = torch.zeros(out_f, in_f, dtype=torch.float64)
     start = 0
     while start < len(updates):
@@ -85,7 +143,7 @@ def weighted_sum_svd(
         b_part, a_part = stack(updates[start:stop], weights[start:stop])
         dense.addmm_(b_part.to(torch.float64), a_part.to(torch.float64))
         start = stop
-    return torch.linalg.svd(dense, full_matrices=False)
+    return top_svd(dense, top)
 
 
 # bytes of float64 d x d matrices that `mixed_svds` holds at once, for each of its two working blocks
@@ -95,22 +153,29 @@ Row = Sequence[tuple[int, float]]  # (index into the updates, weight) of one wei
 
 
 def mixed_svds(
-    updates: Sequence[LowRank], rows: Sequence[Row], *, chunk_bytes: int = MIX_CHUNK_BYTES
-) -> Iterator[tuple[int, tuple[Tensor, Tensor, Tensor]]]:
-    """(i, SVD of sum_j w_ij dW_j) for every row i of a mixing matrix over the same `updates`.
+    updates: Sequence[LowRank],
+    rows: Sequence[Row],
+    *,
+    tops: Sequence[int] | None = None,
+    chunk_bytes: int = MIX_CHUNK_BYTES,
+) -> Iterator[tuple[int, Svd]]:
+    """(i, SVD of sum_j w_ij dW_j) for every row i of a mixing matrix over the same `updates`; of only
+    its `tops[i]` leading triplets when `tops` is given (a client keeps its own rank of the sum, and at
+    1000 clients the full SVDs of the rest were 90% of personalization).
 
     A row whose stacked rank is below min(out, in) goes through `stack` + `svd_from_factors` exactly as
     a single sum does. A row of larger stacked rank would have `svd_from_factors` form the d x d product
     of an [out, R] and an [R, in] factor, R the row's total rank: one whole cluster's worth of work per
     client, which grows as clients x cluster size x rank. Such rows are instead mixed from each update's
     dense dW, computed once per block of rows, so the same sums cost clients x cluster size x d^2.
-    Rows come back in no particular order (the light ones first); each SVD is the full one of the sum.
+    Rows come back in no particular order (the light ones first).
     """
     out_f, in_f = updates[0].b.shape[0], updates[0].a.shape[1]
+    top = (lambda i: None) if tops is None else tops.__getitem__
     heavy: dict[tuple[int, ...], list[int]] = {}
     for i, row in enumerate(rows):
         if sum(updates[j].a.shape[0] for j, _ in row) < min(out_f, in_f):
-            yield i, svd_from_factors(*stack([updates[j] for j, _ in row], [w for _, w in row]))
+            yield i, factored_svd(*stack([updates[j] for j, _ in row], [w for _, w in row]), top(i))
         else:
             heavy.setdefault(tuple(sorted(j for j, _ in row)), []).append(i)
     step = max(1, chunk_bytes // (8 * out_f * in_f))
@@ -127,7 +192,8 @@ def mixed_svds(
                 dense = once if once is not None else _dense_updates(updates, columns[c0 : c0 + step])
                 mixed.addmm_(weights[start : start + mixed.shape[0], c0 : c0 + dense.shape[0]], dense)
             for r, flat in enumerate(mixed):
-                yield members[start + r], torch.linalg.svd(flat.view(out_f, in_f), full_matrices=False)
+                i = members[start + r]
+                yield i, top_svd(flat.view(out_f, in_f), top(i))
 
 
 def _dense_updates(updates: Sequence[LowRank], columns: Sequence[int]) -> Tensor:
@@ -140,11 +206,15 @@ def _dense_updates(updates: Sequence[LowRank], columns: Sequence[int]) -> Tensor
     return out
 
 
-def truncate(u: Tensor, s: Tensor, vh: Tensor, rank: int, scale: float) -> tuple[Tensor, Tensor, float]:
+def truncate(
+    u: Tensor, s: Tensor, vh: Tensor, rank: int, scale: float, *, norm: float | None = None
+) -> tuple[Tensor, Tensor, float]:
     """Rank-r factors (A [r, in], B [out, r]) for a client with LoRA scale s_k, and the relative error.
 
     Singular values are split evenly (sqrt on each side) and B is divided by s_k, so that
-    s_k * B @ A is the best rank-r approximation.
+    s_k * B @ A is the best rank-r approximation. `norm`, the Frobenius norm of the whole matrix, is
+    needed when (u, s, vh) hold only the leading triplets (`top_svd`): the error is then the norm left
+    over, sqrt(norm^2 - sum of the kept s^2).
     """
     keep = min(rank, s.shape[0])
     root = torch.sqrt(s[:keep])
@@ -153,8 +223,12 @@ def truncate(u: Tensor, s: Tensor, vh: Tensor, rank: int, scale: float) -> tuple
     if keep < rank:
         a = torch.cat([a, a.new_zeros(rank - keep, a.shape[1])])
         b = torch.cat([b, b.new_zeros(b.shape[0], rank - keep)], dim=1)
-    total = torch.linalg.norm(s)
-    error = float(torch.linalg.norm(s[keep:]) / total) if total > 0 else 0.0
+    if norm is None:
+        total = torch.linalg.norm(s)
+        error = float(torch.linalg.norm(s[keep:]) / total) if total > 0 else 0.0
+    else:
+        kept = float(torch.sum(s[:keep] ** 2))
+        error = float(np.sqrt(max(norm**2 - kept, 0.0))) / norm if norm > 0 else 0.0
     return a, b, error
 
 
