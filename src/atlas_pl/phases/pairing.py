@@ -1,0 +1,378 @@
+"""Peer-to-peer pairing: which peer devices run each client's server half (pure functions, no Lightning).
+
+Under `topology=server` one coordinator runs every client's blocks [s_k, L) and head. The base
+specification wants no device to host the entire model and no central party to host layers: each
+client's server half runs instead on a *route* of peers, contiguous segments [a, b) of blocks on
+devices of its own cluster (the peers that hold the same task, so a segment's adapters stay within the
+group that aggregates them). This module decides the routes from what Phase 2 already knows: the
+memory model prices every segment (base blocks, adapters with gradients and AdamW state, activations of
+the owner's batch, the boundary tensors) and every device's own client half; device speeds turn each
+segment's FLOPs into seconds, so the choice balances the simulated round time.
+
+The rules, in order of precedence:
+1. every device's memory (own half + every hosted segment) stays within its budget;
+2. no device holds all L blocks (its own half and hosted segments together): each leaves one block of
+   [its split, L) to others (`missing_blocks`), different ones across a cluster;
+3. a client never hosts its own server half (its raw data and its activations stay apart by design);
+4. peers of the same cluster first; a client that no same-cluster peer can host falls back to peers of
+   other clusters, then to the server when `server_fallback` allows it; otherwise an error names the
+   cluster, the devices and the shortfall;
+5. segment by segment from the client's split: a peer that can take the whole remainder, else the one
+   that takes the most blocks (fewer hops: less traffic); among equals, the one whose simulated busy
+   time ends lowest. Other clusters' peers only for a segment no same-cluster peer can take.
+Clients are placed longest server half first, the classic longest-processing-time order for balance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from atlas_pl.errors import AtlasError
+from atlas_pl.phases.memory import (
+    MemorySettings,
+    ModelArch,
+    _block_activation_elems,
+    dtype_bytes,
+    lora_activation_bytes,
+    lora_bytes,
+)
+
+SERVER = "server"  # the host of last resort (topology.server_fallback=true)
+
+
+class PairingError(AtlasError, ValueError):
+    """No pairing exists for a cluster: names the cluster, its devices and the shortfall."""
+
+
+@dataclass(frozen=True)
+class PeerClient:
+    """What pairing needs of one client: its device and cluster, Phase 2's split and ranks, its work."""
+
+    index: int
+    device: str  # profile name
+    cluster: int
+    split: int
+    ranks: Mapping[int, int]  # every block, client and server half
+    own_bytes: int  # its client half, as Phase 2 priced it (MemoryBreakdown.total)
+    head_params: int  # elements of its task head (the last segment carries it)
+    steps: int  # training steps per round (sets the segment's work)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Blocks [start, stop) of one client's server half on one host (a client index, or SERVER)."""
+
+    host: int | str
+    start: int
+    stop: int
+    head: bool
+    bytes: int
+    flops: float  # per round
+
+
+@dataclass
+class Route:
+    client: int
+    segments: list[Segment] = field(default_factory=list)
+    fallback: str | None = None  # None | "other_cluster" | "server"
+
+    @property
+    def hosts(self) -> list[int | str]:
+        return [s.host for s in self.segments]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "client": self.client,
+            "fallback": self.fallback,
+            "segments": [
+                {
+                    "host": s.host,
+                    "blocks": [s.start, s.stop],
+                    "head": s.head,
+                    "bytes": s.bytes,
+                    "flops": s.flops,
+                }
+                for s in self.segments
+            ],
+        }
+
+
+# -- prices ----------------------------------------------------------------------------------------------
+def block_flops(arch: ModelArch, settings: MemorySettings) -> float:
+    """FLOPs of one block in a split training step: forward (2 per weight per token) and the backward to
+    the block's input (2 more); the frozen weights take no gradient and the LoRA terms are negligible."""
+    return 4.0 * settings.tokens * (sum(arch.block_params) / arch.num_layers)
+
+
+def segment_bytes(
+    arch: ModelArch,
+    start: int,
+    stop: int,
+    ranks: Mapping[int, int],
+    settings: MemorySettings,
+    *,
+    head_params: int,
+    with_base: bool,
+) -> int:
+    """Memory a host needs for blocks [start, stop) of one client's server half.
+
+    Adapters (parameters, gradients, AdamW state) at the client's ranks; what autograd keeps for the
+    owner's batch (every block here has an input that requires grad, as in the server half today); the
+    boundary tensors (h in and g out, plus h out and g in when the route goes on); the head and its
+    optimizer when the segment ends the model. The frozen base blocks only when `with_base`: a device
+    keeps one copy of each base block however many segments it runs.
+    """
+    if not 0 < start < stop <= arch.num_layers:
+        raise ValueError(f"segment [{start}, {stop}) invalid for {arch.num_layers} blocks")
+    blocks = range(start, stop)
+    state = lora_bytes(arch, ranks, blocks, settings.lora_dtype)
+    size_base, size_lora = dtype_bytes(settings.base_dtype), dtype_bytes(settings.lora_dtype)
+    base_e, fp32_e, lora_e = _block_activation_elems(arch, settings, first=False)
+    activations = len(blocks) * (base_e * size_base + fp32_e * 4 + lora_e * size_lora)
+    activations += sum(lora_activation_bytes(arch, int(ranks[b]), settings) for b in blocks)
+    if settings.attention == "sdpa":
+        activations += settings.batch_size * settings.seq_len**2 * size_base  # the additive mask
+    last = stop == arch.num_layers
+    boundary = (2 if last else 4) * settings.tokens * arch.hidden * size_base + 8 * settings.tokens
+    head = head_params * (4 + 4 + 8) if last else 0  # fp32 parameters, gradients, two AdamW moments
+    base = sum(arch.block_params[start:stop]) * size_base if with_base else 0
+    return state.param_bytes + state.grad_bytes + state.optimizer_bytes + activations + boundary + head + base
+
+
+# -- the search ------------------------------------------------------------------------------------------
+@dataclass
+class _Host:
+    """A device's running account while routes are placed."""
+
+    index: int
+    device: str
+    cluster: int
+    budget: int
+    speed: float  # FLOP/s
+    used: int  # bytes: its own client half, then hosted segments
+    blocks: set[int]  # base blocks held (own [0, split) and hosted)
+    busy: float  # simulated seconds of work per round
+    missing: int  # the block this device never holds (so that it never holds all L)
+
+
+def pair(
+    arch: ModelArch,
+    clients: Sequence[PeerClient],
+    budgets: Mapping[str, int],
+    speeds: Mapping[str, float],
+    settings: MemorySettings,
+    *,
+    server_fallback: bool = False,
+) -> list[Route]:
+    """One route per client (in client order) under the rules of the module docstring."""
+    per_block = block_flops(arch, settings)
+    missing = missing_blocks(arch, clients)
+    hosts = {
+        c.index: _Host(
+            c.index,
+            c.device,
+            c.cluster,
+            int(budgets[c.device]),
+            float(speeds[c.device]),
+            c.own_bytes,
+            set(range(c.split)),
+            c.split * per_block * c.steps / float(speeds[c.device]),
+            missing[c.index],
+        )
+        for c in clients
+    }
+    routes: dict[int, Route] = {}
+    order = sorted(clients, key=lambda c: (-(arch.num_layers - c.split) * c.steps, c.index))
+    for client in order:
+        routes[client.index] = _route(arch, client, hosts, settings, per_block, server_fallback)
+    return [routes[c.index] for c in clients]
+
+
+def _route(
+    arch: ModelArch,
+    client: PeerClient,
+    hosts: Mapping[int, _Host],
+    settings: MemorySettings,
+    per_block: float,
+    server_fallback: bool,
+) -> Route:
+    peers = [h for h in hosts.values() if h.index != client.index]
+    same = [h for h in peers if h.cluster == client.cluster]
+    other = [h for h in peers if h.cluster != client.cluster]
+    segments = _place(arch, client, (same, other), settings, per_block)
+    if segments is not None:
+        for segment in segments:
+            host = hosts[int(segment.host)]
+            host.used += segment.bytes
+            host.blocks.update(range(segment.start, segment.stop))
+            host.busy += segment.flops / host.speed
+        off = any(hosts[int(s.host)].cluster != client.cluster for s in segments)
+        return Route(client.index, segments, "other_cluster" if off else None)
+    if server_fallback:
+        flops = (arch.num_layers - client.split) * per_block * client.steps
+        whole = Segment(SERVER, client.split, arch.num_layers, True, 0, flops)
+        return Route(client.index, [whole], "server")
+    raise _no_pairing(arch, client, peers, settings)
+
+
+def _place(
+    arch: ModelArch,
+    client: PeerClient,
+    tiers: Sequence[Sequence[_Host]],
+    settings: MemorySettings,
+    per_block: float,
+) -> list[Segment] | None:
+    """Segments covering [split, L), each from the first tier of hosts that can take a block there
+    (tentatively: the caller charges the accounts), or None when some block fits on no host at all.
+
+    A host runs at most one segment of a route. Since a host keeps its own blocks [0, s_h), it can end
+    the route only if s_h < the segment's start (else it would hold all L blocks): with equal splits in
+    a cluster every route takes at least two hops.
+    """
+    last = arch.num_layers
+    start, segments = client.split, list[Segment]()
+    while start < last:
+        best = None
+        for tier in tiers:
+            best = _best_segment(arch, client, tier, segments, start, settings, per_block)
+            if best is not None:
+                break
+        if best is None:
+            return None
+        segments.append(best)
+        start = best.stop
+    return segments
+
+
+def _best_segment(
+    arch: ModelArch,
+    client: PeerClient,
+    candidates: Sequence[_Host],
+    taken: Sequence[Segment],
+    start: int,
+    settings: MemorySettings,
+    per_block: float,
+) -> Segment | None:
+    """The whole remainder on the host that finishes it earliest, else the longest piece (fewest hops),
+    ties to the earliest finish."""
+    last = arch.num_layers
+    best: tuple[tuple[float, ...], Segment] | None = None
+    for host in candidates:
+        if any(s.host == host.index for s in taken):
+            continue
+        stop = _longest_fit(arch, client, host, start, settings)
+        if stop <= start:
+            continue
+        flops = (stop - start) * per_block * client.steps
+        finish = host.busy + flops / host.speed
+        key = (0.0 if stop == last else 1.0, -(stop - start), finish, host.index)
+        if best is None or key < best[0]:
+            size = _cost(arch, client, host, start, stop, settings)
+            best = (key, Segment(host.index, start, stop, stop == last, size, flops))
+    return None if best is None else best[1]
+
+
+def _cost(
+    arch: ModelArch,
+    client: PeerClient,
+    host: _Host,
+    start: int,
+    stop: int,
+    settings: MemorySettings,
+) -> int:
+    """Bytes [start, stop) adds to `host`: the segment, plus the base blocks it does not hold yet."""
+    new_blocks = set(range(start, stop)) - host.blocks
+    size = segment_bytes(
+        arch, start, stop, client.ranks, settings, head_params=client.head_params, with_base=False
+    )
+    return size + sum(arch.block_params[b] for b in new_blocks) * dtype_bytes(settings.base_dtype)
+
+
+def missing_blocks(arch: ModelArch, clients: Sequence[PeerClient]) -> dict[int, int]:
+    """The one block each device leaves to others, spread over each cluster's server blocks.
+
+    Placing segments greedily and only checking "not all L blocks" lets the first routes make every
+    peer a holder of the same tail, after which later routes find no host for it (3 clients of equal
+    split in a cluster: the third route had to leave the cluster). Fixing beforehand which block a device
+    never takes, different ones across a cluster (from the last block down, within [s_h, L)), keeps for
+    every block some peers that may take it and ends every route in at most a few hops.
+    """
+    out: dict[int, int] = {}
+    for cluster in sorted({c.cluster for c in clients}):
+        members = sorted((c for c in clients if c.cluster == cluster), key=lambda c: c.index)
+        for position, c in enumerate(members):
+            out[c.index] = arch.num_layers - 1 - position % (arch.num_layers - c.split)
+    return out
+
+
+def _longest_fit(
+    arch: ModelArch,
+    client: PeerClient,
+    host: _Host,
+    start: int,
+    settings: MemorySettings,
+) -> int:
+    """The largest stop with [start, stop) within the host's budget and short of its missing block."""
+    best = start
+    for stop in range(start + 1, arch.num_layers + 1):
+        if start <= host.missing < stop:
+            break
+        if host.used + _cost(arch, client, host, start, stop, settings) > host.budget:
+            break
+        best = stop
+    return best
+
+
+def _no_pairing(
+    arch: ModelArch, client: PeerClient, peers: Sequence[_Host], settings: MemorySettings
+) -> PairingError:
+    first = client.split
+    head = client.head_params if first + 1 == arch.num_layers else 0
+    need = segment_bytes(arch, first, first + 1, client.ranks, settings, head_params=head, with_base=True)
+    free = {h.index: h.budget - h.used for h in peers}
+    whole = [h.index for h in peers if h.missing == first]
+    cluster = {f"{h.index}:{h.device}": free[h.index] for h in peers if h.cluster == client.cluster}
+    most = max(free.values(), default=0)
+    why = f"block {first} needs up to {need} bytes; the most any peer has free is {most}"
+    if whole:
+        why += f"; clients {whole} leave block {first} to others, or they would hold all {arch.num_layers}"
+    return PairingError(
+        f"no pairing for cluster {client.cluster}: no peer can host client {client.index}'s server half "
+        f"(blocks [{first}, {arch.num_layers})): {why} (free bytes in its cluster by client:device: "
+        f"{cluster}; shortfall {max(0, need - most)} bytes); valid: larger "
+        "devices.profiles.<device>.memory_gb, more clients per cluster, or topology.server_fallback=true"
+    )
+
+
+def device_memory(
+    arch: ModelArch, clients: Sequence[PeerClient], routes: Sequence[Route], settings: MemorySettings
+) -> dict[int, dict[str, int]]:
+    """Each device's bytes by kind (own half, hosted adapters and activations, hosted base blocks),
+    recomputed from the routes alone: what pairing.json records and the tests check against budgets."""
+    by_index = {c.index: c for c in clients}
+    out = {
+        c.index: {"own_half": c.own_bytes, "hosted": 0, "hosted_base": 0, "total": c.own_bytes}
+        for c in clients
+    }
+    held = {c.index: set(range(c.split)) for c in clients}
+    size_base = dtype_bytes(settings.base_dtype)
+    for route in routes:
+        owner = by_index[route.client]
+        for s in route.segments:
+            if s.host == SERVER:
+                continue
+            host = int(s.host)
+            hosted = segment_bytes(
+                arch, s.start, s.stop, owner.ranks, settings, head_params=owner.head_params, with_base=False
+            )
+            new_blocks = set(range(s.start, s.stop)) - held[host]
+            held[host] |= new_blocks
+            base = sum(arch.block_params[b] for b in new_blocks) * size_base
+            out[host]["hosted"] += hosted
+            out[host]["hosted_base"] += base
+            out[host]["total"] += hosted + base
+    for index, blocks in held.items():
+        out[index]["blocks_held"] = len(blocks)
+    return out

@@ -1,0 +1,156 @@
+"""Peer-to-peer pairing: budgets hold, nobody holds the whole model, same cluster first, clear refusals."""
+
+from __future__ import annotations
+
+import pytest
+
+from atlas_pl.phases.allocation import allocate
+from atlas_pl.phases.memory import GIB, MemorySettings, ModelArch, client_memory
+from atlas_pl.phases.pairing import (
+    SERVER,
+    PairingError,
+    PeerClient,
+    Route,
+    block_flops,
+    device_memory,
+    missing_blocks,
+    pair,
+    segment_bytes,
+)
+
+from .test_allocation import _arch
+
+QUICK = MemorySettings(batch_size=16, seq_len=64)
+SEED_MIX = {"cpu_2gb": 2.0, "tablet_4gb": 4.0, "laptop_8gb": 8.0, "gpu_16gb": 16.0}
+SPEEDS = {"cpu_2gb": 2.0e10, "tablet_4gb": 5.0e10, "laptop_8gb": 2.0e11, "gpu_16gb": 1.0e13}
+
+
+def _clients(
+    arch: ModelArch, devices: list[str], clusters: list[int], budgets: dict[str, int], max_split: int = 3
+) -> list[PeerClient]:
+    """Phase 2's plan for these devices, the splits capped so that peers have blocks left to host (with
+    the default L - 1 every device keeps 5 of 6 blocks and nobody could take a last block)."""
+    allocations = allocate(arch, devices, budgets, QUICK, max_split=max_split)
+    return [
+        PeerClient(
+            k, a.device, c, a.split, a.ranks, a.memory.total, head_params=arch.hidden * 2 + 2, steps=25
+        )
+        for k, (a, c) in enumerate(zip(allocations, clusters))
+    ]
+
+
+def _equal(arch: ModelArch, n: int, split: int, device: str = "peer", cluster: int = 0) -> list[PeerClient]:
+    ranks = {b: 8 for b in range(arch.num_layers)}
+    own = client_memory(arch, split, ranks, QUICK).total
+    return [PeerClient(k, device, cluster, split, ranks, own, 770, 25) for k in range(n)]
+
+
+def _check(arch: ModelArch, clients: list[PeerClient], routes: list[Route], budgets: dict[str, int]) -> None:
+    """Every rule that must hold of any pairing."""
+    for client, route in zip(clients, routes):
+        assert route.client == client.index
+        blocks = [(s.start, s.stop) for s in route.segments]
+        assert blocks[0][0] == client.split and blocks[-1][1] == arch.num_layers  # the whole server half
+        assert all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))  # contiguous, in order
+        assert [s.head for s in route.segments] == [False] * (len(blocks) - 1) + [True]
+        assert client.index not in route.hosts  # nobody hosts itself
+    memory = device_memory(arch, clients, routes, QUICK)
+    for client in clients:
+        assert memory[client.index]["total"] <= budgets[client.device], (client, memory[client.index])
+        assert memory[client.index]["blocks_held"] < arch.num_layers
+
+
+def test_seed_mix_pairs_within_clusters_and_budgets() -> None:
+    arch = _arch("minilm_like")
+    budgets = {d: int(gb * GIB) for d, gb in SEED_MIX.items()}
+    devices = ["cpu_2gb", "tablet_4gb", "laptop_8gb", "gpu_16gb", "cpu_2gb", "laptop_8gb", "tablet_4gb"]
+    devices += ["gpu_16gb", "cpu_2gb"]
+    clusters = [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    clients = _clients(arch, devices, clusters, budgets)
+    routes = pair(arch, clients, budgets, SPEEDS, QUICK)
+    _check(arch, clients, routes, budgets)
+    for client, route in zip(clients, routes):
+        assert route.fallback is None
+        assert all(clusters[int(h)] == client.cluster for h in route.hosts)
+
+
+def test_equal_splits_take_two_hops_each_peer_leaving_a_different_block() -> None:
+    """A peer keeping [0, 2) cannot also run [2, 6) (it would hold every block): each leaves one block to
+    the others (5, 4, 3 in index order), so every route takes two hops."""
+    arch = _arch("minilm_like")
+    clients = _equal(arch, 3, split=2)
+    budgets = {"peer": 8 * GIB}
+    routes = pair(arch, clients, budgets, {"peer": 1e10}, QUICK)
+    _check(arch, clients, routes, budgets)
+    assert missing_blocks(arch, clients) == {0: 5, 1: 4, 2: 3}
+    # longest piece first, then whoever may end the route
+    assert [[(s.host, s.start, s.stop) for s in r.segments] for r in routes] == [
+        [(1, 2, 4), (2, 4, 6)],
+        [(0, 2, 5), (2, 5, 6)],
+        [(0, 2, 5), (1, 5, 6)],
+    ]
+
+
+def test_a_peer_short_of_room_takes_part_of_a_half_and_the_next_peer_the_rest() -> None:
+    arch = _arch("minilm_like")
+    clients = _equal(arch, 3, split=2, device="small")
+    owner = clients[0]
+    room = segment_bytes(arch, 2, 4, owner.ranks, QUICK, head_params=0, with_base=True)
+    budgets = {"small": owner.own_bytes + room + 1}  # two server blocks beyond its own half, no more
+    # the first route placed fills both peers; the others go to the server, allowed here
+    routes = pair(arch, clients, budgets, {"small": 1e11}, QUICK, server_fallback=True)
+    _check(arch, clients, routes, budgets)
+    assert [(s.start, s.stop) for s in routes[0].segments] == [(2, 4), (4, 6)]
+
+
+def test_a_singleton_cluster_falls_back_to_another_clusters_peers_then_the_server() -> None:
+    arch = _arch("minilm_like")
+    clients = _equal(arch, 4, split=2)
+    clients[0] = PeerClient(0, "peer", 1, 2, clients[0].ranks, clients[0].own_bytes, 770, 25)  # alone
+    budgets = {"peer": 8 * GIB}
+    routes = pair(arch, clients, budgets, {"peer": 1e11}, QUICK)
+    _check(arch, clients, routes, budgets)
+    assert routes[0].fallback == "other_cluster" and set(routes[0].hosts) <= {1, 2, 3}
+    assert all(r.fallback is None and 0 not in r.hosts for r in routes[1:])  # cluster 0 suffices
+    alone = clients[:1]  # alone in the federation: nobody else to host it
+    with pytest.raises(PairingError, match=r"no pairing for cluster 1: no peer can host client 0"):
+        pair(arch, alone, budgets, {"peer": 1e11}, QUICK)
+    (route,) = pair(arch, alone, budgets, {"peer": 1e11}, QUICK, server_fallback=True)
+    assert route.fallback == "server" and route.hosts == [SERVER] and route.segments[0].head
+
+
+def test_scaled_budgets_leave_no_room_to_host_and_the_refusal_names_the_shortfall() -> None:
+    """seed_mix_scaled fills each device with its own half (Phase 2 spends the whole budget on ranks)."""
+    arch = _arch("minilm_like")
+    budgets = {d: int(gb * GIB / 28) for d, gb in SEED_MIX.items()}
+    clients = _clients(arch, ["cpu_2gb", "tablet_4gb", "laptop_8gb"], [0, 0, 0], budgets, max_split=5)
+    with pytest.raises(PairingError) as err:
+        pair(arch, clients, budgets, SPEEDS, QUICK)
+    message = str(err.value)
+    assert "cluster 0" in message and "shortfall" in message and "tablet_4gb" in message
+    assert "topology.server_fallback=true" in message
+
+
+def test_nobody_is_given_every_block() -> None:
+    """Peers that keep L - 1 blocks each cannot host anyone's last block: refused, not overloaded."""
+    arch = _arch("minilm_like")
+    clients = _equal(arch, 3, split=arch.num_layers - 1)
+    with pytest.raises(PairingError, match="clients \\[1, 2\\] leave block 5 to others"):
+        pair(arch, clients, {"peer": 64 * GIB}, {"peer": 1e12}, QUICK)
+
+
+def test_segment_prices_add_up() -> None:
+    arch = _arch("minilm_like")
+    ranks = {b: 8 for b in range(arch.num_layers)}
+    wide = {b: 64 for b in range(arch.num_layers)}
+    whole = segment_bytes(arch, 2, 6, ranks, QUICK, head_params=0, with_base=False)
+    based = segment_bytes(arch, 2, 6, ranks, QUICK, head_params=0, with_base=True)
+    assert based - whole == sum(arch.block_params[2:6]) * 4
+    assert segment_bytes(arch, 2, 6, wide, QUICK, head_params=0, with_base=False) > whole
+    assert segment_bytes(arch, 2, 6, ranks, QUICK, head_params=1000, with_base=False) == whole + 16_000
+    assert (
+        segment_bytes(arch, 2, 4, ranks, QUICK, head_params=1000, with_base=False) < whole
+    )  # no head mid-route
+    assert block_flops(arch, QUICK) == pytest.approx(4 * 16 * 64 * arch.block_params[0])
+    with pytest.raises(ValueError, match="segment"):
+        segment_bytes(arch, 0, 2, ranks, QUICK, head_params=0, with_base=False)
