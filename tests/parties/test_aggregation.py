@@ -15,10 +15,11 @@ KEYS = [(0, "q"), (1, "q")]
 ALPHA = 16.0
 
 
-def _upload(k: int, rank: int, seed: int, *, head_shape=(2, 8)) -> AdapterUpload:
+def _upload(k: int, rank: int, seed: int, *, head_shape=(2, 8), dims=(6, 8)) -> AdapterUpload:
     gen = torch.Generator().manual_seed(seed)
+    out_f, in_f = dims
     factors = {
-        key: (torch.randn(rank, 8, generator=gen), torch.randn(6, rank, generator=gen)) for key in KEYS
+        key: (torch.randn(rank, in_f, generator=gen), torch.randn(out_f, rank, generator=gen)) for key in KEYS
     }
     head = [torch.randn(*head_shape, generator=gen), torch.randn(head_shape[0], generator=gen)]
     return AdapterUpload(client=k, factors=factors, scaling={0: ALPHA / rank, 1: ALPHA / rank}, head=head)
@@ -250,8 +251,8 @@ def test_a_fresh_lora_init_is_not_mistaken_for_dead_components() -> None:
         assert torch.equal(result.updates[0].factors[key][0], mean_a)
 
 
-def _upload64(k: int, rank: int, seed: int) -> AdapterUpload:
-    up = _upload(k, rank, seed)
+def _upload64(k: int, rank: int, seed: int, dims=(6, 8)) -> AdapterUpload:
+    up = _upload(k, rank, seed, dims=dims)
     factors = {key: (a.double(), b.double()) for key, (a, b) in up.factors.items()}
     return AdapterUpload(k, factors, up.scaling, [t.double() for t in up.head])
 
@@ -333,3 +334,38 @@ def test_members_of_one_rank_get_equal_factors_in_storage_of_their_own(mode: str
         assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
         assert first[0].data_ptr() != second[0].data_ptr() and first[1].data_ptr() != second[1].data_ptr()
         assert first[0].data_ptr() != uploads[0].factors[key][0].data_ptr()
+
+
+@pytest.mark.parametrize("aggregation", ["stack", "laplacian"])
+def test_wide_modules_take_the_partial_svd_and_give_each_client_the_full_svds_truncation(aggregation) -> None:
+    """48 x 40 modules: group() asks for the group's largest rank, personalize() for each client's, and
+    where that is at most a quarter of the core they take the Gram route; every client's factors equal
+    the full SVD's truncation."""
+    ranks = [4, 6, 2, 5, 3, 6]  # stacked rank 26 < 40: the factored core, whose quarter (6.5) >= 6
+    uploads = {k: _upload64(k, r, 60 + k, dims=(48, 40)) for k, r in enumerate(ranks)}
+    if aggregation == "laplacian":
+        labels = [0, 0, 0, 0, 1, 1]
+        adjacency = np.array(
+            [[float(i != j and a == b) for j, b in enumerate(labels)] for i, a in enumerate(labels)]
+        )
+        mixing = mixing_matrix(adjacency / adjacency.sum(axis=1, keepdims=True), 0.5)
+        result = _run(uploads, aggregation="laplacian", mixing=mixing)
+        reference = _reference_personalize(uploads, mixing)
+    else:
+        counts = [3, 1, 4, 1, 5, 9]
+        result = _run(uploads, counts=counts)
+        weights = normalized_weights(counts)
+        reference = {}
+        for k in uploads:
+            reference[k] = {}
+            for key in KEYS:
+                parts = [LowRank(*uploads[j].factors[key], uploads[j].scaling[key[0]]) for j in uploads]
+                u, s, vh = svd_from_factors(*stack(parts, weights))
+                reference[k][key] = truncate(u, s, vh, ranks[k], uploads[k].scaling[key[0]])
+    for k, factors in reference.items():
+        for key, (a_ref, b_ref, _) in factors.items():
+            a, b = result.updates[k].factors[key]
+            assert a.shape == a_ref.shape  # no component re-drawn: the sums are of full rank
+            torch.testing.assert_close(b @ a, b_ref @ a_ref, rtol=1e-9, atol=1e-9)
+        worst = max(err for *_, err in factors.values())
+        assert result.truncation_errors[k] == pytest.approx(worst, abs=1e-7)

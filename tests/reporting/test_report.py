@@ -269,3 +269,23 @@ def test_a_partial_job_is_filed_under_its_job_config_not_a_later_hydra_config(
     _assert_matches(_csv(out / "report.csv"), _expected([j for j in jobs if j != killed]))
     line = next(line for line in (out / "report.md").read_text().splitlines() if f"`{killed.name}`" in line)
     assert "| partial | atlas (eta=0.1) |" in line and ".hydra" not in line
+
+
+def test_convergence_series_skip_rounds_nobody_scored() -> None:
+    """Under fed.eval_every the unscored rounds are absent from the series, so lines join the scored
+    ones instead of breaking at NaN; a seed lacking a scored round is NaN there."""
+    from pathlib import Path
+
+    from atlas_pl.reporting.figures import _series, _task_value
+    from atlas_pl.reporting.reader import Job
+
+    def record(r: int, value: float | None) -> dict:
+        return {"round": r, "per_task": {} if value is None else {"sst2": {"primary": value}}}
+
+    jobs = [
+        Job(Path("a"), "done", "atlas", 0.5, 0, {}, [record(1, None), record(2, 0.6), record(3, 0.7)]),
+        Job(Path("b"), "done", "atlas", 0.5, 1, {}, [record(1, None), record(2, None), record(3, 0.8)]),
+    ]
+    rounds, data = _series(jobs, _task_value("sst2", "primary"))
+    assert rounds.tolist() == [2, 3]
+    assert data[0].tolist() == [0.6, 0.7] and data[1, 1] == 0.8 and data[1, 0] != data[1, 0]  # NaN

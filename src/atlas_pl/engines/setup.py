@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import threadpoolctl
 import torch
 
 from atlas_pl.data import FederatedData, build_federated_data
@@ -87,6 +88,8 @@ def build_federation(settings: Settings) -> Federation:
     seed_everything(settings.seed)
     if settings.trainer.num_threads:
         torch.set_num_threads(settings.trainer.num_threads)
+        # scipy's own BLAS (Phase 4's eigensolver) does not follow torch's setting
+        threadpoolctl.threadpool_limits(settings.trainer.num_threads, user_api="blas")
     spec, backbone, tokenizer, device = load_backbone(settings)
     d = settings.data
     data = build_federated_data(

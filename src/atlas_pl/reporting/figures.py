@@ -155,8 +155,9 @@ def _line_handle(style: Style, label: str) -> Line2D:
 
 
 def _series(jobs: Sequence[Job], value) -> tuple[np.ndarray, np.ndarray]:
-    """Rounds and a (seeds × rounds) array of value(record), NaN where a seed lacks a round."""
-    rounds = sorted({int(r["round"]) for j in jobs for r in j.records})
+    """Rounds and a (seeds × rounds) array of value(record), NaN where a seed lacks a round; rounds
+    that no seed has a value for (not scored: `fed.eval_every`) are left out, so lines join the rest."""
+    rounds = sorted({int(r["round"]) for j in jobs for r in j.records if value(r) is not None})
     data = np.full((len(jobs), len(rounds)), np.nan)
     for i, job in enumerate(jobs):
         for record in job.records:

@@ -48,6 +48,7 @@ IGNORED = (
     "data.glue_dir",
     "data.cache_dir",
     "trainer.num_threads",
+    "fed.eval_every",  # when clients are scored, not what they learn
 )
 ABLATION_PREFIX = "ablation."
 

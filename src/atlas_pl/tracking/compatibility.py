@@ -20,6 +20,7 @@ RESUMABLE_DIFFERENCES = (
     "data.cache_dir",
     "fed.rounds",
     "trainer.num_threads",
+    "fed.eval_every",  # scoring reads the models and never changes their training
     "checkpoint",
 )
 
