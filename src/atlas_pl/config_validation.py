@@ -155,8 +155,8 @@ def validate_config(cfg: DictConfig) -> None:
                 c.fail("devices.mix", device, ", ".join(sorted(profiles)))
     for device in profiles:
         c.number(f"devices.profiles.{device}.memory_gb", low=0, strict_low=True, high=MAX_GIB)
-        for carried in ("compute", "bandwidth_mbps"):  # not read yet, but a result records them
-            c.number(f"devices.profiles.{device}.{carried}", low=0, strict_low=True, optional=True)
+        for speed in ("flops", "bandwidth"):  # FLOP/s and bytes/s; required by topology=p2p
+            c.number(f"devices.profiles.{device}.{speed}", low=0, strict_low=True, optional=True)
     c.number("devices.scale", low=0, strict_low=True, high=MAX_GIB, optional=True)
     c.one_of("devices.assignment", ("seeded", "round_robin"))
 
@@ -211,6 +211,9 @@ def validate_config(cfg: DictConfig) -> None:
             "a non-empty list of positive integer ranks, e.g. [4, 8, 16, 32, 64]",
         )
     c.one_of("allocation.mode", ("importance", "uniform", "fixed"))
+    c.number("allocation.host_reserve", low=0.0, high=0.95, optional=True)
+    c.number("allocation.max_split", low=1, integer=True, optional=True)
+    _check_topology(c, spec)
     c.number("allocation.uniform_rank", low=1, integer=True, optional=True)
     split_mode = c.get("allocation.split")
     if split_mode not in ("auto", None) and spec is not None:
@@ -305,6 +308,29 @@ def validate_config(cfg: DictConfig) -> None:
 
     if c.problems:
         raise ConfigError(c.problems)
+
+
+def _check_topology(c: _Checker, spec: Any) -> None:
+    """p2p needs a model deep enough to leave every device a block, and device speeds to balance by."""
+    c.one_of("topology.name", ("server", "p2p"))
+    if not isinstance(c.get("topology.server_fallback"), bool):
+        c.fail("topology.server_fallback", c.get("topology.server_fallback"), "true or false")
+    max_split = c.get("allocation.max_split")
+    if spec is not None and isinstance(max_split, int) and max_split >= spec.num_layers:
+        c.fail("allocation.max_split", max_split, f"null or an integer in 1..{spec.num_layers - 1}")
+    if c.get("topology.name") != "p2p":
+        return
+    if spec is not None and spec.num_layers < 3:
+        c.fail("topology.name", "p2p", f"server: {spec.name} has {spec.num_layers} blocks, p2p needs >= 3")
+    profiles = c.get("devices.profiles") or {}
+    for device in sorted({str(d) for d in (c.get("devices.mix") or [])} & set(profiles)):
+        for speed, unit in (("flops", "FLOP/s"), ("bandwidth", "bytes/s")):
+            if c.get(f"devices.profiles.{device}.{speed}") is None:
+                c.fail(
+                    f"devices.profiles.{device}.{speed}",
+                    None,
+                    f"a positive number ({unit}) under topology=p2p, which prices each peer's work with it",
+                )
 
 
 def _check_batched_clients(c: _Checker) -> None:

@@ -128,17 +128,32 @@ class AllocationSettings:
     uniform_rank: int | None
     split: int | None  # None = auto (per device)
     drop_infeasible: bool
+    max_split: int | None = None  # None: L - 1, or L - 2 under topology=p2p
+    host_reserve: float = 0.0  # share of each budget left for hosted segments (topology=p2p)
+
+
+@dataclass(frozen=True)
+class TopologySettings:
+    """Where server halves run: `server` (one host, also the coordinator) or `p2p` (routes of peers)."""
+
+    name: str = "server"
+    server_fallback: bool = False
+
+    @property
+    def p2p(self) -> bool:
+        return self.name == "p2p"
 
 
 @dataclass(frozen=True)
 class DeviceProfile:
-    """One device type. Only `memory_gb` is read today (Phase 2's budget); `compute` (relative speed) and
-    `bandwidth_mbps` are carried for the peer-to-peer topology's simulated time, which reads them."""
+    """One device type: `memory_gb` is Phase 2's budget; `flops` (sustained FLOP/s) and `bandwidth`
+    (bytes/s of its link) price the work and traffic of peer-to-peer pairing (conf/devices says why
+    each figure is what it is)."""
 
     name: str
     memory_gb: float
-    compute: float | None = None
-    bandwidth_mbps: float | None = None
+    flops: float | None = None
+    bandwidth: float | None = None
 
 
 @dataclass(frozen=True)
@@ -215,6 +230,7 @@ class Settings:
     clustering: ClusteringSettings
     graph: GraphSettings
     allocation: AllocationSettings
+    topology: TopologySettings
     devices: DevicesSettings
     ablation: AblationSettings
     trainer: TrainerSettings
@@ -297,14 +313,24 @@ def _fingerprint(c: dict[str, Any]) -> FingerprintSettings:
     )
 
 
-def _allocation(c: dict[str, Any]) -> AllocationSettings:
+def _allocation(c: dict[str, Any], p2p: bool) -> AllocationSettings:
     split = c.get("split", "auto")
+    reserve = c.get("host_reserve")
     return AllocationSettings(
         mode=str(c["mode"]),
         rank_candidates=tuple(int(r) for r in c["rank_candidates"]),
         uniform_rank=_opt_int(c.get("uniform_rank")),
         split=None if split in (None, "auto") else int(split),
         drop_infeasible=bool(c.get("drop_infeasible", False)),
+        max_split=_opt_int(c.get("max_split")),
+        host_reserve=float(reserve) if reserve is not None else (0.5 if p2p else 0.0),
+    )
+
+
+def _topology(c: dict[str, Any] | None) -> TopologySettings:
+    c = c or {}
+    return TopologySettings(
+        name=str(c.get("name", "server")), server_fallback=bool(c.get("server_fallback", False))
     )
 
 
@@ -313,8 +339,8 @@ def _devices(c: dict[str, Any]) -> DevicesSettings:
         str(name): DeviceProfile(
             name=str(name),
             memory_gb=float(p["memory_gb"]),
-            compute=None if p.get("compute") is None else float(p["compute"]),
-            bandwidth_mbps=None if p.get("bandwidth_mbps") is None else float(p["bandwidth_mbps"]),
+            flops=None if p.get("flops") is None else float(p["flops"]),
+            bandwidth=None if p.get("bandwidth") is None else float(p["bandwidth"]),
         )
         for name, p in c["profiles"].items()
     }
@@ -381,7 +407,8 @@ def settings_from_dict(c: dict[str, Any]) -> Settings:
             ensure_connectivity=bool(graph.get("ensure_connectivity", True)),
             knn=int(graph.get("knn", 2)),
         ),
-        allocation=_allocation(c["allocation"]),
+        allocation=_allocation(c["allocation"], _topology(c.get("topology")).p2p),
+        topology=_topology(c.get("topology")),
         devices=_devices(c["devices"]),
         ablation=_ablation(c["ablation"]),
         trainer=TrainerSettings(

@@ -113,7 +113,7 @@ def test_a_singleton_cluster_falls_back_to_another_clusters_peers_then_the_serve
     assert routes[0].fallback == "other_cluster" and set(routes[0].hosts) <= {1, 2, 3}
     assert all(r.fallback is None and 0 not in r.hosts for r in routes[1:])  # cluster 0 suffices
     alone = clients[:1]  # alone in the federation: nobody else to host it
-    with pytest.raises(PairingError, match=r"no pairing for cluster 1: no peer can host client 0"):
+    with pytest.raises(PairingError, match=r"no pairing for cluster 1: no peer can host block 2 of client 0"):
         pair(arch, alone, budgets, {"peer": 1e11}, QUICK)
     (route,) = pair(arch, alone, budgets, {"peer": 1e11}, QUICK, server_fallback=True)
     assert route.fallback == "server" and route.hosts == [SERVER] and route.segments[0].head

@@ -34,7 +34,8 @@ from atlas_pl.parties.client import ClientParty
 from atlas_pl.parties.coordinator import Coordinator
 from atlas_pl.parties.evaluation import model_digest
 from atlas_pl.parties.host import ServerHost
-from atlas_pl.parties.link import LocalLink, TrafficLedger
+from atlas_pl.parties.link import LocalLink, RouteLink, TrafficLedger
+from atlas_pl.parties.peers import hop_names
 from atlas_pl.phases.allocation import ClientAllocation
 from atlas_pl.phases.memory import ModelArch
 from atlas_pl.settings import Settings
@@ -92,6 +93,8 @@ class InProcessEngine:
         for party, alloc in zip(self.parties, self.coordinator.allocations):
             if not alloc.dropped:
                 self._rebuild(party, alloc)
+        if self.settings.topology.p2p:  # a function of the restored allocation and clusters
+            self.orchestrator.pair_peers(arch, self.coordinator.allocations)
         self.orchestrator.clustering_records = list(state["clustering_records"])
         self.orchestrator.clustering_summaries = list(state["clustering_summaries"])
 
@@ -116,7 +119,7 @@ class InProcessEngine:
             ClientModule(
                 p.index,  # the party's index names it everywhere: host, ledger, orchestrator
                 p.model.client,
-                LocalLink(p.index, self.host, self.ledger),
+                self._link(p.index),
                 lr=s.fed.lr,
                 weight_decay=s.fed.weight_decay,
             )
@@ -183,6 +186,13 @@ class InProcessEngine:
         epochs = (self.checkpointer.start_round - 1) * self.settings.fed.local_epochs
         for t in self.training:
             set_completed_epochs(t.trainer, epochs)
+
+    def _link(self, index: int) -> LocalLink:
+        """The client's way to its server half: the server, or under topology=p2p its route of peers."""
+        route = self.orchestrator.routes.get(index)
+        if route is None:
+            return LocalLink(index, self.host, self.ledger)
+        return RouteLink(index, self.host, self.ledger, hop_names(route))
 
     def _train_batched(self, round_index: int, progress: Any) -> dict[int, tuple[float, float]]:
         """Every participant's epochs in lock-stepped batched steps, then Phase 4 (no Lightning fit)."""

@@ -36,6 +36,15 @@ from atlas_pl.parties.discovery import (
 )
 from atlas_pl.parties.host import ServerHost
 from atlas_pl.parties.messages import AdapterUpload, Fingerprint
+from atlas_pl.parties.peers import (
+    ROUTE_COLUMNS,
+    hop_names,
+    pairing_record,
+    peer_clients,
+    plan_routes,
+    route_rows,
+    write_pairing,
+)
 from atlas_pl.parties.planning import (
     RANK_COLUMNS,
     allocation_record,
@@ -45,6 +54,7 @@ from atlas_pl.parties.planning import (
 )
 from atlas_pl.phases.allocation import ClientAllocation
 from atlas_pl.phases.memory import ModelArch
+from atlas_pl.phases.pairing import Route
 from atlas_pl.settings import Settings
 from atlas_pl.tracking.tracker import Tracker
 
@@ -72,6 +82,7 @@ class FederatedOrchestrator(pl.Callback):
         self.tracker = tracker
         self.device = device
         self.round = 0
+        self.routes: dict[int, Route] = {}  # topology=p2p: client index -> its hosts (Phase 2's end)
         self.pending: set[int] = set()
         self.seconds: dict[int, float] = defaultdict(float)
         self.aggregation_seconds = 0.0  # this round's Phase 4, which runs inside the last client's fit
@@ -224,8 +235,30 @@ class FederatedOrchestrator(pl.Callback):
         self.tracker.log_table(
             "allocation/ranks", RANK_COLUMNS, rank_rows(ids, tasks, allocations), round_index=1
         )
+        if self.settings.topology.p2p:
+            self.pair_peers(arch, allocations)
         self.seconds[1] += time.perf_counter() - started
         return allocations
+
+    def pair_peers(self, arch: ModelArch, allocations: Sequence[ClientAllocation]) -> None:
+        """topology=p2p: each kept client's route of peer hosts, recorded; raises PairingError."""
+        clients = peer_clients(
+            self.settings,
+            allocations,
+            self.coordinator.clusters,
+            [len(p.data.train) for p in self.parties],
+            [sum(t.numel() for t in p.model.server.head.parameters()) for p in self.parties],
+        )
+        routes = plan_routes(self.settings, arch, clients)
+        self.routes = {r.client: r for r in routes}
+        write_pairing(self.tracker.out_dir, pairing_record(self.settings, arch, clients, routes))
+        self.tracker.log_table("pairing/routes", ROUTE_COLUMNS, route_rows(routes), round_index=1)
+        for route in routes:
+            log.info(
+                "pairing: client %d -> %s",
+                route.client,
+                ", ".join(f"{h}[{s.start},{s.stop})" for h, s in zip(hop_names(route), route.segments)),
+            )
 
     # -- a round ----------------------------------------------------------------------------------------
     def start_round(self, round_index: int) -> None:

@@ -97,6 +97,19 @@ def count_exchange(
     ledger.send(host_name, me, "activation_grads", returned)
 
 
+def count_route(
+    ledger: TrafficLedger, client: int, hops: list[str], sent: Iterable[Tensor], returned: Iterable[Tensor]
+) -> None:
+    """One exchange over a route of hosts (topology=p2p): the activations, mask and labels go from hop
+    to hop and dL/dh comes back the same way; every boundary tensor has the shape and dtype of the
+    client's own (the hidden size does not change between blocks), so each hop carries the same bytes."""
+    sent, returned = list(sent), list(returned)
+    count_exchange(ledger, client, hops[0], sent, returned)
+    for near, far in zip(hops, hops[1:]):
+        ledger.send(near, far, "activations", sent)
+        ledger.send(far, near, "activation_grads", returned)
+
+
 class HostsServerHalves(Protocol):
     """What a link needs of the party that runs a client's server half."""
 
@@ -129,3 +142,17 @@ class LocalLink:
 
     def infer(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
         return self.host.infer(self.client, hidden, attention_mask)
+
+
+class RouteLink(LocalLink):
+    """A link to a server half that runs on a route of peers (topology=p2p): computed by the same host
+    in this process, every hop counted."""
+
+    def __init__(self, client: int, host: HostsServerHalves, ledger: TrafficLedger, hops: list[str]):
+        super().__init__(client, host, ledger, hops[0])
+        self.hops = list(hops)
+
+    def exchange(self, message: Activations) -> ActivationGrads:
+        reply = self.host.process(message)
+        count_route(self.ledger, self.client, self.hops, message.tensors(), (reply.grad,))
+        return reply

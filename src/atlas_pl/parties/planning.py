@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from atlas_pl.phases.allocation import ClientAllocation, allocate
+from atlas_pl.phases.allocation import ClientAllocation, InfeasibleClientError, allocate
 from atlas_pl.phases.memory import MemorySettings, ModelArch, budget_bytes, client_memory, lora_bytes
 from atlas_pl.settings import DevicesSettings, Settings
 from atlas_pl.tracking.results import write_json
@@ -120,19 +120,54 @@ def plan(
     if source is not None and importance is not None:
         profiles = importance_profiles(source, importance, labels)
     alloc = settings.allocation
+    try:
+        return _allocate(settings, arch, client_ids, devices, profiles, mode)
+    except InfeasibleClientError as err:
+        if not alloc.host_reserve:
+            raise
+        raise InfeasibleClientError(
+            err.client, err.device, err.budget, err.memory, err.rank, err.split, alloc.host_reserve
+        ) from None
+
+
+def _allocate(
+    settings: Settings,
+    arch: ModelArch,
+    client_ids: Sequence[int],
+    devices: Sequence[str],
+    profiles: list[np.ndarray] | None,
+    mode: str,
+) -> list[ClientAllocation]:
+    alloc = settings.allocation
     return allocate(
         arch,
         list(devices),
-        device_budgets(settings.devices),
+        own_half_budgets(settings),
         memory_settings(settings),
         profiles,
         candidates=list(alloc.rank_candidates),
         mode=mode,
         uniform_rank=alloc.uniform_rank if mode == "uniform" else None,
         split=alloc.split,
+        max_split=max_split(settings, arch.num_layers),
         drop_infeasible=alloc.drop_infeasible,
         client_ids=list(client_ids),
     )
+
+
+def own_half_budgets(settings: Settings) -> dict[str, int]:
+    """What Phase 2 may spend on a client's own half: the device's budget less `allocation.host_reserve`,
+    the share kept for the peers' segments it will host under topology=p2p."""
+    keep = 1.0 - settings.allocation.host_reserve
+    return {name: int(budget * keep) for name, budget in device_budgets(settings.devices).items()}
+
+
+def max_split(settings: Settings, num_layers: int) -> int | None:
+    """`allocation.max_split`, or under topology=p2p L - 2: with L - 1 blocks on every device of a
+    cluster, no peer could take anyone's last block without then holding the whole model."""
+    if settings.allocation.max_split is not None:
+        return settings.allocation.max_split
+    return num_layers - 2 if settings.topology.p2p else None
 
 
 def allocation_record(

@@ -58,11 +58,19 @@ class InfeasibleClientError(AtlasError, ValueError):
     """A client whose device cannot hold even one block (or the fixed split) at the minimum rank."""
 
     def __init__(
-        self, client: Any, device: str, budget: int, memory: MemoryBreakdown, rank: int, split: int = 1
+        self,
+        client: Any,
+        device: str,
+        budget: int,
+        memory: MemoryBreakdown,
+        rank: int,
+        split: int = 1,
+        reserve: float = 0.0,
     ) -> None:
         self.client = client
         self.device = device
         self.budget = budget
+        self.memory, self.rank, self.split = memory, rank, split
         self.required = memory.total
         self.shortfall = memory.total - budget
         blocks = "even 1 block" if split == 1 else f"{split} blocks"
@@ -73,6 +81,12 @@ class InfeasibleClientError(AtlasError, ValueError):
             f"budget is {_fmt(budget)}, short by {_fmt(self.shortfall)}. Raise "
             f"devices.profiles.{device}.memory_gb, lower fed.batch_size or data.max_len, or set "
             "allocation.drop_infeasible=true to drop such clients."
+            + (
+                f" The budget is what allocation.host_reserve={reserve:g} leaves of the device for its own "
+                "half (topology=p2p keeps the rest for hosting peers); a lower reserve also helps."
+                if reserve
+                else ""
+            )
         )
 
 

@@ -201,8 +201,8 @@ def _route(
     peers = [h for h in hosts.values() if h.index != client.index]
     same = [h for h in peers if h.cluster == client.cluster]
     other = [h for h in peers if h.cluster != client.cluster]
-    segments = _place(arch, client, (same, other), settings, per_block)
-    if segments is not None:
+    segments, stuck = _place(arch, client, (same, other), settings, per_block)
+    if stuck is None:
         for segment in segments:
             host = hosts[int(segment.host)]
             host.used += segment.bytes
@@ -214,7 +214,7 @@ def _route(
         flops = (arch.num_layers - client.split) * per_block * client.steps
         whole = Segment(SERVER, client.split, arch.num_layers, True, 0, flops)
         return Route(client.index, [whole], "server")
-    raise _no_pairing(arch, client, peers, settings)
+    raise _no_pairing(arch, client, peers, settings, stuck)
 
 
 def _place(
@@ -223,9 +223,9 @@ def _place(
     tiers: Sequence[Sequence[_Host]],
     settings: MemorySettings,
     per_block: float,
-) -> list[Segment] | None:
+) -> tuple[list[Segment], int | None]:
     """Segments covering [split, L), each from the first tier of hosts that can take a block there
-    (tentatively: the caller charges the accounts), or None when some block fits on no host at all.
+    (tentatively: the caller charges the accounts), and the block no host can take (None: covered).
 
     A host runs at most one segment of a route. Since a host keeps its own blocks [0, s_h), it can end
     the route only if s_h < the segment's start (else it would hold all L blocks): with equal splits in
@@ -240,10 +240,10 @@ def _place(
             if best is not None:
                 break
         if best is None:
-            return None
+            return segments, start
         segments.append(best)
         start = best.stop
-    return segments
+    return segments, None
 
 
 def _best_segment(
@@ -326,9 +326,8 @@ def _longest_fit(
 
 
 def _no_pairing(
-    arch: ModelArch, client: PeerClient, peers: Sequence[_Host], settings: MemorySettings
+    arch: ModelArch, client: PeerClient, peers: Sequence[_Host], settings: MemorySettings, first: int
 ) -> PairingError:
-    first = client.split
     head = client.head_params if first + 1 == arch.num_layers else 0
     need = segment_bytes(arch, first, first + 1, client.ranks, settings, head_params=head, with_base=True)
     free = {h.index: h.budget - h.used for h in peers}
@@ -339,8 +338,9 @@ def _no_pairing(
     if whole:
         why += f"; clients {whole} leave block {first} to others, or they would hold all {arch.num_layers}"
     return PairingError(
-        f"no pairing for cluster {client.cluster}: no peer can host client {client.index}'s server half "
-        f"(blocks [{first}, {arch.num_layers})): {why} (free bytes in its cluster by client:device: "
+        f"no pairing for cluster {client.cluster}: no peer can host block {first} of client "
+        f"{client.index}'s server half [{client.split}, {arch.num_layers}): {why} (free bytes in its "
+        "cluster by client:device: "
         f"{cluster}; shortfall {max(0, need - most)} bytes); valid: larger "
         "devices.profiles.<device>.memory_gb, more clients per cluster, or topology.server_fallback=true"
     )
