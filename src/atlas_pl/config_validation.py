@@ -320,6 +320,10 @@ def _check_topology(c: _Checker, spec: Any) -> None:
         c.fail("allocation.max_split", max_split, f"null or an integer in 1..{spec.num_layers - 1}")
     if c.get("topology.name") != "p2p":
         return
+    if c.get("ablation.pipeline") == "centralized":
+        c.fail(
+            "topology.name", "p2p", "server with ablation=centralized (one unsplit model: no halves to pair)"
+        )
     if spec is not None and spec.num_layers < 3:
         c.fail("topology.name", "p2p", f"server: {spec.name} has {spec.num_layers} blocks, p2p needs >= 3")
     profiles = c.get("devices.profiles") or {}

@@ -106,5 +106,7 @@ def test_p2p_refusals_name_the_setting(tmp_path) -> None:
         _cfg(tmp_path, "topology=p2p", "devices.profiles.cpu_2gb.flops=null")
     with pytest.raises(ValueError, match="topology.name='mesh' is invalid; valid: server, p2p"):
         _cfg(tmp_path, "topology.name=mesh")
+    with pytest.raises(ValueError, match="no halves to pair"):
+        _cfg(tmp_path, "topology=p2p", "ablation=centralized")
     with pytest.raises(ValueError, match="allocation.host_reserve"):
         _cfg(tmp_path, "allocation.host_reserve=1.5")
