@@ -320,6 +320,12 @@ def _check_topology(c: _Checker, spec: Any) -> None:
         c.fail("allocation.max_split", max_split, f"null or an integer in 1..{spec.num_layers - 1}")
     if c.get("topology.name") != "p2p":
         return
+    if c.get("trainer.batched_clients") is True:
+        c.fail(
+            "trainer.batched_clients",
+            True,
+            "false with topology=p2p (the batched step counts every exchange as the server's)",
+        )
     if c.get("ablation.pipeline") == "centralized":
         c.fail(
             "topology.name", "p2p", "server with ablation=centralized (one unsplit model: no halves to pair)"

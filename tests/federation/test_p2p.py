@@ -97,6 +97,12 @@ def test_every_hop_of_a_route_carries_the_clients_boundary_tensors(smoke_run) ->
             if k == kind and src.startswith("peer/") and dst.startswith("peer/")
         )
         assert relayed == sum((hops[c] - 1) * own[c] for c in own) > 0
+    # every byte of every (source, destination) is in the totals: clients' own, or relayed between peers
+    totals = json.loads((run.dir / "summary.json").read_text())["totals"]
+    assert (
+        sum(row[-1] for row in ledger)
+        == totals["upload_bytes"] + totals["download_bytes"] + totals["relay_bytes"]
+    )
 
 
 def test_p2p_refusals_name_the_setting(tmp_path) -> None:
@@ -110,3 +116,23 @@ def test_p2p_refusals_name_the_setting(tmp_path) -> None:
         _cfg(tmp_path, "topology=p2p", "ablation=centralized")
     with pytest.raises(ValueError, match="allocation.host_reserve"):
         _cfg(tmp_path, "allocation.host_reserve=1.5")
+
+
+def test_batched_clients_are_refused_under_p2p(tmp_path) -> None:
+    with pytest.raises(ValueError, match="false with topology=p2p"):
+        _cfg(tmp_path, "topology=p2p", "trainer.batched_clients=true")
+
+
+@pytest.mark.integration
+def test_a_p2p_job_extended_by_resume_keeps_its_routes_and_metrics(smoke_run, tmp_path) -> None:
+    from atlas_pl.run import run_job
+
+    one_round = [o for o in P2P if not o.startswith("fed.rounds")]
+    run_job(_cfg(tmp_path, "ablation=atlas", *one_round, "fed.rounds=1"))
+    routes = json.loads((tmp_path / "pairing.json").read_text())["routes"]
+    run_job(_cfg(tmp_path, "ablation=atlas", *one_round, "fed.rounds=2", "resume=true"))
+    straight = smoke_run("ablation=atlas", *P2P)
+    extended = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert _clients(extended) == _clients(straight.records())
+    assert json.loads((tmp_path / "pairing.json").read_text())["routes"] == routes
+    assert json.loads((straight.dir / "pairing.json").read_text())["routes"] == routes

@@ -15,6 +15,7 @@ from atlas_pl.phases.pairing import (
     device_memory,
     missing_blocks,
     pair,
+    plan_pairing,
     segment_bytes,
 )
 
@@ -154,3 +155,42 @@ def test_segment_prices_add_up() -> None:
     assert block_flops(arch, QUICK) == pytest.approx(4 * 16 * 64 * arch.block_params[0])
     with pytest.raises(ValueError, match="segment"):
         segment_bytes(arch, 0, 2, ranks, QUICK, head_params=0, with_base=False)
+
+
+def test_clusters_of_one_pair_across_clusters_instead_of_all_leaving_the_last_block() -> None:
+    """local_only puts every client in a cluster of its own: per-cluster spreading would make every
+    device leave block L - 1 and nobody could end a route; the global spread pairs them."""
+    arch = _arch("minilm_like")
+    clients = [
+        PeerClient(c.index, c.device, c.index, c.split, c.ranks, c.own_bytes, 770, 25)
+        for c in _equal(arch, 4, 2)
+    ]
+    assert set(missing_blocks(arch, clients, "cluster").values()) == {5}
+    pairing = plan_pairing(arch, clients, {"peer": 8 * GIB}, {"peer": 1e11}, QUICK)
+    assert pairing.strategy == "global"
+    assert all(r.fallback == "other_cluster" for r in pairing.routes)  # nobody shares a cluster
+    _check(arch, clients, pairing.routes, {"peer": 8 * GIB})
+
+
+def test_mixed_splits_find_the_pairing_one_fixed_rule_misses() -> None:
+    """Splits (2, 2, 4) of 6: spreading per cluster makes clients 0 and 2 both leave block 5, and then
+    nobody may end client 1's route; placing with the plain 'not every block' check finds one."""
+    arch = _arch("minilm_like")
+    ranks = {b: 8 for b in range(arch.num_layers)}
+    clients = [
+        PeerClient(k, "peer", 0, s, ranks, client_memory(arch, s, ranks, QUICK).total, 770, 25)
+        for k, s in enumerate([2, 2, 4])
+    ]
+    pairing = plan_pairing(arch, clients, {"peer": 64 * GIB}, {"peer": 1e11}, QUICK)
+    assert pairing.strategy != "cluster" and all(r.fallback is None for r in pairing.routes)
+    _check(arch, clients, pairing.routes, {"peer": 64 * GIB})
+
+
+def test_pairing_is_a_function_of_its_inputs() -> None:
+    arch = _arch("minilm_like")
+    budgets = {d: int(gb * GIB) for d, gb in SEED_MIX.items()}
+    devices = ["cpu_2gb", "tablet_4gb", "laptop_8gb", "gpu_16gb"] * 2
+    clients = _clients(arch, devices, [0, 0, 0, 0, 1, 1, 1, 1], budgets)
+    first = [r.to_json() for r in pair(arch, clients, budgets, SPEEDS, QUICK)]
+    again = [r.to_json() for r in pair(arch, list(clients), dict(budgets), dict(SPEEDS), QUICK)]
+    assert first == again

@@ -93,8 +93,9 @@ class InProcessEngine:
         for party, alloc in zip(self.parties, self.coordinator.allocations):
             if not alloc.dropped:
                 self._rebuild(party, alloc)
-        if self.settings.topology.p2p:  # a function of the restored allocation and clusters
-            self.orchestrator.pair_peers(arch, self.coordinator.allocations)
+        if self.settings.topology.p2p:  # a function of the allocation and the clusters it was made from
+            clusters = state.get("pairing_clusters") or self.coordinator.clusters
+            self.orchestrator.pair_peers(arch, self.coordinator.allocations, clusters, record=False)
         self.orchestrator.clustering_records = list(state["clustering_records"])
         self.orchestrator.clustering_summaries = list(state["clustering_summaries"])
 
@@ -168,6 +169,7 @@ class InProcessEngine:
             "coordinator": self.coordinator.state_dict(),
             "clustering_records": self.orchestrator.clustering_records,
             "clustering_summaries": self.orchestrator.clustering_summaries,
+            "pairing_clusters": self.orchestrator.pairing_clusters,
         }
 
     @property

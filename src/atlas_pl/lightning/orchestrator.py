@@ -83,6 +83,7 @@ class FederatedOrchestrator(pl.Callback):
         self.device = device
         self.round = 0
         self.routes: dict[int, Route] = {}  # topology=p2p: client index -> its hosts (Phase 2's end)
+        self.pairing_clusters: list[int] = []  # the clusters the routes were made from
         self.pending: set[int] = set()
         self.seconds: dict[int, float] = defaultdict(float)
         self.aggregation_seconds = 0.0  # this round's Phase 4, which runs inside the last client's fit
@@ -240,20 +241,35 @@ class FederatedOrchestrator(pl.Callback):
         self.seconds[1] += time.perf_counter() - started
         return allocations
 
-    def pair_peers(self, arch: ModelArch, allocations: Sequence[ClientAllocation]) -> None:
-        """topology=p2p: each kept client's route of peer hosts, recorded; raises PairingError."""
+    def pair_peers(
+        self,
+        arch: ModelArch,
+        allocations: Sequence[ClientAllocation],
+        clusters: Sequence[int] | None = None,
+        *,
+        record: bool = True,
+    ) -> None:
+        """topology=p2p: each kept client's route of peer hosts; raises PairingError.
+
+        `clusters` are the ones the routes were first made from (a resumed job passes the saved ones,
+        since re-clustering may have changed the coordinator's since); `record` writes pairing.json and
+        the W&B table (a resumed job has them already).
+        """
+        self.pairing_clusters = list(self.coordinator.clusters if clusters is None else clusters)
         clients = peer_clients(
             self.settings,
             allocations,
-            self.coordinator.clusters,
+            self.pairing_clusters,
             [len(p.data.train) for p in self.parties],
             [sum(t.numel() for t in p.model.server.head.parameters()) for p in self.parties],
         )
-        routes = plan_routes(self.settings, arch, clients)
-        self.routes = {r.client: r for r in routes}
-        write_pairing(self.tracker.out_dir, pairing_record(self.settings, arch, clients, routes))
-        self.tracker.log_table("pairing/routes", ROUTE_COLUMNS, route_rows(routes), round_index=1)
-        for route in routes:
+        pairing = plan_routes(self.settings, arch, clients)
+        self.routes = {r.client: r for r in pairing.routes}
+        if not record:
+            return
+        write_pairing(self.tracker.out_dir, pairing_record(self.settings, arch, clients, pairing))
+        self.tracker.log_table("pairing/routes", ROUTE_COLUMNS, route_rows(pairing.routes), round_index=1)
+        for route in pairing.routes:
             log.info(
                 "pairing: client %d -> %s",
                 route.client,

@@ -73,10 +73,16 @@ class TrafficLedger:
         return {direction: dict(kinds) for direction, kinds in out.items()}
 
     def totals(self) -> dict[str, int]:
-        """Job totals of what clients sent and received (the per-client figures summed)."""
+        """Job totals of what clients sent and received (the per-client figures summed), and what
+        peers relayed between the hops of routes (topology=p2p; 0 under topology=server)."""
         up = sum(v for (_, src, _, _), v in self._bytes.items() if src.startswith("client/"))
         down = sum(v for (_, _, dst, _), v in self._bytes.items() if dst.startswith("client/"))
-        return {"upload_bytes": up, "download_bytes": down}
+        relay = sum(
+            v
+            for (_, src, dst, _), v in self._bytes.items()
+            if src.startswith("peer/") and dst.startswith("peer/")
+        )
+        return {"upload_bytes": up, "download_bytes": down, "relay_bytes": relay}
 
     def to_json(self) -> list[list]:
         """Every entry as [round, source, destination, kind, bytes] (what a checkpoint stores)."""

@@ -19,7 +19,7 @@ from atlas_pl.parties.link import SERVER
 from atlas_pl.parties.planning import device_budgets, memory_settings
 from atlas_pl.phases.allocation import ClientAllocation
 from atlas_pl.phases.memory import ModelArch
-from atlas_pl.phases.pairing import PeerClient, Route, device_memory, missing_blocks, pair
+from atlas_pl.phases.pairing import Pairing, PeerClient, Route, device_memory, plan_pairing
 from atlas_pl.settings import Settings
 from atlas_pl.tracking.results import write_json
 
@@ -60,9 +60,9 @@ def peer_clients(
     ]
 
 
-def plan_routes(settings: Settings, arch: ModelArch, clients: Sequence[PeerClient]) -> list[Route]:
+def plan_routes(settings: Settings, arch: ModelArch, clients: Sequence[PeerClient]) -> Pairing:
     speeds = {name: float(p.flops or 0.0) for name, p in settings.devices.profiles.items()}
-    return pair(
+    return plan_pairing(
         arch,
         clients,
         device_budgets(settings.devices),
@@ -73,18 +73,19 @@ def plan_routes(settings: Settings, arch: ModelArch, clients: Sequence[PeerClien
 
 
 def pairing_record(
-    settings: Settings, arch: ModelArch, clients: Sequence[PeerClient], routes: Sequence[Route]
+    settings: Settings, arch: ModelArch, clients: Sequence[PeerClient], pairing: Pairing
 ) -> dict[str, Any]:
     """pairing.json: every route, and every device's memory by kind against its budget."""
     budgets = device_budgets(settings.devices)
-    memory = device_memory(arch, clients, routes, memory_settings(settings))
-    missing = missing_blocks(arch, clients)
+    memory = device_memory(arch, clients, pairing.routes, memory_settings(settings))
+    missing = pairing.missing
     return {
         "topology": settings.topology.name,
         "server_fallback": settings.topology.server_fallback,
         "host_reserve": settings.allocation.host_reserve,
         "num_layers": arch.num_layers,
-        "routes": [r.to_json() for r in routes],
+        "missing_block_strategy": pairing.strategy,
+        "routes": [r.to_json() for r in pairing.routes],
         "devices": [
             {
                 "client": c.index,

@@ -12,7 +12,8 @@ segment's FLOPs into seconds, so the choice balances the simulated round time.
 The rules, in order of precedence:
 1. every device's memory (own half + every hosted segment) stays within its budget;
 2. no device holds all L blocks (its own half and hosted segments together): each leaves one block of
-   [its split, L) to others (`missing_blocks`), different ones across a cluster;
+   [its split, L) to others (`missing_blocks`), or segments are checked as they are placed; four
+   strategies are tried in turn, the last an exhaustive search for small federations (`plan_pairing`);
 3. a client never hosts its own server half (its raw data and its activations stay apart by design);
 4. peers of the same cluster first; a client that no same-cluster peer can host falls back to peers of
    other clusters, then to the server when `server_fallback` allows it; otherwise an error names the
@@ -26,7 +27,7 @@ Clients are placed longest server half first, the classic longest-processing-tim
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from atlas_pl.errors import AtlasError
@@ -154,7 +155,7 @@ class _Host:
     used: int  # bytes: its own client half, then hosted segments
     blocks: set[int]  # base blocks held (own [0, split) and hosted)
     busy: float  # simulated seconds of work per round
-    missing: int  # the block this device never holds (so that it never holds all L)
+    missing: int | None  # the block this device never holds; None: checked as segments are placed
 
 
 def pair(
@@ -167,9 +168,90 @@ def pair(
     server_fallback: bool = False,
 ) -> list[Route]:
     """One route per client (in client order) under the rules of the module docstring."""
+    return plan_pairing(arch, clients, budgets, speeds, settings, server_fallback=server_fallback).routes
+
+
+@dataclass(frozen=True)
+class Pairing:
+    routes: list[Route]
+    strategy: str  # how each device's missing block was chosen (`missing_blocks`)
+    missing: dict[int, int | None]
+
+
+STRATEGIES = ("cluster", "global", "dynamic", "search")
+
+
+def plan_pairing(
+    arch: ModelArch,
+    clients: Sequence[PeerClient],
+    budgets: Mapping[str, int],
+    speeds: Mapping[str, float],
+    settings: MemorySettings,
+    *,
+    server_fallback: bool = False,
+) -> Pairing:
+    """`pair` with the strategy it used: each of `STRATEGIES` is tried (all pure and deterministic); the
+    one that leaves the fewest routes outside their cluster wins, ties to the earlier. The server is
+    asked only when no strategy pairs everyone with peers."""
+    found: list[tuple[int, int, Pairing]] = []
+    first_error: PairingError | None = None
+    for order, strategy in enumerate(STRATEGIES):
+        missing = missing_blocks(arch, clients, strategy)
+        try:
+            if strategy == "search":
+                routes = _search(
+                    arch, clients, _hosts(arch, clients, budgets, speeds, settings, missing), settings
+                )
+            else:
+                routes = _pair_with(arch, clients, budgets, speeds, settings, missing, server_fallback=False)
+        except PairingError as err:
+            first_error = first_error or err
+            continue
+        off = sum(r.fallback is not None for r in routes)
+        found.append((off, order, Pairing(routes, strategy, missing)))
+    if found:
+        return min(found, key=lambda f: f[:2])[2]
+    if not server_fallback:
+        assert first_error is not None
+        raise first_error
+    missing = missing_blocks(arch, clients, STRATEGIES[0])
+    routes = _pair_with(arch, clients, budgets, speeds, settings, missing, server_fallback=True)
+    return Pairing(routes, STRATEGIES[0], missing)
+
+
+def _pair_with(
+    arch: ModelArch,
+    clients: Sequence[PeerClient],
+    budgets: Mapping[str, int],
+    speeds: Mapping[str, float],
+    settings: MemorySettings,
+    missing: Mapping[int, int | None],
+    *,
+    server_fallback: bool,
+) -> list[Route]:
     per_block = block_flops(arch, settings)
-    missing = missing_blocks(arch, clients)
-    hosts = {
+    hosts = _hosts(arch, clients, budgets, speeds, settings, missing)
+    routes: dict[int, Route] = {}
+    for client in _placement_order(arch, clients):
+        routes[client.index] = _route(arch, client, hosts, settings, per_block, server_fallback)
+    return [routes[c.index] for c in clients]
+
+
+def _placement_order(arch: ModelArch, clients: Sequence[PeerClient]) -> list[PeerClient]:
+    """Longest server half (in work per round) first: the classic order for balancing the load."""
+    return sorted(clients, key=lambda c: (-(arch.num_layers - c.split) * c.steps, c.index))
+
+
+def _hosts(
+    arch: ModelArch,
+    clients: Sequence[PeerClient],
+    budgets: Mapping[str, int],
+    speeds: Mapping[str, float],
+    settings: MemorySettings,
+    missing: Mapping[int, int | None],
+) -> dict[int, _Host]:
+    per_block = block_flops(arch, settings)
+    return {
         c.index: _Host(
             c.index,
             c.device,
@@ -183,11 +265,94 @@ def pair(
         )
         for c in clients
     }
-    routes: dict[int, Route] = {}
-    order = sorted(clients, key=lambda c: (-(arch.num_layers - c.split) * c.steps, c.index))
-    for client in order:
-        routes[client.index] = _route(arch, client, hosts, settings, per_block, server_fallback)
-    return [routes[c.index] for c in clients]
+
+
+# the exhaustive fallback: at most this many clients, hops per route and placements tried
+SEARCH_CLIENTS = 48
+SEARCH_HOPS = 3
+SEARCH_NODES = 20_000
+
+
+def _search(
+    arch: ModelArch, clients: Sequence[PeerClient], hosts: dict[int, _Host], settings: MemorySettings
+) -> list[Route]:
+    """Depth-first over each client's possible routes (same-cluster ones first), undoing a placement
+    that leaves a later client without one: finds the pairings the greedy rules miss (splits (2, 2, 4)
+    of 6 in one cluster), for federations small enough to search (`SEARCH_CLIENTS`, `SEARCH_NODES`)."""
+    if len(clients) > SEARCH_CLIENTS:
+        raise PairingError(f"no exhaustive pairing search over {len(clients)} > {SEARCH_CLIENTS} clients")
+    order = _placement_order(arch, clients)
+    per_block = block_flops(arch, settings)
+    left = [SEARCH_NODES]
+
+    def place(i: int, state: dict[int, _Host]) -> dict[int, Route] | None:
+        if i == len(order):
+            return {}
+        left[0] -= 1
+        if left[0] < 0:
+            return None
+        client = order[i]
+        for segments in _all_routes(arch, client, state, settings, per_block):
+            after = {k: replace(h, blocks=set(h.blocks)) for k, h in state.items()}
+            for s in segments:
+                host = after[int(s.host)]
+                host.used += s.bytes
+                host.blocks.update(range(s.start, s.stop))
+                host.busy += s.flops / host.speed
+            rest = place(i + 1, after)
+            if rest is not None:
+                off = any(state[int(s.host)].cluster != client.cluster for s in segments)
+                rest[client.index] = Route(client.index, segments, "other_cluster" if off else None)
+                return rest
+        return None
+
+    found = place(0, hosts)
+    if found is None:
+        raise PairingError(f"no pairing found within {SEARCH_NODES} placements")
+    return [found[c.index] for c in clients]
+
+
+def _all_routes(
+    arch: ModelArch,
+    client: PeerClient,
+    hosts: Mapping[int, _Host],
+    settings: MemorySettings,
+    per_block: float,
+) -> list[list[Segment]]:
+    """Every route of at most `SEARCH_HOPS` feasible segments for `client` given the hosts' state: the
+    fewest other-cluster hops first, then the fewest hops, then the earliest finishing busiest host."""
+    last = arch.num_layers
+    peers = [h for h in hosts.values() if h.index != client.index]
+    out: list[list[Segment]] = []
+
+    def extend(start: int, segments: list[Segment]) -> None:
+        if start == last:
+            out.append(list(segments))
+            return
+        if len(segments) == SEARCH_HOPS:
+            return
+        for host in peers:
+            if any(s.host == host.index for s in segments):
+                continue
+            for stop in range(start + 1, last + 1):
+                if len(host.blocks | set(range(start, stop))) >= last:
+                    break
+                size = _cost(arch, client, host, start, stop, settings)
+                if host.used + size > host.budget:
+                    break
+                flops = (stop - start) * per_block * client.steps
+                segments.append(Segment(host.index, start, stop, stop == last, size, flops))
+                extend(stop, segments)
+                segments.pop()
+
+    extend(client.split, [])
+
+    def key(segments: list[Segment]) -> tuple[int, int, float]:
+        off = sum(hosts[int(s.host)].cluster != client.cluster for s in segments)
+        finish = max(hosts[int(s.host)].busy + s.flops / hosts[int(s.host)].speed for s in segments)
+        return off, len(segments), finish
+
+    return sorted(out, key=key)
 
 
 def _route(
@@ -290,18 +455,27 @@ def _cost(
     return size + sum(arch.block_params[b] for b in new_blocks) * dtype_bytes(settings.base_dtype)
 
 
-def missing_blocks(arch: ModelArch, clients: Sequence[PeerClient]) -> dict[int, int]:
-    """The one block each device leaves to others, spread over each cluster's server blocks.
+def missing_blocks(
+    arch: ModelArch, clients: Sequence[PeerClient], strategy: str = "cluster"
+) -> dict[int, int | None]:
+    """The one block each device leaves to others (`cluster`, `global`), or None (`dynamic`, `search`).
 
-    Placing segments greedily and only checking "not all L blocks" lets the first routes make every
-    peer a holder of the same tail, after which later routes find no host for it (3 clients of equal
-    split in a cluster: the third route had to leave the cluster). Fixing beforehand which block a device
-    never takes, different ones across a cluster (from the last block down, within [s_h, L)), keeps for
-    every block some peers that may take it and ends every route in at most a few hops.
+    Placing segments greedily and only checking "not all L blocks" (`dynamic`) lets the first routes
+    make every peer a holder of the same tail, after which later routes find no host for it (3 clients
+    of equal split in a cluster: the third route had to leave the cluster). Fixing beforehand which
+    block a device never takes, from the last block down within [s_h, L), spread over each cluster's
+    members (`cluster`) or over all devices in index order (`global`: clusters of one, as local_only
+    has, would otherwise all leave the last block), keeps for every block some peers that may take it.
+    No one rule wins every case, so `plan_pairing` tries each.
     """
-    out: dict[int, int] = {}
-    for cluster in sorted({c.cluster for c in clients}):
-        members = sorted((c for c in clients if c.cluster == cluster), key=lambda c: c.index)
+    if strategy in ("dynamic", "search"):  # checked as segments are placed
+        return {c.index: None for c in clients}
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy={strategy!r}; valid: {', '.join(STRATEGIES)}")
+    groups = sorted({c.cluster for c in clients}) if strategy == "cluster" else [None]
+    out: dict[int, int | None] = {}
+    for group in groups:
+        members = sorted((c for c in clients if group is None or c.cluster == group), key=lambda c: c.index)
         for position, c in enumerate(members):
             out[c.index] = arch.num_layers - 1 - position % (arch.num_layers - c.split)
     return out
@@ -314,10 +488,14 @@ def _longest_fit(
     start: int,
     settings: MemorySettings,
 ) -> int:
-    """The largest stop with [start, stop) within the host's budget and short of its missing block."""
+    """The largest stop with [start, stop) within the host's budget and short of its missing block (or,
+    without one, short of every block)."""
     best = start
     for stop in range(start + 1, arch.num_layers + 1):
-        if start <= host.missing < stop:
+        if host.missing is None:
+            if len(host.blocks | set(range(start, stop))) >= arch.num_layers:
+                break
+        elif start <= host.missing < stop:
             break
         if host.used + _cost(arch, client, host, start, stop, settings) > host.budget:
             break
@@ -331,7 +509,11 @@ def _no_pairing(
     head = client.head_params if first + 1 == arch.num_layers else 0
     need = segment_bytes(arch, first, first + 1, client.ranks, settings, head_params=head, with_base=True)
     free = {h.index: h.budget - h.used for h in peers}
-    whole = [h.index for h in peers if h.missing == first]
+    whole = [
+        h.index
+        for h in peers
+        if h.missing == first or (h.missing is None and len(h.blocks | {first}) >= arch.num_layers)
+    ]
     cluster = {f"{h.index}:{h.device}": free[h.index] for h in peers if h.cluster == client.cluster}
     most = max(free.values(), default=0)
     why = f"block {first} needs up to {need} bytes; the most any peer has free is {most}"
