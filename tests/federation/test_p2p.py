@@ -114,6 +114,10 @@ def test_p2p_refusals_name_the_setting(tmp_path) -> None:
         _cfg(tmp_path, "topology.name=mesh")
     with pytest.raises(ValueError, match="no halves to pair"):
         _cfg(tmp_path, "topology=p2p", "ablation=centralized")
+    with pytest.raises(
+        ValueError, match=r"allocation.split=3 is invalid; valid: at most 2 under topology=p2p"
+    ):
+        _cfg(tmp_path, "topology=p2p", "allocation.split=3")
     with pytest.raises(ValueError, match="allocation.host_reserve"):
         _cfg(tmp_path, "allocation.host_reserve=1.5")
 
