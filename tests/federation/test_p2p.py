@@ -140,3 +140,14 @@ def test_a_p2p_job_extended_by_resume_keeps_its_routes_and_metrics(smoke_run, tm
     assert _clients(extended) == _clients(straight.records())
     assert json.loads((tmp_path / "pairing.json").read_text())["routes"] == routes
     assert json.loads((straight.dir / "pairing.json").read_text())["routes"] == routes
+
+
+def test_p2p_records_carry_simulated_time_and_server_records_none(smoke_run) -> None:
+    p2p = smoke_run("ablation=atlas", *P2P).records()
+    server = smoke_run("ablation=atlas", *SERVER_SAME).records()
+    assert all(r["sim_seconds"] > 0 for r in p2p)
+    assert p2p[1]["cumulative_sim_seconds"] == pytest.approx(p2p[0]["sim_seconds"] + p2p[1]["sim_seconds"])
+    for record in p2p:
+        paths = [c["sim_seconds"] for c in record["clients"].values()]
+        assert all(p > 0 for p in paths) and max(paths) <= record["sim_seconds"]
+    assert all("sim_seconds" not in r for r in server)

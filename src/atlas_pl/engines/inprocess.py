@@ -36,8 +36,10 @@ from atlas_pl.parties.evaluation import model_digest
 from atlas_pl.parties.host import ServerHost
 from atlas_pl.parties.link import LocalLink, RouteLink, TrafficLedger
 from atlas_pl.parties.peers import hop_names
+from atlas_pl.parties.planning import memory_settings
 from atlas_pl.phases.allocation import ClientAllocation
 from atlas_pl.phases.memory import ModelArch
+from atlas_pl.phases.simtime import round_time
 from atlas_pl.settings import Settings
 from atlas_pl.tracking.resume import RoundCheckpointer
 from atlas_pl.tracking.tracker import Tracker
@@ -189,6 +191,34 @@ class InProcessEngine:
         for t in self.training:
             set_completed_epochs(t.trainer, epochs)
 
+    def _add_simulated_time(self, round_index: int, record: dict[str, Any], timing: dict[str, float]) -> None:
+        """topology=p2p: the round's simulated seconds on the profiled devices (phases/simtime.py), per
+        client in its entry and for the round, with the running total."""
+        orch = self.orchestrator
+        if not orch.routes or orch.arch is None:
+            return
+        profiles = self.settings.devices.profiles
+        exchanged = {}
+        for c in orch.peer_clients:
+            kinds = self.ledger.by_kind(round_index, c.index)
+            exchanged[c.index] = kinds["upload"].get("activations", 0) + kinds["download"].get(
+                "activation_grads", 0
+            )
+        times = round_time(
+            orch.arch,
+            memory_settings(self.settings),
+            orch.peer_clients,
+            list(orch.routes.values()),
+            {name: float(p.flops or 0.0) for name, p in profiles.items()},
+            {name: float(p.bandwidth or 0.0) for name, p in profiles.items()},
+            exchanged,
+        )
+        for k, seconds in times.clients.items():
+            record["clients"][str(self.parties[k].data.client_id)]["sim_seconds"] = seconds
+        before = self.log.records[-1].get("cumulative_sim_seconds", 0.0) if self.log.records else 0.0
+        timing["sim_seconds"] = times.seconds
+        timing["cumulative_sim_seconds"] = before + times.seconds
+
     def _link(self, index: int) -> LocalLink:
         """The client's way to its server half: the server, or under topology=p2p its route of peers."""
         route = self.orchestrator.routes.get(index)
@@ -290,6 +320,7 @@ class InProcessEngine:
                 "evaluation_seconds": evaluation,
                 "fingerprint_seconds": self.orchestrator.fingerprint_seconds.get(round_index, 0.0),
             }
+            self._add_simulated_time(round_index, record, timing)
             self.tracker.log_round(self.log.add(record, timing))
             log_round(record, s.fed.rounds)
             check_not_diverged(round_index, rows, s.fed.lr)

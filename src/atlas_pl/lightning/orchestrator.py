@@ -54,7 +54,7 @@ from atlas_pl.parties.planning import (
 )
 from atlas_pl.phases.allocation import ClientAllocation
 from atlas_pl.phases.memory import ModelArch
-from atlas_pl.phases.pairing import Route
+from atlas_pl.phases.pairing import PeerClient, Route
 from atlas_pl.settings import Settings
 from atlas_pl.tracking.tracker import Tracker
 
@@ -84,6 +84,8 @@ class FederatedOrchestrator(pl.Callback):
         self.round = 0
         self.routes: dict[int, Route] = {}  # topology=p2p: client index -> its hosts (Phase 2's end)
         self.pairing_clusters: list[int] = []  # the clusters the routes were made from
+        self.peer_clients: list[PeerClient] = []  # what pairing and simulated time price
+        self.arch: ModelArch | None = None
         self.pending: set[int] = set()
         self.seconds: dict[int, float] = defaultdict(float)
         self.aggregation_seconds = 0.0  # this round's Phase 4, which runs inside the last client's fit
@@ -265,6 +267,7 @@ class FederatedOrchestrator(pl.Callback):
         )
         pairing = plan_routes(self.settings, arch, clients)
         self.routes = {r.client: r for r in pairing.routes}
+        self.peer_clients, self.arch = clients, arch
         if not record:
             return
         write_pairing(self.tracker.out_dir, pairing_record(self.settings, arch, clients, pairing))
