@@ -333,10 +333,8 @@ def _check_topology(c: _Checker, spec: Any) -> None:
     if spec is not None and spec.num_layers < 3:
         c.fail("topology.name", "p2p", f"server: {spec.name} has {spec.num_layers} blocks, p2p needs >= 3")
     elif spec is not None:  # a fixed split skips Phase 2's p2p cap: the same bound, checked here
-        fixed = (
-            c.get("model.split_point") if c.get("allocation.mode") == "fixed" else c.get("allocation.split")
-        )
         key = "model.split_point" if c.get("allocation.mode") == "fixed" else "allocation.split"
+        fixed = c.get(key)
         if isinstance(fixed, int) and fixed > spec.num_layers - 2:
             c.fail(
                 key,

@@ -381,6 +381,7 @@ def settings_from_dict(c: dict[str, Any]) -> Settings:
     """Settings from a resolved config dict (what `job_config.json` holds); no validation."""
     seed = int(c["seed"])
     graph = c.get("graph") or {}
+    topology = _topology(c.get("topology"))
     trainer = c["trainer"]
     checkpoint = c.get("checkpoint") or {}
     clustering = c["clustering"]
@@ -407,8 +408,8 @@ def settings_from_dict(c: dict[str, Any]) -> Settings:
             ensure_connectivity=bool(graph.get("ensure_connectivity", True)),
             knn=int(graph.get("knn", 2)),
         ),
-        allocation=_allocation(c["allocation"], _topology(c.get("topology")).p2p),
-        topology=_topology(c.get("topology")),
+        allocation=_allocation(c["allocation"], topology.p2p),
+        topology=topology,
         devices=_devices(c["devices"]),
         ablation=_ablation(c["ablation"]),
         trainer=TrainerSettings(

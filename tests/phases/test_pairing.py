@@ -15,7 +15,6 @@ from atlas_pl.phases.pairing import (
     device_memory,
     missing_blocks,
     pair,
-    plan_pairing,
     segment_bytes,
 )
 
@@ -68,7 +67,7 @@ def test_seed_mix_pairs_within_clusters_and_budgets() -> None:
     devices += ["gpu_16gb", "cpu_2gb"]
     clusters = [0, 0, 0, 1, 1, 1, 2, 2, 2]
     clients = _clients(arch, devices, clusters, budgets)
-    routes = pair(arch, clients, budgets, SPEEDS, QUICK)
+    routes = pair(arch, clients, budgets, SPEEDS, QUICK).routes
     _check(arch, clients, routes, budgets)
     for client, route in zip(clients, routes):
         assert route.fallback is None
@@ -81,7 +80,7 @@ def test_equal_splits_take_two_hops_each_peer_leaving_a_different_block() -> Non
     arch = _arch("minilm_like")
     clients = _equal(arch, 3, split=2)
     budgets = {"peer": 8 * GIB}
-    routes = pair(arch, clients, budgets, {"peer": 1e10}, QUICK)
+    routes = pair(arch, clients, budgets, {"peer": 1e10}, QUICK).routes
     _check(arch, clients, routes, budgets)
     assert missing_blocks(arch, clients) == {0: 5, 1: 4, 2: 3}
     # longest piece first, then whoever may end the route
@@ -99,7 +98,7 @@ def test_a_peer_short_of_room_takes_part_of_a_half_and_the_next_peer_the_rest() 
     room = segment_bytes(arch, 2, 4, owner.ranks, QUICK, head_params=0, with_base=True)
     budgets = {"small": owner.own_bytes + room + 1}  # two server blocks beyond its own half, no more
     # the first route placed fills both peers; the others go to the server, allowed here
-    routes = pair(arch, clients, budgets, {"small": 1e11}, QUICK, server_fallback=True)
+    routes = pair(arch, clients, budgets, {"small": 1e11}, QUICK, server_fallback=True).routes
     _check(arch, clients, routes, budgets)
     assert [(s.start, s.stop) for s in routes[0].segments] == [(2, 4), (4, 6)]
 
@@ -109,14 +108,14 @@ def test_a_singleton_cluster_falls_back_to_another_clusters_peers_then_the_serve
     clients = _equal(arch, 4, split=2)
     clients[0] = PeerClient(0, "peer", 1, 2, clients[0].ranks, clients[0].own_bytes, 770, 25)  # alone
     budgets = {"peer": 8 * GIB}
-    routes = pair(arch, clients, budgets, {"peer": 1e11}, QUICK)
+    routes = pair(arch, clients, budgets, {"peer": 1e11}, QUICK).routes
     _check(arch, clients, routes, budgets)
     assert routes[0].fallback == "other_cluster" and set(routes[0].hosts) <= {1, 2, 3}
     assert all(r.fallback is None and 0 not in r.hosts for r in routes[1:])  # cluster 0 suffices
     alone = clients[:1]  # alone in the federation: nobody else to host it
     with pytest.raises(PairingError, match=r"no pairing for cluster 1: no peer can host block 2 of client 0"):
         pair(arch, alone, budgets, {"peer": 1e11}, QUICK)
-    (route,) = pair(arch, alone, budgets, {"peer": 1e11}, QUICK, server_fallback=True)
+    (route,) = pair(arch, alone, budgets, {"peer": 1e11}, QUICK, server_fallback=True).routes
     assert route.fallback == "server" and route.hosts == [SERVER] and route.segments[0].head
 
 
@@ -166,7 +165,7 @@ def test_clusters_of_one_pair_across_clusters_instead_of_all_leaving_the_last_bl
         for c in _equal(arch, 4, 2)
     ]
     assert set(missing_blocks(arch, clients, "cluster").values()) == {5}
-    pairing = plan_pairing(arch, clients, {"peer": 8 * GIB}, {"peer": 1e11}, QUICK)
+    pairing = pair(arch, clients, {"peer": 8 * GIB}, {"peer": 1e11}, QUICK)
     assert pairing.strategy == "global"
     assert all(r.fallback == "other_cluster" for r in pairing.routes)  # nobody shares a cluster
     _check(arch, clients, pairing.routes, {"peer": 8 * GIB})
@@ -181,7 +180,7 @@ def test_mixed_splits_find_the_pairing_one_fixed_rule_misses() -> None:
         PeerClient(k, "peer", 0, s, ranks, client_memory(arch, s, ranks, QUICK).total, 770, 25)
         for k, s in enumerate([2, 2, 4])
     ]
-    pairing = plan_pairing(arch, clients, {"peer": 64 * GIB}, {"peer": 1e11}, QUICK)
+    pairing = pair(arch, clients, {"peer": 64 * GIB}, {"peer": 1e11}, QUICK)
     assert pairing.strategy != "cluster" and all(r.fallback is None for r in pairing.routes)
     _check(arch, clients, pairing.routes, {"peer": 64 * GIB})
 
@@ -191,6 +190,6 @@ def test_pairing_is_a_function_of_its_inputs() -> None:
     budgets = {d: int(gb * GIB) for d, gb in SEED_MIX.items()}
     devices = ["cpu_2gb", "tablet_4gb", "laptop_8gb", "gpu_16gb"] * 2
     clients = _clients(arch, devices, [0, 0, 0, 0, 1, 1, 1, 1], budgets)
-    first = [r.to_json() for r in pair(arch, clients, budgets, SPEEDS, QUICK)]
-    again = [r.to_json() for r in pair(arch, list(clients), dict(budgets), dict(SPEEDS), QUICK)]
+    first = [r.to_json() for r in pair(arch, clients, budgets, SPEEDS, QUICK).routes]
+    again = [r.to_json() for r in pair(arch, list(clients), dict(budgets), dict(SPEEDS), QUICK).routes]
     assert first == again

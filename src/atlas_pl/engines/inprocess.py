@@ -35,7 +35,7 @@ from atlas_pl.parties.coordinator import Coordinator
 from atlas_pl.parties.evaluation import model_digest
 from atlas_pl.parties.host import ServerHost
 from atlas_pl.parties.link import LocalLink, RouteLink, TrafficLedger
-from atlas_pl.parties.peers import hop_names
+from atlas_pl.parties.peers import device_bandwidths, device_speeds, hop_names
 from atlas_pl.parties.planning import memory_settings
 from atlas_pl.phases.allocation import ClientAllocation
 from atlas_pl.phases.memory import ModelArch
@@ -197,7 +197,6 @@ class InProcessEngine:
         orch = self.orchestrator
         if not orch.routes or orch.arch is None:
             return
-        profiles = self.settings.devices.profiles
         exchanged = {}
         for c in orch.peer_clients:
             kinds = self.ledger.by_kind(round_index, c.index)
@@ -209,8 +208,8 @@ class InProcessEngine:
             memory_settings(self.settings),
             orch.peer_clients,
             list(orch.routes.values()),
-            {name: float(p.flops or 0.0) for name, p in profiles.items()},
-            {name: float(p.bandwidth or 0.0) for name, p in profiles.items()},
+            device_speeds(self.settings),
+            device_bandwidths(self.settings),
             exchanged,
         )
         for k, seconds in times.clients.items():
@@ -257,7 +256,7 @@ class InProcessEngine:
         self.fit_seconds += sum(seconds for _, seconds in reports.values())
         return reports
 
-    def _score(self, party: Any, scored: dict[tuple[str, str], dict[str, float]]) -> dict[str, float]:
+    def _score(self, party: ClientParty, scored: dict[tuple[str, str], dict[str, float]]) -> dict[str, float]:
         """A client's metrics on its task's evaluation set; identical models (e.g. after cluster
         averaging) are scored once."""
         seen = (party.task, model_digest(party.model))

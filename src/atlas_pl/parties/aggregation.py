@@ -33,7 +33,6 @@ from atlas_pl.phases.aggregation import (
     mixed_svds,
     normalized_weights,
     slice_rank,
-    truncate,
     weighted_sum_svd,
 )
 
@@ -214,7 +213,7 @@ class RoundAggregator:
                 scale = self.uploads[k].scaling[key[0]]
                 if (rank, scale) not in given:
                     if self.aggregation == "stack":
-                        given[rank, scale] = truncate(svd.u, svd.s, svd.vh, rank, scale, norm=svd.norm)
+                        given[rank, scale] = svd.truncate(rank, scale)
                     else:
                         given[rank, scale] = (*slice_rank(mean_a, mean_b, rank, scale), None)
                 new_a, new_b, err = given[rank, scale]
@@ -256,9 +255,7 @@ class RoundAggregator:
             ranks = [self.uploads[k].factors[key][0].shape[0] for k in clients]
             for i, svd in mixed_svds(updates, indexed, tops=ranks):
                 k = clients[i]
-                new_a, new_b, err = truncate(
-                    svd.u, svd.s, svd.vh, ranks[i], self.uploads[k].scaling[key[0]], norm=svd.norm
-                )
+                new_a, new_b, err = svd.truncate(ranks[i], self.uploads[k].scaling[key[0]])
                 self._write(k, key, new_a, new_b)
                 errors[k].append(err)
         for k, errs in errors.items():

@@ -19,7 +19,7 @@ from atlas_pl.parties.link import SERVER
 from atlas_pl.parties.planning import device_budgets, memory_settings
 from atlas_pl.phases.allocation import ClientAllocation
 from atlas_pl.phases.memory import ModelArch
-from atlas_pl.phases.pairing import Pairing, PeerClient, Route, device_memory, plan_pairing
+from atlas_pl.phases.pairing import Pairing, PeerClient, Route, device_memory, pair
 from atlas_pl.settings import Settings
 from atlas_pl.tracking.results import write_json
 
@@ -60,13 +60,22 @@ def peer_clients(
     ]
 
 
+def device_speeds(settings: Settings) -> dict[str, float]:
+    """FLOP/s per device profile (validation requires them under p2p)."""
+    return {name: float(p.flops or 0.0) for name, p in settings.devices.profiles.items()}
+
+
+def device_bandwidths(settings: Settings) -> dict[str, float]:
+    """Link bytes/s per device profile (validation requires them under p2p)."""
+    return {name: float(p.bandwidth or 0.0) for name, p in settings.devices.profiles.items()}
+
+
 def plan_routes(settings: Settings, arch: ModelArch, clients: Sequence[PeerClient]) -> Pairing:
-    speeds = {name: float(p.flops or 0.0) for name, p in settings.devices.profiles.items()}
-    return plan_pairing(
+    return pair(
         arch,
         clients,
         device_budgets(settings.devices),
-        speeds,
+        device_speeds(settings),
         memory_settings(settings),
         server_fallback=settings.topology.server_fallback,
     )

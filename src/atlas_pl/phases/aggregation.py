@@ -57,6 +57,10 @@ class Svd(NamedTuple):
     vh: Tensor  # [k, in]
     norm: float
 
+    def truncate(self, rank: int, scale: float) -> tuple[Tensor, Tensor, float]:
+        """`truncate` of these triplets, the error from the whole matrix's norm."""
+        return truncate(self.u, self.s, self.vh, rank, scale, norm=self.norm)
+
 
 # a top-k SVD goes through the Gram matrix only when k is at most this share of min(out, in): beyond it
 # the partial eigendecomposition saves too little over LAPACK's full SVD to pay for the Gram product
@@ -69,8 +73,8 @@ def top_svd(matrix: Tensor, k: int | None = None) -> Svd:
     For a small k the full SVD's O(d^3) bidiagonalization is most of the work and all of it is wasted on
     the trailing triplets: instead, the k leading eigenvectors of the smaller Gram matrix (LAPACK's
     subset eigensolver, ~3.4x cheaper than the SVD with the Gram product at d = 384, k = 8) give an
-    orthonormal basis Q of the
-    leading singular subspace, and an exact small SVD of Q^T M (k x in) gives the triplets. Q Q^T M is
+    orthonormal basis Q of the leading singular subspace, and an exact small SVD of Q^T M (k x in) gives
+    the triplets. Q Q^T M is
     the exact projection, whatever the accuracy of tiny eigenvalues, so the rank-k product is the
     best one up to the round-off of the subspace (~eps * s_1^2 / the eigengap, checked against the full
     SVD to 1e-10 in the tests).

@@ -142,6 +142,11 @@ def segment_bytes(
     return state.param_bytes + state.grad_bytes + state.optimizer_bytes + activations + boundary + head + base
 
 
+def own_half_flops(client: PeerClient, per_block: float) -> float:
+    """FLOPs per round of a client's own blocks [0, split) on its own device."""
+    return client.split * per_block * client.steps
+
+
 # -- the search ------------------------------------------------------------------------------------------
 @dataclass
 class _Host:
@@ -158,19 +163,6 @@ class _Host:
     missing: int | None  # the block this device never holds; None: checked as segments are placed
 
 
-def pair(
-    arch: ModelArch,
-    clients: Sequence[PeerClient],
-    budgets: Mapping[str, int],
-    speeds: Mapping[str, float],
-    settings: MemorySettings,
-    *,
-    server_fallback: bool = False,
-) -> list[Route]:
-    """One route per client (in client order) under the rules of the module docstring."""
-    return plan_pairing(arch, clients, budgets, speeds, settings, server_fallback=server_fallback).routes
-
-
 @dataclass(frozen=True)
 class Pairing:
     routes: list[Route]
@@ -181,7 +173,7 @@ class Pairing:
 STRATEGIES = ("cluster", "global", "dynamic", "search")
 
 
-def plan_pairing(
+def pair(
     arch: ModelArch,
     clients: Sequence[PeerClient],
     budgets: Mapping[str, int],
@@ -190,20 +182,20 @@ def plan_pairing(
     *,
     server_fallback: bool = False,
 ) -> Pairing:
-    """`pair` with the strategy it used: each of `STRATEGIES` is tried (all pure and deterministic); the
-    one that leaves the fewest routes outside their cluster wins, ties to the earlier. The server is
-    asked only when no strategy pairs everyone with peers."""
+    """One route per client (in client order) under the rules of the module docstring, with the
+    strategy that made them: each of `STRATEGIES` is tried (all pure and deterministic); the one that
+    leaves the fewest routes outside their cluster wins, ties to the earlier. The server is asked only
+    when no strategy pairs everyone with peers."""
     found: list[tuple[int, int, Pairing]] = []
     first_error: PairingError | None = None
     for order, strategy in enumerate(STRATEGIES):
         missing = missing_blocks(arch, clients, strategy)
+        hosts = _hosts(arch, clients, budgets, speeds, settings, missing)
         try:
             if strategy == "search":
-                routes = _search(
-                    arch, clients, _hosts(arch, clients, budgets, speeds, settings, missing), settings
-                )
+                routes = _search(arch, clients, hosts, settings)
             else:
-                routes = _pair_with(arch, clients, budgets, speeds, settings, missing, server_fallback=False)
+                routes = _pair_with(arch, clients, hosts, settings, server_fallback=False)
         except PairingError as err:
             first_error = first_error or err
             continue
@@ -215,22 +207,20 @@ def plan_pairing(
         assert first_error is not None
         raise first_error
     missing = missing_blocks(arch, clients, STRATEGIES[0])
-    routes = _pair_with(arch, clients, budgets, speeds, settings, missing, server_fallback=True)
-    return Pairing(routes, STRATEGIES[0], missing)
+    hosts = _hosts(arch, clients, budgets, speeds, settings, missing)
+    return Pairing(_pair_with(arch, clients, hosts, settings, server_fallback=True), STRATEGIES[0], missing)
 
 
 def _pair_with(
     arch: ModelArch,
     clients: Sequence[PeerClient],
-    budgets: Mapping[str, int],
-    speeds: Mapping[str, float],
+    hosts: dict[int, _Host],
     settings: MemorySettings,
-    missing: Mapping[int, int | None],
     *,
     server_fallback: bool,
 ) -> list[Route]:
+    """The greedy placement, client by client in `_placement_order`, charging `hosts` as it goes."""
     per_block = block_flops(arch, settings)
-    hosts = _hosts(arch, clients, budgets, speeds, settings, missing)
     routes: dict[int, Route] = {}
     for client in _placement_order(arch, clients):
         routes[client.index] = _route(arch, client, hosts, settings, per_block, server_fallback)
@@ -260,7 +250,7 @@ def _hosts(
             float(speeds[c.device]),
             c.own_bytes,
             set(range(c.split)),
-            c.split * per_block * c.steps / float(speeds[c.device]),
+            own_half_flops(c, per_block) / float(speeds[c.device]),
             missing[c.index],
         )
         for c in clients
@@ -294,15 +284,10 @@ def _search(
         client = order[i]
         for segments in _all_routes(arch, client, state, settings, per_block):
             after = {k: replace(h, blocks=set(h.blocks)) for k, h in state.items()}
-            for s in segments:
-                host = after[int(s.host)]
-                host.used += s.bytes
-                host.blocks.update(range(s.start, s.stop))
-                host.busy += s.flops / host.speed
+            route = _charge(client, segments, after)
             rest = place(i + 1, after)
             if rest is not None:
-                off = any(state[int(s.host)].cluster != client.cluster for s in segments)
-                rest[client.index] = Route(client.index, segments, "other_cluster" if off else None)
+                rest[client.index] = route
                 return rest
         return None
 
@@ -334,12 +319,8 @@ def _all_routes(
         for host in peers:
             if any(s.host == host.index for s in segments):
                 continue
-            for stop in range(start + 1, last + 1):
-                if len(host.blocks | set(range(start, stop))) >= last:
-                    break
+            for stop in range(start + 1, _longest_fit(arch, client, host, start, settings) + 1):
                 size = _cost(arch, client, host, start, stop, settings)
-                if host.used + size > host.budget:
-                    break
                 flops = (stop - start) * per_block * client.steps
                 segments.append(Segment(host.index, start, stop, stop == last, size, flops))
                 extend(stop, segments)
@@ -368,18 +349,23 @@ def _route(
     other = [h for h in peers if h.cluster != client.cluster]
     segments, stuck = _place(arch, client, (same, other), settings, per_block)
     if stuck is None:
-        for segment in segments:
-            host = hosts[int(segment.host)]
-            host.used += segment.bytes
-            host.blocks.update(range(segment.start, segment.stop))
-            host.busy += segment.flops / host.speed
-        off = any(hosts[int(s.host)].cluster != client.cluster for s in segments)
-        return Route(client.index, segments, "other_cluster" if off else None)
+        return _charge(client, segments, hosts)
     if server_fallback:
         flops = (arch.num_layers - client.split) * per_block * client.steps
         whole = Segment(SERVER, client.split, arch.num_layers, True, 0, flops)
         return Route(client.index, [whole], "server")
     raise _no_pairing(arch, client, peers, settings, stuck)
+
+
+def _charge(client: PeerClient, segments: list[Segment], hosts: Mapping[int, _Host]) -> Route:
+    """Book the segments on their hosts (memory, base blocks, busy time) and name the route's kind."""
+    for segment in segments:
+        host = hosts[int(segment.host)]
+        host.used += segment.bytes
+        host.blocks.update(range(segment.start, segment.stop))
+        host.busy += segment.flops / host.speed
+    off = any(hosts[int(s.host)].cluster != client.cluster for s in segments)
+    return Route(client.index, segments, "other_cluster" if off else None)
 
 
 def _place(
@@ -489,7 +475,8 @@ def _longest_fit(
     settings: MemorySettings,
 ) -> int:
     """The largest stop with [start, stop) within the host's budget and short of its missing block (or,
-    without one, short of every block)."""
+    without one, short of every block). Both tests only get stricter as stop grows, so every stop up
+    to this one passes them too."""
     best = start
     for stop in range(start + 1, arch.num_layers + 1):
         if host.missing is None:

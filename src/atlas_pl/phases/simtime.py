@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from atlas_pl.phases.memory import MemorySettings, ModelArch
-from atlas_pl.phases.pairing import SERVER, PeerClient, Route, block_flops
+from atlas_pl.phases.pairing import SERVER, PeerClient, Route, block_flops, own_half_flops
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ def round_time(
     the same tensors (the hidden size does not change between blocks)."""
     by_index = {c.index: c for c in clients}
     per_block = block_flops(arch, settings)
-    own = {c.index: c.split * per_block * c.steps / speeds[c.device] for c in clients}
+    own = {c.index: own_half_flops(c, per_block) / speeds[c.device] for c in clients}
     busy = dict(own)
     paths: dict[int, float] = {}
     for route in routes:
