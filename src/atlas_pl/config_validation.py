@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from atlas_pl.errors import AtlasError
 from atlas_pl.models.catalog import ModelNotFound, known_models, resolve_model_spec
+from atlas_pl.phases.availability import parse_deadline
 
 GLUE_TASK_NAMES = ("sst2", "cola", "mrpc", "rte", "qnli", "qqp", "mnli")
 LOCAL_GLUE_TASKS = ("sst2", "cola", "mrpc", "rte", "qnli")
@@ -214,6 +215,7 @@ def validate_config(cfg: DictConfig) -> None:
     c.number("allocation.host_reserve", low=0.0, high=0.95, optional=True)
     c.number("allocation.max_split", low=1, integer=True, optional=True)
     _check_topology(c, spec)
+    _check_faults(c)
     c.number("allocation.uniform_rank", low=1, integer=True, optional=True)
     split_mode = c.get("allocation.split")
     if split_mode not in ("auto", None) and spec is not None:
@@ -342,15 +344,63 @@ def _check_topology(c: _Checker, spec: Any) -> None:
                 f"at most {spec.num_layers - 2} under topology=p2p (a peer must be able to "
                 "take each server block without then holding every block)",
             )
+    _require_speeds(c, "topology=p2p, which prices each peer's work with it")
+
+
+def _check_faults(c: _Checker) -> None:
+    """Faults (conf/faults): probabilities in range, a positive deadline, and the profiles time needs."""
+    c.one_of("pairing.name", ("cluster", "random"))
+    drop = c.get("faults.drop")
+    if drop is not None and not (_is_number(drop) and 0.0 <= drop < 1.0):
+        c.fail("faults.drop", drop, "a number in [0, 1) (the probability a client misses a round)")
+    c.number("faults.straggle", low=0.0, high=1.0, optional=True)
+    slowdown = c.get("faults.slowdown")
+    if slowdown is not None and not (
+        len(slowdown) == 2 and all(_is_number(v) for v in slowdown) and 1.0 <= slowdown[0] <= slowdown[1]
+    ):
+        c.fail("faults.slowdown", list(slowdown), "[low, high] with 1 <= low <= high, e.g. [2.0, 8.0]")
+    if c.get("faults.late") is not None:
+        c.one_of("faults.late", ("leave_out", "partial"))
+    try:
+        seconds, multiple = parse_deadline(c.get("faults.deadline"))
+    except (TypeError, ValueError):
+        seconds, multiple = -1.0, None
+    if any(v is not None and not (math.isfinite(v) and v > 0) for v in (seconds, multiple)):
+        c.fail(
+            "faults.deadline",
+            c.get("faults.deadline"),
+            'null, a number of simulated seconds > 0, or "<m>x" '
+            "with m > 0 (m times the median client's path)",
+        )
+    timed = (seconds is not None or multiple is not None) or bool(c.get("faults.straggle"))
+    active = timed or bool(drop)
+    if active and c.get("ablation.pipeline") == "centralized":
+        c.fail(
+            "faults", "on", "none with ablation=centralized (one model on pooled data: no clients to lose)"
+        )
+    if active and c.get("trainer.batched_clients") is True:
+        c.fail("trainer.batched_clients", True, "false with faults (the batched step trains every client)")
+    if not timed:
+        return
+    _require_speeds(c, "faults (stragglers and deadlines are in simulated seconds)")
+    if c.get("topology.name") == "server":
+        for key in ("topology.server.flops", "topology.server.bandwidth"):
+            if not _is_number(c.get(key)) or c.get(key) <= 0:
+                c.fail(key, c.get(key), "a positive number: the server's profile times its work under faults")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _require_speeds(c: _Checker, why: str) -> None:
+    """Every device of the mix needs flops and bandwidth where its work is timed."""
     profiles = c.get("devices.profiles") or {}
     for device in sorted({str(d) for d in (c.get("devices.mix") or [])} & set(profiles)):
         for speed, unit in (("flops", "FLOP/s"), ("bandwidth", "bytes/s")):
-            if c.get(f"devices.profiles.{device}.{speed}") is None:
-                c.fail(
-                    f"devices.profiles.{device}.{speed}",
-                    None,
-                    f"a positive number ({unit}) under topology=p2p, which prices each peer's work with it",
-                )
+            value = c.get(f"devices.profiles.{device}.{speed}")
+            if not _is_number(value) or value <= 0:
+                c.fail(f"devices.profiles.{device}.{speed}", value, f"a positive number ({unit}) under {why}")
 
 
 def _check_batched_clients(c: _Checker) -> None:

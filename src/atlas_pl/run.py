@@ -14,7 +14,7 @@ import time
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
@@ -54,6 +54,19 @@ def _record_failure(out_dir: Path, err: BaseException, result_round: int | None)
     _write_failure(out_dir, err, result_round)
 
 
+def fault_totals(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """What faults did over the job (summary.json): absences, late clients, moves and lost steps."""
+    faults = [r.get("faults") or {} for r in records]
+    return {
+        "absences": sum(len(f.get("absent_clients", [])) for f in faults),
+        "late": sum(len(f.get("late_clients", [])) for f in faults),
+        "sat_out": sum(len(f.get("sat_out", {})) for f in faults),
+        "repairings": sum(f.get("repairings", 0) for f in faults),
+        "fallbacks": sum(f.get("fallbacks", 0) for f in faults),
+        "lost_steps": sum(sum(f.get("lost_steps", {}).values()) for f in faults),
+    }
+
+
 def run_job(cfg: DictConfig | Settings) -> float:
     """Run one job; returns the final mean primary metric over clients (what sweepers optimise).
 
@@ -86,6 +99,7 @@ def _run(
         from atlas_pl.engines.centralized import run_centralized
         from atlas_pl.engines.inprocess import run_inprocess
         from atlas_pl.engines.setup import build_federation
+        from atlas_pl.reporting.convergence import job_convergence
         from atlas_pl.tracking.checkpoint import complete_rounds
         from atlas_pl.tracking.results import peak_memory, versions
         from atlas_pl.tracking.resume import RoundCheckpointer, checkpoint_root
@@ -144,7 +158,10 @@ def _run(
                     sum(c["train_seconds"] for c in r["clients"].values()) for r in result.records
                 ),
                 "round_seconds": [r["round_seconds"] for r in result.records],
+                "sim_seconds": result.records[-1].get("cumulative_sim_seconds"),
             },
+            "convergence": job_convergence(result.records, list(settings.tasks)),
+            "faults": fault_totals(result.records) if settings.faults.enabled else None,
             "overhead": result.overhead,
             "allocation": [
                 {

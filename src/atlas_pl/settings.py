@@ -15,6 +15,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from atlas_pl.hardware import resolve_attention, resolve_dtype
+from atlas_pl.phases.availability import parse_deadline
 
 
 @dataclass(frozen=True)
@@ -138,10 +139,33 @@ class TopologySettings:
 
     name: str = "server"
     server_fallback: bool = False
+    pairing: str = "cluster"  # cluster | random (pairing group: the ablation of who hosts whom)
+    server_flops: float | None = None  # the server's profile (conf/topology): times its work
+    server_bandwidth: float | None = None
 
     @property
     def p2p(self) -> bool:
         return self.name == "p2p"
+
+
+@dataclass(frozen=True)
+class FaultSettings:
+    """Absences, stragglers and the round deadline (conf/faults; phases/availability.py)."""
+
+    drop: float = 0.0  # per client and round: absent with this probability
+    straggle: float = 0.0  # per present device and round: slowed with this probability
+    slowdown: tuple[float, float] = (2.0, 8.0)  # a straggler's factor, log-uniform on [low, high]
+    deadline_seconds: float | None = None  # faults.deadline as a number
+    deadline_multiple: float | None = None  # faults.deadline as "<m>x": m times the median client's path
+    late: str = "leave_out"  # leave_out | partial
+
+    @property
+    def enabled(self) -> bool:
+        return self.drop > 0 or self.straggle > 0 or self.has_deadline
+
+    @property
+    def has_deadline(self) -> bool:
+        return self.deadline_seconds is not None or self.deadline_multiple is not None
 
 
 @dataclass(frozen=True)
@@ -231,6 +255,7 @@ class Settings:
     graph: GraphSettings
     allocation: AllocationSettings
     topology: TopologySettings
+    faults: FaultSettings
     devices: DevicesSettings
     ablation: AblationSettings
     trainer: TrainerSettings
@@ -327,10 +352,33 @@ def _allocation(c: dict[str, Any], p2p: bool) -> AllocationSettings:
     )
 
 
-def _topology(c: dict[str, Any] | None) -> TopologySettings:
+def _topology(c: dict[str, Any] | None, pairing: dict[str, Any] | None) -> TopologySettings:
     c = c or {}
+    server = c.get("server") or {}
     return TopologySettings(
-        name=str(c.get("name", "server")), server_fallback=bool(c.get("server_fallback", False))
+        name=str(c.get("name", "server")),
+        server_fallback=bool(c.get("server_fallback", False)),
+        pairing=str((pairing or {}).get("name", "cluster")),
+        server_flops=_opt_float(server.get("flops")),
+        server_bandwidth=_opt_float(server.get("bandwidth")),
+    )
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _faults(c: dict[str, Any] | None) -> FaultSettings:
+    c = c or {}
+    seconds, multiple = parse_deadline(c.get("deadline"))
+    low, high = c.get("slowdown") or (2.0, 8.0)
+    return FaultSettings(
+        drop=float(c.get("drop", 0.0)),
+        straggle=float(c.get("straggle", 0.0)),
+        slowdown=(float(low), float(high)),
+        deadline_seconds=seconds,
+        deadline_multiple=multiple,
+        late=str(c.get("late", "leave_out")),
     )
 
 
@@ -381,7 +429,7 @@ def settings_from_dict(c: dict[str, Any]) -> Settings:
     """Settings from a resolved config dict (what `job_config.json` holds); no validation."""
     seed = int(c["seed"])
     graph = c.get("graph") or {}
-    topology = _topology(c.get("topology"))
+    topology = _topology(c.get("topology"), c.get("pairing"))
     trainer = c["trainer"]
     checkpoint = c.get("checkpoint") or {}
     clustering = c["clustering"]
@@ -410,6 +458,7 @@ def settings_from_dict(c: dict[str, Any]) -> Settings:
         ),
         allocation=_allocation(c["allocation"], topology.p2p),
         topology=topology,
+        faults=_faults(c.get("faults")),
         devices=_devices(c["devices"]),
         ablation=_ablation(c["ablation"]),
         trainer=TrainerSettings(

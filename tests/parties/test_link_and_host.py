@@ -38,7 +38,13 @@ def test_the_ledger_keeps_routes_apart_and_derives_per_client_totals() -> None:
     assert ledger.upload_bytes(1, 0) == 40 and ledger.download_bytes(1, 0) == 10
     assert ledger.upload_bytes(1, 1) == 24 and ledger.upload_bytes(2, 0) == 8
     assert ledger.by_kind(1, 0) == {"upload": {"activations": 40}, "download": {"activation_grads": 10}}
-    assert ledger.totals() == {"upload_bytes": 72, "download_bytes": 10, "relay_bytes": 0}
+    assert ledger.totals() == {
+        "upload_bytes": 72,
+        "download_bytes": 10,
+        "relay_bytes": 0,
+        "server_adapter_bytes": 0,
+        "moved_bytes": 0,
+    }
     rows = ledger.to_json()
     assert [1, "client/0", "server", "activations", 40] in rows
     copy = TrafficLedger()

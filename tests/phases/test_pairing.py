@@ -15,6 +15,7 @@ from atlas_pl.phases.pairing import (
     device_memory,
     missing_blocks,
     pair,
+    repair,
     segment_bytes,
 )
 
@@ -193,3 +194,76 @@ def test_pairing_is_a_function_of_its_inputs() -> None:
     first = [r.to_json() for r in pair(arch, clients, budgets, SPEEDS, QUICK).routes]
     again = [r.to_json() for r in pair(arch, list(clients), dict(budgets), dict(SPEEDS), QUICK).routes]
     assert first == again
+
+
+# -- re-pairing around unavailable devices (faults) ---------------------------------------------------------
+def _two_clusters(arch: ModelArch, per_cluster: int) -> list[PeerClient]:
+    clients = _equal(arch, 2 * per_cluster, split=2)
+    return [
+        PeerClient(c.index, c.device, c.index // per_cluster, c.split, c.ranks, c.own_bytes, 770, 25)
+        for c in clients
+    ]
+
+
+def _repaired(arch, clients, unavailable, **kw):
+    budgets, speeds = {"peer": 8 * GIB}, {"peer": 1e11}
+    first = pair(arch, clients, budgets, speeds, QUICK)
+    fixed = repair(
+        arch,
+        clients,
+        first.routes,
+        first.missing,
+        budgets,
+        speeds,
+        QUICK,
+        unavailable=set(unavailable),
+        server_fallback=kw.get("server_fallback", False),
+    )
+    return {r.client: r for r in first.routes}, fixed
+
+
+def test_a_lost_host_s_guests_re_pair_within_their_cluster_and_other_routes_stay() -> None:
+    arch = _arch("minilm_like")
+    clients = _two_clusters(arch, 4)
+    before, fixed = _repaired(arch, clients, {1})
+    guests = {k for k, r in before.items() if 1 in r.hosts}
+    assert guests and set(fixed.moved) == guests  # its own route (hosted by others) stays
+    assert all(kind == "cluster" for kind in fixed.moved.values()) and not fixed.unplaced
+    for k, route in fixed.routes.items():
+        assert 1 not in route.hosts
+        if k not in fixed.moved:
+            assert route == before[k]  # untouched routes do not move
+        else:
+            assert {clients[int(h)].cluster for h in route.hosts} == {clients[k].cluster}
+    _check(arch, clients, [fixed.routes[c.index] for c in clients], {"peer": 8 * GIB})
+
+
+def test_a_cluster_without_enough_peers_falls_back_to_another_cluster() -> None:
+    arch = _arch("minilm_like")
+    clients = _two_clusters(arch, 3)
+    _, fixed = _repaired(arch, clients, {1, 2})  # client 0 is alone in cluster 0
+    assert fixed.moved[0] == "other_cluster"
+    assert {int(h) for h in fixed.routes[0].hosts} <= {3, 4, 5}
+
+
+def test_a_client_nobody_can_host_sits_out_with_the_reason_or_goes_to_the_server() -> None:
+    arch = _arch("minilm_like")
+    clients = _two_clusters(arch, 2)
+    _, fixed = _repaired(arch, clients, {1, 2, 3})  # client 0 is the only device left
+    assert 0 in fixed.unplaced and "no peer can host block 2 of client 0" in fixed.unplaced[0]
+    assert 0 not in fixed.routes
+    _, served = _repaired(arch, clients, {1, 2, 3}, server_fallback=True)
+    assert served.moved[0] == "server" and served.routes[0].hosts == [SERVER]
+
+
+def test_random_pairing_ignores_clusters_but_keeps_every_rule() -> None:
+    arch = _arch("minilm_like")
+    clients = _two_clusters(arch, 4)
+    budgets, speeds = {"peer": 8 * GIB}, {"peer": 1e11}
+    ranked = pair(arch, clients, budgets, speeds, QUICK, policy="random", seed=3)
+    _check(arch, clients, ranked.routes, budgets)
+    assert any(r.fallback == "other_cluster" for r in ranked.routes)  # clusters are not preferred
+    assert pair(arch, clients, budgets, speeds, QUICK, policy="random", seed=3) == ranked
+    assert all(r.fallback is None for r in pair(arch, clients, budgets, speeds, QUICK).routes)
+    with pytest.raises(ValueError, match="pairing policy 'nearest' unknown"):
+        pair(arch, clients, budgets, speeds, QUICK, policy="nearest")

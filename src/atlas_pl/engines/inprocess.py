@@ -32,14 +32,15 @@ from atlas_pl.lightning.trainers import make_trainer, server_grad_scaler, set_co
 from atlas_pl.lightning.training import ClientTraining
 from atlas_pl.parties.client import ClientParty
 from atlas_pl.parties.coordinator import Coordinator
+from atlas_pl.parties.copies import CoordinatorCopies
 from atlas_pl.parties.evaluation import model_digest
-from atlas_pl.parties.host import ServerHost
-from atlas_pl.parties.link import LocalLink, RouteLink, TrafficLedger
+from atlas_pl.parties.faults import FaultPlanner, RoundPlan, TimeModel
+from atlas_pl.parties.host import ServerHost, optimizer_moments, selected
+from atlas_pl.parties.link import COORDINATOR, SERVER, LocalLink, RouteLink, TrafficLedger
 from atlas_pl.parties.peers import device_bandwidths, device_speeds, hop_names
-from atlas_pl.parties.planning import memory_settings
+from atlas_pl.parties.planning import device_budgets, memory_settings
 from atlas_pl.phases.allocation import ClientAllocation
 from atlas_pl.phases.memory import ModelArch
-from atlas_pl.phases.simtime import round_time
 from atlas_pl.settings import Settings
 from atlas_pl.tracking.resume import RoundCheckpointer
 from atlas_pl.tracking.tracker import Tracker
@@ -68,6 +69,9 @@ class InProcessEngine:
         self.fit_seconds = 0.0
         self.step_before = 0.0
         self.training: list[ClientTraining] = []  # per party, built after Phase 2
+        self.planner: FaultPlanner | None = None  # each round's absences, routes and deadline
+        self.copies: CoordinatorCopies | None = None  # p2p with faults: what a lost host restarts from
+        self.trained_steps: dict[int, int] = {}  # per kept client, steps trained so far
 
     @property
     def resuming(self) -> bool:
@@ -139,12 +143,73 @@ class InProcessEngine:
         for p, training in zip(self.parties, self.training):
             p.attach(training)
 
+    def _time_model(self, arch: ModelArch) -> TimeModel | None:
+        """What prices a round in simulated seconds, where every device (and, under topology=server,
+        the server) has a profile; None otherwise (no simulated time, absences only)."""
+        s, orch = self.settings, self.orchestrator
+        speeds, bandwidths = device_speeds(s), device_bandwidths(s)
+        if not all(speeds.get(d, 0) > 0 and bandwidths.get(d, 0) > 0 for d in set(self.fed.devices)):
+            return None
+        top = s.topology
+        if top.server_flops and top.server_bandwidth:
+            speeds[SERVER], bandwidths[SERVER] = top.server_flops, top.server_bandwidth
+        elif not top.p2p:
+            return None
+        clients = orch.peer_clients or orch.peer_clients_for(
+            self.coordinator.allocations, self.coordinator.clusters
+        )
+        return TimeModel(arch, memory_settings(s), clients, speeds, bandwidths)
+
+    def _build_faults(self) -> None:
+        s, orch = self.settings, self.orchestrator
+        arch = ModelArch.from_backbone(self.fed.backbone)
+        budgets = device_budgets(s.devices)
+        self.planner = FaultPlanner(s, self._time_model(arch), orch.routes, orch.pairing_missing, budgets)
+        kept = self.coordinator.participants
+        self.trained_steps = dict.fromkeys(kept, 0)
+        if s.topology.p2p and s.faults.enabled:
+            self.copies = CoordinatorCopies(self.host, kept)
+
+    def _carry_out(self, plan: RoundPlan) -> dict[int, int]:
+        """Point each link at its route, move the halves that changed host (bytes counted; a lost
+        host's guests restart from the coordinator's copy), set partial-round step limits. Returns the
+        steps lost per client."""
+        if self.settings.topology.p2p:
+            self.orchestrator.routes = dict(plan.routes)
+            for k, route in plan.routes.items():
+                link = self.training[k].module.link
+                if isinstance(link, RouteLink):
+                    link.hops = hop_names(route)
+                    link.host_name = link.hops[0]
+        lost: dict[int, int] = {}
+        for t in plan.transfers:
+            module = self.host.modules[t.client]
+            params = selected(module.server_half, set(t.blocks), t.head)
+            if t.lost and self.copies is not None:
+                lost[t.client] = self.copies.restore(
+                    self.host, t.client, set(t.blocks), t.head, self.trained_steps[t.client]
+                )
+            if t.destination != COORDINATOR:
+                moments = [] if t.lost else optimizer_moments(module.optimizer, params)
+                self.ledger.send(t.source, t.destination, "server_half", params + moments)
+        for k in plan.training:
+            self.training[k].module.step_limit = plan.steps.get(k)
+        return lost
+
+    def _after_training(self, plan: RoundPlan) -> None:
+        for k in plan.training:
+            self.trained_steps[k] += self.training[k].module.steps_this_round
+        if self.copies is not None:
+            for k in self.orchestrator.uploaded:
+                self.copies.take(self.host, k, self.trained_steps[k])
+
     def _stateful(self) -> dict[str, Any]:
         """What a round checkpoint saves and a resumed job restores (keys are the checkpoint's names)."""
         kept = [self.parties[k] for k in self.coordinator.participants]
         pieces = self.training
+        copies = {"copies": self.copies} if self.copies is not None else {}
         return {
-            "modules": {f"model/{p.index}": p.model for p in kept},
+            "modules": {**{f"model/{p.index}": p.model for p in kept}, **copies},
             "optimizers": {
                 f"optim/{p.index}/{i}": opt
                 for p in kept
@@ -172,6 +237,9 @@ class InProcessEngine:
             "clustering_records": self.orchestrator.clustering_records,
             "clustering_summaries": self.orchestrator.clustering_summaries,
             "pairing_clusters": self.orchestrator.pairing_clusters,
+            "planner": self.planner.state_dict() if self.planner is not None else None,
+            "trained_steps": {str(k): n for k, n in self.trained_steps.items()},
+            "copied_steps": {str(k): n for k, n in self.copies.steps.items()} if self.copies else {},
         }
 
     @property
@@ -187,36 +255,38 @@ class InProcessEngine:
         self.step_before = float(state.get("step_seconds", 0.0))
         self.tracker.restore(self.log.records)
         self.checkpointer.restore(**stateful)
+        if self.planner is not None and state.get("planner"):
+            self.planner.load_state_dict(state["planner"])
+        self.trained_steps.update({int(k): int(n) for k, n in state.get("trained_steps", {}).items()})
+        if self.copies is not None:
+            self.copies.steps.update({int(k): int(n) for k, n in state.get("copied_steps", {}).items()})
         epochs = (self.checkpointer.start_round - 1) * self.settings.fed.local_epochs
         for t in self.training:
             set_completed_epochs(t.trainer, epochs)
 
-    def _add_simulated_time(self, round_index: int, record: dict[str, Any], timing: dict[str, float]) -> None:
-        """topology=p2p: the round's simulated seconds on the profiled devices (phases/simtime.py), per
-        client in its entry and for the round, with the running total."""
-        orch = self.orchestrator
-        if not orch.routes or orch.arch is None:
+    def _add_simulated_time(
+        self, round_index: int, record: dict[str, Any], timing: dict[str, float], plan: RoundPlan
+    ) -> None:
+        """The round's simulated seconds on the profiled devices (phases/simtime.py), per client in its
+        entry and for the round (capped at the deadline), with the running total."""
+        time_model = self.planner.time if self.planner is not None else None
+        if time_model is None:
             return
         exchanged = {}
-        for c in orch.peer_clients:
-            kinds = self.ledger.by_kind(round_index, c.index)
-            exchanged[c.index] = kinds["upload"].get("activations", 0) + kinds["download"].get(
+        for k in plan.training:
+            kinds = self.ledger.by_kind(round_index, k)
+            exchanged[k] = kinds["upload"].get("activations", 0) + kinds["download"].get(
                 "activation_grads", 0
             )
-        times = round_time(
-            orch.arch,
-            memory_settings(self.settings),
-            orch.peer_clients,
-            list(orch.routes.values()),
-            device_speeds(self.settings),
-            device_bandwidths(self.settings),
-            exchanged,
-        )
+        assert self.planner is not None
+        routes = self.planner.routes_of(plan.training)
+        times = time_model.measure(routes, plan.faults.slowdown, exchanged, plan.steps)
         for k, seconds in times.clients.items():
             record["clients"][str(self.parties[k].data.client_id)]["sim_seconds"] = seconds
+        seconds = times.seconds if plan.deadline is None else min(times.seconds, plan.deadline)
         before = self.log.records[-1].get("cumulative_sim_seconds", 0.0) if self.log.records else 0.0
-        timing["sim_seconds"] = times.seconds
-        timing["cumulative_sim_seconds"] = before + times.seconds
+        timing["sim_seconds"] = seconds
+        timing["cumulative_sim_seconds"] = before + seconds
 
     def _link(self, index: int) -> LocalLink:
         """The client's way to its server half: the server, or under topology=p2p its route of peers."""
@@ -239,12 +309,12 @@ class InProcessEngine:
         self.orchestrator.finished_training(list(reports))
         return reports
 
-    def _train(self, round_index: int, progress: Any) -> dict[int, tuple[float, float]]:
-        """Each participant's (mean loss, seconds) of local training this round."""
+    def _train(self, round_index: int, progress: Any, training: list[int]) -> dict[int, tuple[float, float]]:
+        """Each training client's (mean loss, seconds) of local training this round."""
         if self.settings.trainer.batched_clients:
             return self._train_batched(round_index, progress)
         reports: dict[int, tuple[float, float]] = {}
-        for k in self.coordinator.participants:
+        for k in training:
             progress.set_postfix(round=round_index, client=k)
             report = self.parties[k].train_round(round_index, self.settings.fed.local_epochs)
             reports[k] = (report.loss, report.seconds)
@@ -268,7 +338,9 @@ class InProcessEngine:
             )
         return dict(scored[seen])
 
-    def _record(self, round_index: int, reports: dict[int, tuple[float, float]]) -> list[ClientRound]:
+    def _record(
+        self, round_index: int, reports: dict[int, tuple[float, float]], plan: RoundPlan
+    ) -> list[ClientRound]:
         s, fed, orch = self.settings, self.fed, self.orchestrator
         rows = []
         scored: dict[tuple[str, str], dict[str, float]] = {}  # (task, model digest) -> metrics
@@ -284,6 +356,11 @@ class InProcessEngine:
                     row.train_loss, row.train_seconds = reports[k]
                 row.excluded = k in orch.excluded
                 row.truncation_error = orch.truncation_errors.get(k)
+                row.absent = k in plan.faults.absent
+                row.late = k in plan.late
+                row.sat_out = plan.unplaced.get(k)
+                if k in plan.routes:
+                    row.hosts = hop_names(plan.routes[k])
             rows.append(row)
         return rows
 
@@ -292,6 +369,8 @@ class InProcessEngine:
         prepared = time.perf_counter()  # round 1's clock includes Phases 1 and 2, as its orchestration does
         self._phases_1_and_2()
         self._attach_lightning()
+        self._build_faults()
+        assert self.planner is not None
         stateful = self._stateful()
         start_round = self.checkpointer.start_round if self.checkpointer is not None else 1
         if self.resuming:
@@ -307,19 +386,24 @@ class InProcessEngine:
         for round_index in range(start_round, s.fed.rounds + 1):
             round_start = prepared if round_index == 1 else time.perf_counter()
             self.ledger.start_round(round_index)
-            self.orchestrator.start_round(round_index)
-            reports = self._train(round_index, progress)
+            plan = self.planner.plan(round_index, participants)
+            lost = self._carry_out(plan)
+            self.orchestrator.start_round(round_index, plan.training, plan.aggregated)
+            reports = self._train(round_index, progress, plan.training)
+            self._after_training(plan)
             evaluated = time.perf_counter()
-            rows = self._record(round_index, reports)
+            rows = self._record(round_index, reports, plan)
             evaluation = time.perf_counter() - evaluated
             record = round_record(round_index, rows, list(self.fed.data.specs), self.ledger)
+            if s.faults.enabled:
+                record["faults"] = {**plan.to_json(), "lost_steps": {str(k): n for k, n in lost.items()}}
             timing = {
                 "round_seconds": time.perf_counter() - round_start,
                 "orchestration_seconds": self.orchestrator.seconds.get(round_index, 0.0),
                 "evaluation_seconds": evaluation,
                 "fingerprint_seconds": self.orchestrator.fingerprint_seconds.get(round_index, 0.0),
             }
-            self._add_simulated_time(round_index, record, timing)
+            self._add_simulated_time(round_index, record, timing, plan)
             self.tracker.log_round(self.log.add(record, timing))
             log_round(record, s.fed.rounds)
             check_not_diverged(round_index, rows, s.fed.lr)

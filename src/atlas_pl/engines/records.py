@@ -31,6 +31,10 @@ class ClientRound:
     train_seconds: float | None = None  # None = did not train this round
     excluded: bool = False
     truncation_error: float | None = None
+    absent: bool = False  # faults: missed the round (kept its state)
+    late: bool = False  # faults: past the deadline, left out of the aggregation
+    sat_out: str | None = None  # faults: no device could host its server half this round (why)
+    hosts: list[str] | None = None  # topology=p2p: the hops of its route this round
 
 
 def check_not_diverged(round_index: int, rows: Sequence[ClientRound], lr: float) -> None:
@@ -82,6 +86,10 @@ def client_entry(c: ClientRound, index: int, round_index: int, ledger: TrafficLe
         if extra in m:
             entry[extra] = m[extra]
     entry["excluded_from_aggregation"] = c.excluded
+    if c.absent or c.late or c.sat_out:
+        entry.update(absent=c.absent, late=c.late, sat_out=c.sat_out)
+    if c.hosts is not None:
+        entry["hosts"] = list(c.hosts)
     if c.truncation_error is not None:
         entry["truncation_error"] = c.truncation_error
     return entry

@@ -131,6 +131,8 @@ class ClientModule(pl.LightningModule):
         self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
         self.losses: list[float] = []
         self.step_seconds = 0.0  # time inside training_step: the bare compute, to measure overhead
+        self.step_limit: int | None = None  # steps this round may take (faults.late=partial), None: all
+        self.steps_this_round = 0
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer
@@ -140,7 +142,10 @@ class ClientModule(pl.LightningModule):
     ) -> Tensor:
         return self.client_half(input_ids, attention_mask, token_type_ids)
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
+        if self.step_limit is not None and self.steps_this_round >= self.step_limit:
+            return None  # faults.late=partial: past the deadline, the rest of the round's batches go unused
+        self.steps_this_round += 1
         started = time.perf_counter()
         optimizer = self.optimizers()
         assert not isinstance(optimizer, list)  # one optimizer: the client half's AdamW

@@ -34,7 +34,8 @@ from atlas_pl.parties.discovery import (
     sent_vectors,
     write_clustering,
 )
-from atlas_pl.parties.host import ServerHost
+from atlas_pl.parties.host import ServerHost, selected
+from atlas_pl.parties.link import COORDINATOR, SERVER
 from atlas_pl.parties.messages import AdapterUpload, Fingerprint
 from atlas_pl.parties.peers import (
     ROUTE_COLUMNS,
@@ -84,6 +85,9 @@ class FederatedOrchestrator(pl.Callback):
         self.round = 0
         self.routes: dict[int, Route] = {}  # topology=p2p: client index -> its hosts (Phase 2's end)
         self.pairing_clusters: list[int] = []  # the clusters the routes were made from
+        self.pairing_missing: dict[int, int | None] = {}  # each device's block left to others
+        self.members: list[int] | None = None  # this round's aggregated clients (None: every participant)
+        self.uploaded: list[int] = []  # whose server halves reached the coordinator this round
         self.peer_clients: list[PeerClient] = []  # what pairing and simulated time price
         self.arch: ModelArch | None = None
         self.pending: set[int] = set()
@@ -214,7 +218,9 @@ class FederatedOrchestrator(pl.Callback):
         started = time.perf_counter()
         ids = [p.data.client_id for p in self.parties]
         if not self.settings.allocation.drop_infeasible:
-            self.coordinator.allocate(arch, ids, devices)
+            early = self.coordinator.allocate(arch, ids, devices)
+            if self.settings.topology.p2p:  # a mix no pairing fits fails here, not after Phase 1
+                plan_routes(self.settings, arch, self.peer_clients_for(early, [0] * len(early)))
         source = importance_source(self.settings)
         importance, labels = None, None
         if source == "cluster" or self.coordinator.clustered:
@@ -258,15 +264,10 @@ class FederatedOrchestrator(pl.Callback):
         the W&B table (a resumed job has them already).
         """
         self.pairing_clusters = list(self.coordinator.clusters if clusters is None else clusters)
-        clients = peer_clients(
-            self.settings,
-            allocations,
-            self.pairing_clusters,
-            [len(p.data.train) for p in self.parties],
-            [sum(t.numel() for t in p.model.server.head.parameters()) for p in self.parties],
-        )
+        clients = self.peer_clients_for(allocations, self.pairing_clusters)
         pairing = plan_routes(self.settings, arch, clients)
         self.routes = {r.client: r for r in pairing.routes}
+        self.pairing_missing = dict(pairing.missing)
         self.peer_clients, self.arch = clients, arch
         if not record:
             return
@@ -279,11 +280,27 @@ class FederatedOrchestrator(pl.Callback):
                 ", ".join(f"{h}[{s.start},{s.stop})" for h, s in zip(hop_names(route), route.segments)),
             )
 
+    def peer_clients_for(
+        self, allocations: Sequence[ClientAllocation], clusters: Sequence[int]
+    ) -> list[PeerClient]:
+        return peer_clients(
+            self.settings,
+            allocations,
+            clusters,
+            [len(p.data.train) for p in self.parties],
+            [sum(t.numel() for t in p.model.server.head.parameters()) for p in self.parties],
+        )
+
     # -- a round ----------------------------------------------------------------------------------------
-    def start_round(self, round_index: int) -> None:
-        """Re-cluster when due (round 1's ran in `prepare`); then wait for this round's participants."""
+    def start_round(
+        self, round_index: int, training: Sequence[int] | None = None, members: Sequence[int] | None = None
+    ) -> None:
+        """Re-cluster when due (round 1's ran in `prepare`); then wait for this round's `training`
+        clients (every participant by default) and aggregate `members` (those on time)."""
         self.round = round_index
-        self.pending = set(self.coordinator.participants)
+        self.pending = set(self.coordinator.participants if training is None else training)
+        self.members = None if members is None else list(members)
+        self.uploaded = []
         self.excluded, self.truncation_errors = set(), {}
         self.aggregation_seconds = 0.0
         every = self.settings.fingerprint.recluster_every
@@ -307,20 +324,38 @@ class FederatedOrchestrator(pl.Callback):
 
     def between_rounds(self) -> None:
         """Phase 4: every participant's adapter to the coordinator, each update back to its owner."""
-        participants = self.coordinator.participants
+        participants = self.coordinator.participants if self.members is None else self.members
         uploads = {k: self._upload(k) for k in participants}
         result = self.coordinator.aggregate(self.round, uploads)
         if result is None:
             return
         for k in result.senders:
             self.parties[k].upload_adapter()
+            self._count_server_half(k, to_coordinator=True)
         for k, update in result.updates.items():
             self.parties[k].apply(update)
             self.host.apply(update)
         for k in result.receivers:
             self.parties[k].receive_adapter()
+            self._count_server_half(k, to_coordinator=False)
+        self.uploaded = sorted(set(result.senders))
         self.excluded = set(result.excluded)
         self.truncation_errors = dict(result.truncation_errors)
+
+    def _count_server_half(self, k: int, *, to_coordinator: bool) -> None:
+        """topology=p2p: each host of k's route sends its blocks' adapter (and the head) to the
+        coordinator, and gets the result back; under topology=server they are one machine (no link)."""
+        route = self.routes.get(k)
+        if route is None:
+            return
+        ledger = self.parties[k].ledger
+        half = self.host.modules[k].server_half
+        for name, segment in zip(hop_names(route), route.segments):
+            if name == SERVER:
+                continue
+            tensors = selected(half, set(range(segment.start, segment.stop)), segment.head)
+            source, destination = (name, COORDINATOR) if to_coordinator else (COORDINATOR, name)
+            ledger.send(source, destination, "server_adapter", tensors)
 
     def _upload(self, k: int) -> AdapterUpload:
         client_factors, client_scaling = self.parties[k].factors()

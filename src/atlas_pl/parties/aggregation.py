@@ -300,7 +300,10 @@ def aggregate_round(
     seed: int,
     round_index: int,
 ) -> RoundAggregation | None:
-    """Phase 4 for one round; None when the ablation does not aggregate (nothing happened)."""
+    """Phase 4 for one round; None when the ablation does not aggregate (nothing happened). Only the
+    clients in `uploads` take part (those absent or late this round are neither summed nor sent)."""
+    groups = [[k for k in g if k in uploads] for g in groups]
+    groups = [g for g in groups if g]
     if aggregation == "none" or not groups:
         return None
     job = RoundAggregator(

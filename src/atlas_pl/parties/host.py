@@ -121,3 +121,22 @@ class ServerHost:
 
     def release(self, client: int) -> ServerModule:
         return self.modules.pop(client)
+
+
+def half_parameters(half: ServerHalf) -> list[tuple[int | None, Tensor]]:
+    """A server half's trainable tensors in a fixed order, each with its block (None: the head)."""
+    adapter = half.adapter
+    out: list[tuple[int | None, Tensor]] = [
+        (int(key[0]), p) for key in adapter.keys for p in adapter.pair(key)
+    ]
+    return out + [(None, p) for p in half.head.parameters()]
+
+
+def selected(half: ServerHalf, blocks: set[int], head: bool) -> list[Tensor]:
+    """The trainable tensors of these blocks (and the head) of a half: what moves with them."""
+    return [p for b, p in half_parameters(half) if (b in blocks) or (b is None and head)]
+
+
+def optimizer_moments(optimizer: torch.optim.Optimizer, params: list[Tensor]) -> list[Tensor]:
+    """The AdamW state of these parameters (what a move carries beside them)."""
+    return [v for p in params for v in optimizer.state.get(p, {}).values() if isinstance(v, Tensor)]

@@ -73,16 +73,25 @@ class TrafficLedger:
         return {direction: dict(kinds) for direction, kinds in out.items()}
 
     def totals(self) -> dict[str, int]:
-        """Job totals of what clients sent and received (the per-client figures summed), and what
-        peers relayed between the hops of routes (topology=p2p; 0 under topology=server)."""
-        up = sum(v for (_, src, _, _), v in self._bytes.items() if src.startswith("client/"))
-        down = sum(v for (_, _, dst, _), v in self._bytes.items() if dst.startswith("client/"))
-        relay = sum(
-            v
-            for (_, src, dst, _), v in self._bytes.items()
-            if src.startswith("peer/") and dst.startswith("peer/")
+        """Job totals: what clients sent and received (the per-client figures summed); under
+        topology=p2p also what peers relayed between the hops of routes, the server-half adapters
+        hosts exchanged with the coordinator at aggregation, and the server halves moved between hosts
+        by re-pairing (all 0 under topology=server). Every ledger entry is in exactly one of them."""
+        out = dict.fromkeys(
+            ("upload_bytes", "download_bytes", "relay_bytes", "server_adapter_bytes", "moved_bytes"), 0
         )
-        return {"upload_bytes": up, "download_bytes": down, "relay_bytes": relay}
+        for (_, src, dst, kind), v in self._bytes.items():
+            if src.startswith("client/"):
+                out["upload_bytes"] += v
+            if dst.startswith("client/"):
+                out["download_bytes"] += v
+            if kind == "server_adapter":
+                out["server_adapter_bytes"] += v
+            elif kind == "server_half":
+                out["moved_bytes"] += v
+            elif src.startswith("peer/") and dst.startswith("peer/"):
+                out["relay_bytes"] += v
+        return out
 
     def to_json(self) -> list[list]:
         """Every entry as [round, source, destination, kind, bytes] (what a checkpoint stores)."""

@@ -78,6 +78,8 @@ def plan_routes(settings: Settings, arch: ModelArch, clients: Sequence[PeerClien
         device_speeds(settings),
         memory_settings(settings),
         server_fallback=settings.topology.server_fallback,
+        policy=settings.topology.pairing,
+        seed=settings.seed,
     )
 
 
@@ -90,6 +92,7 @@ def pairing_record(
     missing = pairing.missing
     return {
         "topology": settings.topology.name,
+        "pairing": settings.topology.pairing,
         "server_fallback": settings.topology.server_fallback,
         "host_reserve": settings.allocation.host_reserve,
         "num_layers": arch.num_layers,

@@ -26,6 +26,7 @@ Clients are placed longest server half first, the classic longest-processing-tim
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -161,6 +162,7 @@ class _Host:
     blocks: set[int]  # base blocks held (own [0, split) and hosted)
     busy: float  # simulated seconds of work per round
     missing: int | None  # the block this device never holds; None: checked as segments are placed
+    priority: float | None = None  # pairing=random: the host's random rank (clusters and load ignored)
 
 
 @dataclass(frozen=True)
@@ -171,6 +173,7 @@ class Pairing:
 
 
 STRATEGIES = ("cluster", "global", "dynamic", "search")
+POLICIES = ("cluster", "random")  # pairing.name: the rules above, or random feasible peers (ablation)
 
 
 def pair(
@@ -181,16 +184,21 @@ def pair(
     settings: MemorySettings,
     *,
     server_fallback: bool = False,
+    policy: str = "cluster",
+    seed: int = 0,
 ) -> Pairing:
     """One route per client (in client order) under the rules of the module docstring, with the
     strategy that made them: each of `STRATEGIES` is tried (all pure and deterministic); the one that
     leaves the fewest routes outside their cluster wins, ties to the earlier. The server is asked only
-    when no strategy pairs everyone with peers."""
+    when no strategy pairs everyone with peers. `policy="random"` (the ablation of rule 4-5) picks
+    among the feasible peers of any cluster by a seeded random rank, never searching."""
     found: list[tuple[int, int, Pairing]] = []
     first_error: PairingError | None = None
     for order, strategy in enumerate(STRATEGIES):
+        if policy == "random" and strategy == "search":
+            continue
         missing = missing_blocks(arch, clients, strategy)
-        hosts = _hosts(arch, clients, budgets, speeds, settings, missing)
+        hosts = _hosts(arch, clients, budgets, speeds, settings, missing, _priorities(policy, seed, clients))
         try:
             if strategy == "search":
                 routes = _search(arch, clients, hosts, settings)
@@ -207,8 +215,72 @@ def pair(
         assert first_error is not None
         raise first_error
     missing = missing_blocks(arch, clients, STRATEGIES[0])
-    hosts = _hosts(arch, clients, budgets, speeds, settings, missing)
+    hosts = _hosts(arch, clients, budgets, speeds, settings, missing, _priorities(policy, seed, clients))
     return Pairing(_pair_with(arch, clients, hosts, settings, server_fallback=True), STRATEGIES[0], missing)
+
+
+@dataclass(frozen=True)
+class Repair:
+    """A round's routes after re-pairing around unavailable devices."""
+
+    routes: dict[int, Route]  # every client with a route this round (kept or new)
+    moved: dict[int, str]  # re-paired clients: "cluster" | "other_cluster" | "server"
+    unplaced: dict[int, str]  # clients no device can host this round, with the reason
+
+
+def repair(
+    arch: ModelArch,
+    clients: Sequence[PeerClient],
+    routes: Sequence[Route],
+    missing: Mapping[int, int | None],
+    budgets: Mapping[str, int],
+    speeds: Mapping[str, float],
+    settings: MemorySettings,
+    *,
+    unavailable: set[int],
+    server_fallback: bool,
+    policy: str = "cluster",
+    seed: int = 0,
+) -> Repair:
+    """Routes for a round in which the devices in `unavailable` host nothing (absent, or too slow).
+
+    Routes that avoid them stay as they are (moving a half costs bytes) and are charged first; each
+    broken route (and each client of `clients` without one) is placed again by the rules of `pair`
+    over the remaining devices: same cluster first (a re-pairing), then other clusters' peers, then
+    the server if allowed; a client nobody can host is `unplaced` with the reason (it sits the round
+    out). Each device keeps the block it leaves
+    to others (`missing`), so no device ends up with all L blocks."""
+    available = [c for c in clients if c.index not in unavailable]
+    hosts = _hosts(arch, available, budgets, speeds, settings, missing, _priorities(policy, seed, clients))
+    by_index = {c.index: c for c in clients}
+    kept = {r.client: r for r in routes if all(h == SERVER or int(h) in hosts for h in r.hosts)}
+    for route in kept.values():
+        _recharge(arch, by_index[route.client], route, hosts, settings)
+    broken = [c for c in clients if c.index not in kept]  # broken routes, and clients without one
+    per_block = block_flops(arch, settings)
+    out, moved, unplaced = dict(kept), {}, {}
+    for client in _placement_order(arch, broken):
+        try:
+            route = _route(arch, client, hosts, settings, per_block, server_fallback)
+        except PairingError as err:
+            unplaced[client.index] = str(err)
+            continue
+        out[client.index] = route
+        moved[client.index] = route.fallback or "cluster"
+    return Repair(out, moved, unplaced)
+
+
+def _recharge(
+    arch: ModelArch, client: PeerClient, route: Route, hosts: Mapping[int, _Host], settings: MemorySettings
+) -> None:
+    """Book a kept route on its hosts again, its base blocks priced against what they hold now."""
+    for segment in route.segments:
+        if segment.host == SERVER:
+            continue
+        host = hosts[int(segment.host)]
+        host.used += _cost(arch, client, host, segment.start, segment.stop, settings)
+        host.blocks.update(range(segment.start, segment.stop))
+        host.busy += segment.flops / host.speed
 
 
 def _pair_with(
@@ -239,6 +311,7 @@ def _hosts(
     speeds: Mapping[str, float],
     settings: MemorySettings,
     missing: Mapping[int, int | None],
+    priorities: Mapping[int, float] | None = None,
 ) -> dict[int, _Host]:
     per_block = block_flops(arch, settings)
     return {
@@ -252,9 +325,20 @@ def _hosts(
             set(range(c.split)),
             own_half_flops(c, per_block) / float(speeds[c.device]),
             missing[c.index],
+            None if priorities is None else priorities[c.index],
         )
         for c in clients
     }
+
+
+def _priorities(policy: str, seed: int, clients: Sequence[PeerClient]) -> dict[int, float] | None:
+    """pairing=random: one seeded random rank per device (None under the cluster rules)."""
+    if policy not in POLICIES:
+        raise ValueError(f"pairing policy {policy!r} unknown; valid: {', '.join(POLICIES)}")
+    if policy == "cluster":
+        return None
+    rng = random.Random(f"pairing/{seed}")
+    return {c.index: rng.random() for c in sorted(clients, key=lambda c: c.index)}
 
 
 # the exhaustive fallback: at most this many clients, hops per route and placements tried
@@ -347,7 +431,8 @@ def _route(
     peers = [h for h in hosts.values() if h.index != client.index]
     same = [h for h in peers if h.cluster == client.cluster]
     other = [h for h in peers if h.cluster != client.cluster]
-    segments, stuck = _place(arch, client, (same, other), settings, per_block)
+    tiers = (peers,) if any(h.priority is not None for h in peers) else (same, other)
+    segments, stuck = _place(arch, client, tiers, settings, per_block)
     if stuck is None:
         return _charge(client, segments, hosts)
     if server_fallback:
@@ -418,7 +503,10 @@ def _best_segment(
             continue
         flops = (stop - start) * per_block * client.steps
         finish = host.busy + flops / host.speed
-        key = (0.0 if stop == last else 1.0, -(stop - start), finish, host.index)
+        if host.priority is not None:  # pairing=random: any host that fits, by its random rank
+            key: tuple[float, ...] = (host.priority, host.index)
+        else:
+            key = (0.0 if stop == last else 1.0, -(stop - start), finish, host.index)
         if best is None or key < best[0]:
             size = _cost(arch, client, host, start, stop, settings)
             best = (key, Segment(host.index, start, stop, stop == last, size, flops))

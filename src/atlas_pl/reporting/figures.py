@@ -64,6 +64,10 @@ CAPTIONS = {
     "ranks": "LoRA rank per client and transformer block (allocation.json, first seed of each group): blocks "
     "left of the black step run on the client, the rest on the server. Groups with the same allocation share "
     "a panel; groups without Phase 2 (centralized) have none.",
+    "sim_time": "Mean primary metric per task against simulated seconds (the cumulative round time on the "
+    "device profiles, phases/simtime.py): what faults, stragglers and peer hosting cost in time, where the "
+    "per-round figure cannot show it. One point per scored round at the seeds' mean time; band: min–max "
+    "of the metric over seeds.",
     "communication": "Left: MB (10^6 bytes) moved per round, upload + download over all clients (round 1 "
     "includes the Phase 1 fingerprints); line: mean over seeds, band: min–max, groups side by side. Right: "
     "total per job, upload solid and download hatched.",
@@ -212,6 +216,37 @@ def convergence(groups: Sequence[Group]) -> Figure:
                 ax.set_xlabel("round")
     fig.suptitle("Primary metric per round (line: mean over seeds, band: min–max over seeds)", fontsize=11)
     _legend(fig, groups, styles)
+    return fig
+
+
+def sim_time(groups: Sequence[Group]) -> Figure | None:
+    """The convergence figure against simulated seconds instead of rounds (jobs with device profiles)."""
+    timed = [g for g in groups if all("cumulative_sim_seconds" in j.records[-1] for j in g.jobs)]
+    if not timed:
+        return None
+    styles = group_styles(groups)
+    tasks = all_tasks(timed)
+    fig = _new_figure(3.6 * len(tasks) + 0.6, 3.6 + 0.25 * (len(timed) // 4))
+    axes = fig.subplots(1, len(tasks), squeeze=False)
+    for col, task in enumerate(tasks):
+        ax = axes[0, col]
+        for g in timed:
+            rounds, data = _series(g.jobs, _task_value(task, "primary"))
+            _, seconds = _series(
+                g.jobs, lambda r: r.get("cumulative_sim_seconds") if r.get("per_task") else None
+            )
+            if not np.isfinite(data).any() or seconds.shape != data.shape:
+                continue
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                x = np.nanmean(seconds, axis=0)
+            _band(ax, x, data, styles[g.key])
+        ax.set_title(task_metric_title(task), fontsize=10)
+        ax.set_ylabel(metric_name(task))
+        ax.set_xlabel("simulated seconds")
+        ax.grid(alpha=0.3)
+    fig.suptitle("Primary metric against simulated time (line: mean over seeds, band: min–max)", fontsize=11)
+    _legend(fig, timed, styles)
     return fig
 
 
@@ -569,6 +604,7 @@ def draw_all(groups: Sequence[Group]) -> dict[str, Figure]:
         return {}
     drawn = {
         "convergence": convergence(groups),
+        "sim_time": sim_time(groups),
         "ablations": ablation_comparison(groups),
         "eta_sweep": eta_sweep(groups),
         "adjacency": adjacency(groups),

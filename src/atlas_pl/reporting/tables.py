@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from atlas_pl.reporting.convergence import TARGET_SHARE, reached
 from atlas_pl.reporting.names import (
     ETA_ABLATIONS,
     GroupKey,
@@ -203,14 +204,97 @@ CSV_COLUMNS = (
     "download_bytes_std",
     "seconds_mean",
     "seconds_std",
+    "target",
+    "rounds_to_target_mean",
+    "rounds_to_target_std",
+    "sim_seconds_to_target_mean",
+    "sim_seconds_to_target_std",
+    "seeds_reaching_target",
 )
+
+
+@dataclass(frozen=True)
+class Speed:
+    """How fast a group's seeds reach a common target: rounds and simulated seconds over the seeds that
+    reach it (`reached` of `n`); None where no seed does (or, for seconds, without device profiles)."""
+
+    target: float
+    rounds: Stat | None
+    sim_seconds: Stat | None
+    reached: int
+    n: int
+
+    def fmt_rounds(self) -> str:
+        tail = "" if self.reached == self.n else f" ({self.reached}/{self.n})"
+        return ("never" if self.rounds is None else self.rounds.fmt(1)) + tail
+
+    def fmt_seconds(self) -> str:
+        return "–" if self.sim_seconds is None else self.sim_seconds.fmt(1)
+
+
+def speeds(groups: Sequence[Group]) -> dict[str, dict[str, Speed]]:
+    """Per task and group: rounds and simulated seconds to TARGET_SHARE of the best final mean metric
+    of any group (one target per task, so the rows compare)."""
+    out: dict[str, dict[str, Speed]] = {}
+    for task in all_tasks(groups):
+        finals = [g.per_task[task].mean.mean for g in groups if task in g.per_task]
+        if not finals:
+            continue
+        target = TARGET_SHARE * max(finals)
+        out[task] = {}
+        for g in groups:
+            hits = [reached(j.records, task, target) for j in g.jobs]
+            hit = [h for h in hits if h is not None]
+            seconds = [h.sim_seconds for h in hit if h.sim_seconds is not None]
+            out[task][g.label] = Speed(
+                target,
+                mean_std([h.round for h in hit]) if hit else None,
+                mean_std(seconds) if seconds else None,
+                len(hit),
+                len(hits),
+            )
+    return out
+
+
+def fault_rows(groups: Sequence[Group]) -> list[list[str]]:
+    """Per group with faults or simulated time: what the faults did and what the job cost in time."""
+    rows = []
+    for g in groups:
+        faults = [[r.get("faults") or {} for r in j.records] for j in g.jobs]
+        sims = [j.records[-1].get("cumulative_sim_seconds") for j in g.jobs]
+        if not any(any(f) for f in faults) and all(s is None for s in sims):
+            continue
+        per_job = [
+            (
+                sum(len(f.get("absent_clients", [])) for f in fs) / max(1, len(fs)),
+                sum(len(f.get("late_clients", [])) for f in fs),
+                sum(f.get("repairings", 0) + f.get("fallbacks", 0) for f in fs),
+                sum(sum(f.get("lost_steps", {}).values()) for f in fs),
+                float(((j.summary or {}).get("totals") or {}).get("moved_bytes", 0)),
+            )
+            for fs, j in zip(faults, g.jobs)
+        ]
+        cols = list(zip(*per_job))
+        rows.append(
+            [g.label, ", ".join(map(str, g.seeds))]
+            + [mean_std(c).fmt(1) for c in cols[:4]]
+            + [mean_std(cols[4]).fmt(2, MB)]
+            + [
+                mean_std([s for s in sims if s is not None]).fmt(1)
+                if any(s is not None for s in sims)
+                else "–"
+            ]
+        )
+    return rows
 
 
 def csv_rows(groups: Sequence[Group]) -> list[dict[str, Any]]:
     """One row per group and task (bytes and seconds are per job, so repeated across a group's tasks)."""
     rows = []
+    speed_of = speeds(groups)
     for g in groups:
         for task, ts in g.per_task.items():
+            speed = speed_of.get(task, {}).get(g.label)
             rows.append(
                 {
                     "group": g.label,
@@ -232,9 +316,23 @@ def csv_rows(groups: Sequence[Group]) -> list[dict[str, Any]]:
                     "download_bytes_std": g.download_bytes.std,
                     "seconds_mean": g.seconds.mean,
                     "seconds_std": g.seconds.std,
+                    **_speed_columns(speed),
                 }
             )
     return rows
+
+
+def _speed_columns(speed: Speed | None) -> dict[str, Any]:
+    if speed is None:
+        return {}
+    return {
+        "target": speed.target,
+        "rounds_to_target_mean": "" if speed.rounds is None else speed.rounds.mean,
+        "rounds_to_target_std": "" if speed.rounds is None else speed.rounds.std,
+        "sim_seconds_to_target_mean": "" if speed.sim_seconds is None else speed.sim_seconds.mean,
+        "sim_seconds_to_target_std": "" if speed.sim_seconds is None else speed.sim_seconds.std,
+        "seeds_reaching_target": f"{speed.reached}/{speed.n}",
+    }
 
 
 def write_csv(groups: Sequence[Group], path: Path) -> Path:
@@ -351,6 +449,8 @@ def markdown(
             "MB = 10^6 bytes, counted from the tensors sent (evaluation traffic excluded); "
             "seconds = the job's wall clock."
         )
+        out += _speed_section(groups)
+        out += _faults_section(groups)
     else:
         out.append("No completed job: nothing to aggregate.")
     out += ["", "## Jobs excluded from the statistics", ""]
@@ -373,6 +473,56 @@ def markdown(
         for name, caption in figures.items():
             out += [f"![{name}](figures/{name}.png)", "", caption, ""]
     return "\n".join(out).rstrip() + "\n"
+
+
+def _speed_section(groups: Sequence[Group]) -> list[str]:
+    table = speeds(groups)
+    if not table:
+        return []
+    out = ["", "## Convergence speed", ""]
+    head = ["group"]
+    for task in table:
+        head += [f"{task_metric_title(task)} rounds", f"{task_metric_title(task)} sim s"]
+    out += _md_table(
+        head,
+        [
+            [g.label]
+            + [
+                c
+                for task in table
+                for c in (table[task][g.label].fmt_rounds(), table[task][g.label].fmt_seconds())
+            ]
+            for g in groups
+        ],
+    )
+    targets = ", ".join(
+        f"{task_metric_title(t)} {next(iter(v.values())).target:.3f}" for t, v in table.items()
+    )
+    out += [
+        "",
+        f"Rounds and simulated seconds until the task's mean metric first reaches {TARGET_SHARE} x the best "
+        f"final mean of any group ({targets}); mean ± std over the seeds that reach it, (k/n) when only k "
+        "of n do. Simulated seconds price every step on the device profiles (phases/simtime.py); – where "
+        "the devices have none.",
+    ]
+    return out
+
+
+def _faults_section(groups: Sequence[Group]) -> list[str]:
+    rows = fault_rows(groups)
+    if not rows:
+        return []
+    out = ["", "## Faults and simulated time (per job)", ""]
+    out += _md_table(
+        ["group", "seeds", "absent / round", "late", "re-pairings", "lost steps", "moved MB", "sim seconds"],
+        rows,
+    )
+    return out + [
+        "",
+        "Absent clients per round, clients left out for the deadline, server halves moved to another host "
+        "(within or outside the cluster), training steps lost with absent hosts, bytes of the moves, and "
+        "the job's simulated seconds (conf/faults, phases/availability.py).",
+    ]
 
 
 def split_note(jobs: Sequence[Job]) -> str | None:

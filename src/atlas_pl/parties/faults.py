@@ -1,0 +1,295 @@
+"""A round under faults, on the coordinator: who is absent, who hosts whom, who is late (DESIGN.md §10).
+
+Before each round the coordinator draws the round's absences and stragglers (phases/availability.py),
+prices the round on the device profiles (phases/simtime.py), sets the deadline, re-pairs the routes
+whose hosts are absent or too slow (phases/pairing.repair: same cluster, then other clusters, then the
+server if allowed; otherwise the client sits the round out), and marks the clients that will miss the
+deadline. The engine carries the plan out: it moves the server halves that changed host (counting
+their bytes), trains the clients that can, and aggregates the ones on time.
+
+Routes are sticky: a re-paired route stays until one of its hosts fails in turn, since moving a half
+back costs bytes too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from atlas_pl.parties.link import COORDINATOR, SERVER
+from atlas_pl.parties.peers import peer_name
+from atlas_pl.phases.availability import (
+    RoundFaults,
+    deadline_seconds,
+    draw_faults,
+    late_clients,
+    steps_by_deadline,
+    too_slow_hosts,
+)
+from atlas_pl.phases.memory import MemorySettings, ModelArch
+from atlas_pl.phases.pairing import PeerClient, Route, repair
+from atlas_pl.phases.simtime import RoundTime, round_time, server_routes, step_exchange_bytes
+from atlas_pl.settings import Settings
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """Blocks of one client's server half (and its head) moving to a new host at a round's start.
+
+    `source` is the old host, or the coordinator when the old host is absent: then only the adapter and
+    head as the coordinator last received them exist (`lost`), and the progress since is lost."""
+
+    client: int
+    source: str
+    destination: str
+    blocks: tuple[int, ...]
+    head: bool
+    lost: bool
+
+
+@dataclass
+class RoundPlan:
+    round: int
+    participants: list[int]  # kept by Phase 2
+    faults: RoundFaults
+    routes: dict[int, Route] = field(default_factory=dict)  # topology=p2p: this round's routes
+    moved: dict[int, str] = field(default_factory=dict)  # re-paired: cluster | other_cluster | server
+    unplaced: dict[int, str] = field(default_factory=dict)  # no host this round: sits out (reason)
+    transfers: list[Transfer] = field(default_factory=list)
+    deadline: float | None = None
+    late: set[int] = field(default_factory=set)  # past the deadline: left out of the aggregation
+    steps: dict[int, int] = field(default_factory=dict)  # late=partial: the steps that fit
+
+    @property
+    def absent(self) -> list[int]:
+        return [k for k in self.participants if k in self.faults.absent]
+
+    @property
+    def training(self) -> list[int]:
+        """Who trains this round: present, with a host."""
+        return [k for k in self.participants if k not in self.faults.absent and k not in self.unplaced]
+
+    @property
+    def aggregated(self) -> list[int]:
+        """Whose adapters the round's aggregation takes: those that trained and met the deadline."""
+        return [k for k in self.training if k not in self.late]
+
+    def to_json(self) -> dict[str, Any]:
+        """What metrics.jsonl records of the round's faults."""
+        return {
+            "absent_clients": self.absent,
+            "sat_out": {str(k): why for k, why in sorted(self.unplaced.items())},
+            "late_clients": sorted(self.late),
+            "partial_steps": {str(k): n for k, n in sorted(self.steps.items())},
+            "repairings": sum(kind == "cluster" for kind in self.moved.values()),
+            "fallbacks": sum(kind != "cluster" for kind in self.moved.values()),
+            "moved": {str(k): kind for k, kind in sorted(self.moved.items())},
+            "stragglers": {str(k): round(f, 4) for k, f in sorted(self.faults.slowdown.items())},
+            "deadline_seconds": self.deadline,
+        }
+
+
+@dataclass
+class TimeModel:
+    """What pricing a round needs: the model, the clients as pairing sees them, speeds and links."""
+
+    arch: ModelArch
+    memory: MemorySettings
+    clients: list[PeerClient]
+    speeds: dict[str, float]
+    bandwidths: dict[str, float]
+
+    @property
+    def by_index(self) -> dict[int, PeerClient]:
+        return {c.index: c for c in self.clients}
+
+    def predict(self, routes: Sequence[Route], slowdown: Mapping[int, float]) -> RoundTime:
+        """The round priced before it runs: every step's exchange at the full padded length."""
+        per_step = step_exchange_bytes(self.arch, self.memory)
+        by_index = self.by_index
+        exchanged = {r.client: per_step * by_index[r.client].steps for r in routes}
+        return round_time(
+            self.arch, self.memory, self.clients, routes, self.speeds, self.bandwidths, exchanged, slowdown
+        )
+
+    def measure(
+        self,
+        routes: Sequence[Route],
+        slowdown: Mapping[int, float],
+        exchanged: Mapping[int, int],
+        steps: Mapping[int, int],
+    ) -> RoundTime:
+        """The round as it ran: the ledger's bytes, and the steps each client really did."""
+        clients = [replace(c, steps=steps.get(c.index, c.steps)) for c in self.clients]
+        return round_time(
+            self.arch, self.memory, clients, routes, self.speeds, self.bandwidths, exchanged, slowdown
+        )
+
+
+class FaultPlanner:
+    """Plans each round; holds the current routes (topology=p2p) between rounds."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        time: TimeModel | None,
+        routes: Mapping[int, Route],
+        missing: Mapping[int, int | None],
+        budgets: Mapping[str, int],
+    ) -> None:
+        self.settings = settings
+        self.time = time
+        self.routes = dict(routes)  # p2p: the current route of every kept client
+        self.missing = dict(missing)
+        self.budgets = dict(budgets)
+
+    def plan(self, round_index: int, participants: Sequence[int]) -> RoundPlan:
+        f, s = self.settings.faults, self.settings
+        faults = draw_faults(
+            s.seed, round_index, participants, drop=f.drop, straggle=f.straggle, slowdown=f.slowdown
+        )
+        plan = RoundPlan(round_index, list(participants), faults)
+        present = [k for k in participants if k not in faults.absent]
+        if self.time is None:  # no device profiles: absences only
+            return plan
+        deadline = self._deadline(present, faults)
+        plan.deadline = deadline
+        if s.topology.p2p:
+            self._repair(plan, present, deadline)
+        self._mark_late(plan, deadline)
+        return plan
+
+    def routes_of(self, clients: Sequence[int]) -> list[Route]:
+        """This round's routes of `clients`: their peers (p2p), or the server."""
+        if self.settings.topology.p2p:
+            return [self.routes[k] for k in clients if k in self.routes]
+        assert self.time is not None
+        by_index = self.time.by_index
+        return server_routes(self.time.arch, self.time.memory, [by_index[k] for k in clients])
+
+    def _deadline(self, present: Sequence[int], faults: RoundFaults) -> float | None:
+        assert self.time is not None
+        f = self.settings.faults
+        if not f.has_deadline:
+            return None
+        predicted = self.time.predict(self.routes_of(present), faults.slowdown)
+        return deadline_seconds(
+            predicted.clients, seconds=f.deadline_seconds, median_multiple=f.deadline_multiple
+        )
+
+    def _repair(self, plan: RoundPlan, present: Sequence[int], deadline: float | None) -> None:
+        """Re-pair the routes whose hosts are absent, or too slow to meet the deadline."""
+        assert self.time is not None
+        predicted = self.time.predict(self.routes_of(present), plan.faults.slowdown)
+        hosting = sorted({int(h) for k in present for h in self.routes[k].hosts if h != SERVER})
+        busy = {k: v for k, v in predicted.devices.items() if isinstance(k, int)}
+        slow = too_slow_hosts(busy, hosting, deadline)
+        unavailable = set(plan.faults.absent) | slow
+        homeless = any(c.index not in self.routes for c in self.time.clients)
+        if not homeless and not any(
+            int(h) in unavailable for r in self.routes.values() for h in r.hosts if h != SERVER
+        ):
+            plan.routes = dict(self.routes)
+            return
+        t, s = self.time, self.settings
+        fixed = repair(
+            t.arch,
+            t.clients,
+            list(self.routes.values()),
+            self.missing,
+            self.budgets,
+            t.speeds,
+            t.memory,
+            unavailable=unavailable,
+            server_fallback=s.topology.server_fallback,
+            policy=s.topology.pairing,
+            seed=s.seed,
+        )
+        plan.transfers = _transfers(self.routes, fixed.routes, set(plan.faults.absent), set(fixed.unplaced))
+        plan.moved, plan.unplaced = dict(fixed.moved), dict(fixed.unplaced)
+        self.routes = dict(fixed.routes)  # an unplaced client has none: it is placed again next round
+        plan.routes = dict(self.routes)
+
+    def _mark_late(self, plan: RoundPlan, deadline: float | None) -> None:
+        """Who misses the deadline on this round's routes; under late=partial, the steps that fit."""
+        assert self.time is not None
+        if deadline is None:
+            return
+        training = plan.training
+        predicted = self.time.predict(self.routes_of(training), plan.faults.slowdown)
+        late = late_clients({k: predicted.clients[k] for k in training}, deadline)
+        if self.settings.faults.late == "partial":
+            by_index = self.time.by_index
+            for k in sorted(late):
+                done = steps_by_deadline(predicted.clients[k], by_index[k].steps, deadline)
+                if done > 0:
+                    plan.steps[k] = done
+            late = {k for k in late if k not in plan.steps}
+        plan.late = late
+
+    # -- checkpoints ----------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"routes": [r.to_json() for r in self.routes.values()]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.routes = {int(r["client"]): route_from_json(r) for r in state["routes"]}
+
+
+def route_from_json(data: Mapping[str, Any]) -> Route:
+    from atlas_pl.phases.pairing import Segment
+
+    segments = [
+        Segment(
+            s["host"] if s["host"] == SERVER else int(s["host"]),
+            int(s["blocks"][0]),
+            int(s["blocks"][1]),
+            bool(s["head"]),
+            int(s["bytes"]),
+            float(s["flops"]),
+        )
+        for s in data["segments"]
+    ]
+    return Route(int(data["client"]), segments, data.get("fallback"))
+
+
+def _host_name(host: int | str) -> str:
+    return SERVER if host == SERVER else peer_name(int(host))
+
+
+def _transfers(
+    old: Mapping[int, Route], new: Mapping[int, Route], absent: set[int], unplaced: set[int]
+) -> list[Transfer]:
+    """What moves between the old and the new routes, block by block: each run of blocks that changes
+    host goes from its old host (or, that host absent, from the coordinator's copy) to its new one. A
+    half with no host this round stays with the coordinator (destination `coordinator`), and what an
+    absent host held of it is lost all the same."""
+    out: list[Transfer] = []
+    for k in sorted(unplaced):
+        before = old.get(k)
+        for s in before.segments if before is not None else []:
+            if s.host != SERVER and int(s.host) in absent:
+                out.append(Transfer(k, COORDINATOR, COORDINATOR, tuple(range(s.start, s.stop)), s.head, True))
+    for k, route in sorted(new.items()):
+        before = old.get(k)
+        if before is not None and before.segments == route.segments:
+            continue
+        held = {b: s.host for s in before.segments for b in range(s.start, s.stop)} if before else {}
+        for segment in route.segments:
+            runs: dict[int | str, list[int]] = {}
+            for b in range(segment.start, segment.stop):
+                if held.get(b) != segment.host:
+                    runs.setdefault(held.get(b, COORDINATOR), []).append(b)
+            for source, blocks in runs.items():
+                lost = source == COORDINATOR or (source != SERVER and int(source) in absent)
+                out.append(
+                    Transfer(
+                        k,
+                        COORDINATOR if lost else _host_name(source),
+                        _host_name(segment.host),
+                        tuple(blocks),
+                        segment.head and segment.stop - 1 in blocks,
+                        lost,
+                    )
+                )
+    return out
