@@ -160,6 +160,7 @@ def _run(
                 "round_seconds": [r["round_seconds"] for r in result.records],
                 "sim_seconds": result.records[-1].get("cumulative_sim_seconds"),
             },
+            "traffic_by_device": result.ledger.by_device(),
             "convergence": job_convergence(result.records, list(settings.tasks)),
             "faults": fault_totals(result.records) if settings.faults.enabled else None,
             "overhead": result.overhead,

@@ -93,6 +93,15 @@ class TrafficLedger:
                 out["relay_bytes"] += v
         return out
 
+    def by_device(self) -> dict[str, dict[str, int]]:
+        """Bytes each device sent and received over the job, its client and host roles together
+        (`client/<k>` and `peer/<k>` are device k); the server and the coordinator under their names."""
+        out: dict[str, dict[str, int]] = defaultdict(lambda: {"sent": 0, "received": 0})
+        for (_, src, dst, _), v in self._bytes.items():
+            out[_device(src)]["sent"] += v
+            out[_device(dst)]["received"] += v
+        return dict(sorted(out.items()))
+
     def to_json(self) -> list[list]:
         """Every entry as [round, source, destination, kind, bytes] (what a checkpoint stores)."""
         return [[r, src, dst, kind, size] for (r, src, dst, kind), size in self._bytes.items()]
@@ -101,6 +110,11 @@ class TrafficLedger:
         self._bytes.clear()
         for r, src, dst, kind, size in rows:
             self._bytes[(int(r), str(src), str(dst), str(kind))] = int(size)
+
+
+def _device(party: str) -> str:
+    kind, _, index = party.partition("/")
+    return f"device/{index}" if kind in ("client", "peer") else party
 
 
 def count_exchange(
