@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from atlas_pl.errors import AtlasError
 from atlas_pl.models.catalog import ModelNotFound, known_models, resolve_model_spec
@@ -356,10 +356,14 @@ def _check_faults(c: _Checker) -> None:
     c.number("faults.straggle", low=0.0, high=1.0, optional=True)
     slowdown = c.get("faults.slowdown")
     if slowdown is not None and not (
-        len(slowdown) == 2 and all(_is_number(v) for v in slowdown) and 1.0 <= slowdown[0] <= slowdown[1]
+        isinstance(slowdown, Sequence | ListConfig)
+        and len(slowdown) == 2
+        and all(_is_number(v) for v in slowdown)
+        and 1.0 <= slowdown[0] <= slowdown[1]
     ):
-        c.fail("faults.slowdown", list(slowdown), "[low, high] with 1 <= low <= high, e.g. [2.0, 8.0]")
-    if c.get("faults.late") is not None:
+        shown = list(slowdown) if isinstance(slowdown, Sequence | ListConfig) else slowdown
+        c.fail("faults.slowdown", shown, "[low, high] with 1 <= low <= high, e.g. [2.0, 8.0]")
+    if c.get("faults") is not None:
         c.one_of("faults.late", ("leave_out", "partial"))
     try:
         seconds, multiple = parse_deadline(c.get("faults.deadline"))

@@ -189,8 +189,8 @@ class InProcessEngine:
                 lost[t.client] = self.copies.restore(
                     self.host, t.client, set(t.blocks), t.head, self.trained_steps[t.client]
                 )
-            if t.destination != COORDINATOR:
-                moments = [] if t.lost else optimizer_moments(module.optimizer, params)
+            if t.destination != COORDINATOR:  # the coordinator's copy has no optimizer moments
+                moments = [] if t.source == COORDINATOR else optimizer_moments(module.optimizer, params)
                 self.ledger.send(t.source, t.destination, "server_half", params + moments)
         for k in plan.training:
             self.training[k].module.step_limit = plan.steps.get(k)
@@ -416,7 +416,9 @@ class InProcessEngine:
             "step_seconds": step,
             "lightning_overhead_seconds": self.fit_seconds - step,
             "overhead_fraction": (self.fit_seconds - step) / step if step else 0.0,
-            "fit_calls": s.fed.rounds * len(participants),
+            "fit_calls": sum(  # who trained in each round (fewer than every participant under faults)
+                sum(c.get("train_seconds", 0.0) > 0 for c in r["clients"].values()) for r in self.log.records
+            ),
             "orchestration_seconds": sum(r.get("orchestration_seconds", 0.0) for r in self.log.records),
         }
         return FederationResult(

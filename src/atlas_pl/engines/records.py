@@ -78,7 +78,7 @@ def client_entry(c: ClientRound, index: int, round_index: int, ledger: TrafficLe
             "train_loss": float("nan") if c.train_loss is None else c.train_loss,
             "upload_bytes": up,
             "download_bytes": down,
-            "dropped": c.train_seconds is None,
+            "dropped": False,  # Phase 2's drop only; a round missed under faults is `absent` / `sat_out`
             "train_seconds": c.train_seconds or 0.0,
         }
     )

@@ -50,10 +50,13 @@ class CoordinatorCopies(nn.Module):
     @torch.no_grad()
     def restore(self, host: ServerHost, client: int, blocks: set[int], head: bool, steps: int) -> int:
         """Put these blocks (and the head) of the half back to the copy, without optimizer moments;
-        returns the steps lost (trained since the copy)."""
+        returns the steps lost (trained since the copy). The half now matches the copy, so a second
+        loss before it trains again loses nothing more."""
         module = host.modules[client]
         for copy, (block, p) in zip(self._copy(client), half_parameters(module.server_half)):
             if block in blocks or (block is None and head):
                 p.copy_(copy)
                 module.optimizer.state.pop(p, None)
-        return max(0, steps - self.steps[client])
+        lost = max(0, steps - self.steps[client])
+        self.steps[client] = steps
+        return lost

@@ -121,14 +121,22 @@ class TimeModel:
         steps: Mapping[int, int],
     ) -> RoundTime:
         """The round as it ran: the ledger's bytes, and the steps each client really did."""
+        by_index = self.by_index
         clients = [replace(c, steps=steps.get(c.index, c.steps)) for c in self.clients]
+        done = [
+            _scaled(r, steps[r.client] / by_index[r.client].steps) if r.client in steps else r for r in routes
+        ]
         return round_time(
-            self.arch, self.memory, clients, routes, self.speeds, self.bandwidths, exchanged, slowdown
+            self.arch, self.memory, clients, done, self.speeds, self.bandwidths, exchanged, slowdown
         )
 
 
+Holder = int | str  # who keeps a block of a client's half: a peer's index, SERVER or COORDINATOR
+
+
 class FaultPlanner:
-    """Plans each round; holds the current routes (topology=p2p) between rounds."""
+    """Plans each round; holds, between rounds, every client's last route and who keeps each block of
+    its server half (topology=p2p)."""
 
     def __init__(
         self,
@@ -140,7 +148,8 @@ class FaultPlanner:
     ) -> None:
         self.settings = settings
         self.time = time
-        self.routes = dict(routes)  # p2p: the current route of every kept client
+        self.routes = dict(routes)  # p2p: each kept client's last route (it may cross an absent host)
+        self.holders: dict[int, dict[int, Holder]] = {k: _holders(r) for k, r in routes.items()}
         self.missing = dict(missing)
         self.budgets = dict(budgets)
 
@@ -151,7 +160,10 @@ class FaultPlanner:
         )
         plan = RoundPlan(round_index, list(participants), faults)
         present = [k for k in participants if k not in faults.absent]
-        if self.time is None:  # no device profiles: absences only
+        if s.topology.p2p:
+            plan.transfers = self._lose(set(faults.absent))
+        if self.time is None:  # no device profiles: absences only, routes as they are
+            plan.routes = {k: self.routes[k] for k in present if k in self.routes}
             return plan
         deadline = self._deadline(present, faults)
         plan.deadline = deadline
@@ -161,7 +173,7 @@ class FaultPlanner:
         return plan
 
     def routes_of(self, clients: Sequence[int]) -> list[Route]:
-        """This round's routes of `clients`: their peers (p2p), or the server."""
+        """The routes of `clients`: their peers (p2p; those with a route), or the server."""
         if self.settings.topology.p2p:
             return [self.routes[k] for k in clients if k in self.routes]
         assert self.time is not None
@@ -178,51 +190,87 @@ class FaultPlanner:
             predicted.clients, seconds=f.deadline_seconds, median_multiple=f.deadline_multiple
         )
 
+    def _lose(self, absent: set[int]) -> list[Transfer]:
+        """What absent hosts held of anyone's half is gone: those blocks fall back to the coordinator's
+        copy (a `lost` transfer to the coordinator, which the engine restores)."""
+        assert self.time is not None  # topology=p2p requires device profiles
+        out = []
+        last = self.time.arch.num_layers - 1
+        for k, holders in sorted(self.holders.items()):
+            blocks = [b for b, h in sorted(holders.items()) if isinstance(h, int) and h in absent]
+            if not blocks:
+                continue
+            head = last in blocks
+            out.append(Transfer(k, COORDINATOR, COORDINATOR, tuple(blocks), head, True))
+            for b in blocks:
+                holders[b] = COORDINATOR
+        return out
+
     def _repair(self, plan: RoundPlan, present: Sequence[int], deadline: float | None) -> None:
-        """Re-pair the routes whose hosts are absent, or too slow to meet the deadline."""
+        """Re-pair the present clients whose hosts are absent, or too slow to meet the deadline; then
+        move each block of their halves from whoever keeps it to its new host."""
         assert self.time is not None
-        predicted = self.time.predict(self.routes_of(present), plan.faults.slowdown)
-        hosting = sorted({int(h) for k in present for h in self.routes[k].hosts if h != SERVER})
-        busy = {k: v for k, v in predicted.devices.items() if isinstance(k, int)}
-        slow = too_slow_hosts(busy, hosting, deadline)
-        unavailable = set(plan.faults.absent) | slow
-        homeless = any(c.index not in self.routes for c in self.time.clients)
-        if not homeless and not any(
-            int(h) in unavailable for r in self.routes.values() for h in r.hosts if h != SERVER
-        ):
-            plan.routes = dict(self.routes)
-            return
         t, s = self.time, self.settings
+        predicted = t.predict(self.routes_of(present), plan.faults.slowdown)
+        hosting = sorted({int(h) for r in self.routes_of(present) for h in r.hosts if h != SERVER})
+        busy = {k: v for k, v in predicted.devices.items() if isinstance(k, int)}
+        unavailable = set(plan.faults.absent) | too_slow_hosts(busy, hosting, deadline)
         fixed = repair(
             t.arch,
             t.clients,
-            list(self.routes.values()),
+            self.routes,
             self.missing,
             self.budgets,
             t.speeds,
             t.memory,
             unavailable=unavailable,
+            needing=present,
             server_fallback=s.topology.server_fallback,
             policy=s.topology.pairing,
             seed=s.seed,
         )
-        plan.transfers = _transfers(self.routes, fixed.routes, set(plan.faults.absent), set(fixed.unplaced))
         plan.moved, plan.unplaced = dict(fixed.moved), dict(fixed.unplaced)
-        self.routes = dict(fixed.routes)  # an unplaced client has none: it is placed again next round
-        plan.routes = dict(self.routes)
+        self.routes.update(fixed.routes)  # an unplaced client keeps its last route, placed again later
+        plan.routes = dict(fixed.routes)
+        plan.transfers += self._move(fixed.routes)
+
+    def _move(self, routes: Mapping[int, Route]) -> list[Transfer]:
+        """Each run of a route's blocks whose keeper is not its host moves there, with the head when
+        the run ends the model."""
+        out = []
+        for k, route in sorted(routes.items()):
+            holders = self.holders.setdefault(k, {})
+            for segment in route.segments:
+                runs: dict[Holder, list[int]] = {}
+                for b in range(segment.start, segment.stop):
+                    if holders.get(b, COORDINATOR) != segment.host:
+                        runs.setdefault(holders.get(b, COORDINATOR), []).append(b)
+                        holders[b] = segment.host
+                for source, blocks in runs.items():
+                    head = segment.head and segment.stop - 1 in blocks
+                    out.append(Transfer(k, _name(source), _name(segment.host), tuple(blocks), head, False))
+        return out
 
     def _mark_late(self, plan: RoundPlan, deadline: float | None) -> None:
-        """Who misses the deadline on this round's routes; under late=partial, the steps that fit."""
+        """Who misses the deadline on this round's routes (and, under topology=server, whom the server
+        cannot serve in time: it serves its clients one after another, in index order); under
+        late=partial, the steps that fit."""
         assert self.time is not None
         if deadline is None:
             return
         training = plan.training
         predicted = self.time.predict(self.routes_of(training), plan.faults.slowdown)
-        late = late_clients({k: predicted.clients[k] for k in training}, deadline)
+        paths = dict(predicted.clients)
+        if not self.settings.topology.p2p:
+            queue = 0.0
+            for route in self.routes_of(training):
+                queue += route.segments[0].flops / self.time.speeds.get(SERVER, float("inf"))
+                paths[route.client] = max(paths[route.client], queue)
+        late = late_clients({k: paths[k] for k in training}, deadline)
         if self.settings.faults.late == "partial":
             by_index = self.time.by_index
             for k in sorted(late):
-                done = steps_by_deadline(predicted.clients[k], by_index[k].steps, deadline)
+                done = steps_by_deadline(paths[k], by_index[k].steps, deadline)
                 if done > 0:
                     plan.steps[k] = done
             late = {k for k in late if k not in plan.steps}
@@ -230,10 +278,34 @@ class FaultPlanner:
 
     # -- checkpoints ----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"routes": [r.to_json() for r in self.routes.values()]}
+        return {
+            "routes": [r.to_json() for r in self.routes.values()],
+            "holders": {str(k): {str(b): h for b, h in v.items()} for k, v in self.holders.items()},
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.routes = {int(r["client"]): route_from_json(r) for r in state["routes"]}
+        self.holders = {
+            int(k): {int(b): (h if isinstance(h, str) else int(h)) for b, h in v.items()}
+            for k, v in state.get("holders", {}).items()
+        }
+
+
+def _scaled(route: Route, share: float) -> Route:
+    """A route whose every segment did `share` of its planned steps (late=partial)."""
+    return Route(
+        route.client, [replace(seg, flops=seg.flops * share) for seg in route.segments], route.fallback
+    )
+
+
+def _holders(route: Route) -> dict[int, Holder]:
+    return {b: s.host for s in route.segments for b in range(s.start, s.stop)}
+
+
+def _name(holder: Holder) -> str:
+    if isinstance(holder, str):
+        return holder  # SERVER or COORDINATOR
+    return peer_name(holder)
 
 
 def route_from_json(data: Mapping[str, Any]) -> Route:
@@ -251,45 +323,3 @@ def route_from_json(data: Mapping[str, Any]) -> Route:
         for s in data["segments"]
     ]
     return Route(int(data["client"]), segments, data.get("fallback"))
-
-
-def _host_name(host: int | str) -> str:
-    return SERVER if host == SERVER else peer_name(int(host))
-
-
-def _transfers(
-    old: Mapping[int, Route], new: Mapping[int, Route], absent: set[int], unplaced: set[int]
-) -> list[Transfer]:
-    """What moves between the old and the new routes, block by block: each run of blocks that changes
-    host goes from its old host (or, that host absent, from the coordinator's copy) to its new one. A
-    half with no host this round stays with the coordinator (destination `coordinator`), and what an
-    absent host held of it is lost all the same."""
-    out: list[Transfer] = []
-    for k in sorted(unplaced):
-        before = old.get(k)
-        for s in before.segments if before is not None else []:
-            if s.host != SERVER and int(s.host) in absent:
-                out.append(Transfer(k, COORDINATOR, COORDINATOR, tuple(range(s.start, s.stop)), s.head, True))
-    for k, route in sorted(new.items()):
-        before = old.get(k)
-        if before is not None and before.segments == route.segments:
-            continue
-        held = {b: s.host for s in before.segments for b in range(s.start, s.stop)} if before else {}
-        for segment in route.segments:
-            runs: dict[int | str, list[int]] = {}
-            for b in range(segment.start, segment.stop):
-                if held.get(b) != segment.host:
-                    runs.setdefault(held.get(b, COORDINATOR), []).append(b)
-            for source, blocks in runs.items():
-                lost = source == COORDINATOR or (source != SERVER and int(source) in absent)
-                out.append(
-                    Transfer(
-                        k,
-                        COORDINATOR if lost else _host_name(source),
-                        _host_name(segment.host),
-                        tuple(blocks),
-                        segment.head and segment.stop - 1 in blocks,
-                        lost,
-                    )
-                )
-    return out

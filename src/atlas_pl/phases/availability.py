@@ -53,19 +53,19 @@ def draw_faults(
     straggle: float,
     slowdown: tuple[float, float],
 ) -> RoundFaults:
-    """The round's absences and slowdowns for `clients` (indices), from (seed, round) alone.
+    """The round's absences and slowdowns for `clients` (indices), from (seed, round, client) alone.
 
-    Every client consumes the same three draws whatever the probabilities, so raising `drop` never
-    changes who straggles among those still present, and adding clients never changes earlier ones'."""
+    Each client has its own stream and the same three draws whatever the probabilities, so raising
+    `drop` never changes who straggles among those still present, and which other clients take part
+    (Phase 2 drops, another ablation) never changes a client's draws."""
     if not 0.0 <= drop < 1.0 or not 0.0 <= straggle <= 1.0:
         raise ValueError(f"drop must be in [0, 1) and straggle in [0, 1]; got {drop}, {straggle}")
     low, high = slowdown
     if not 1.0 <= low <= high:
         raise ValueError(f"slowdown bounds must satisfy 1 <= low <= high; got {slowdown}")
-    rng = np.random.default_rng([seed, round_index, _STREAM])
-    draws = rng.random((len(clients), 3))
     absent, slow = set(), {}
-    for k, (u_drop, u_slow, u_factor) in zip(clients, draws):
+    for k in clients:
+        u_drop, u_slow, u_factor = np.random.default_rng([seed, round_index, _STREAM, int(k)]).random(3)
         if u_drop < drop:
             absent.add(int(k))
         elif u_slow < straggle and high > 1.0:

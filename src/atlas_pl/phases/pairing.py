@@ -223,7 +223,7 @@ def pair(
 class Repair:
     """A round's routes after re-pairing around unavailable devices."""
 
-    routes: dict[int, Route]  # every client with a route this round (kept or new)
+    routes: dict[int, Route]  # every client of `needing` with a route this round (kept or new)
     moved: dict[int, str]  # re-paired clients: "cluster" | "other_cluster" | "server"
     unplaced: dict[int, str]  # clients no device can host this round, with the reason
 
@@ -231,32 +231,38 @@ class Repair:
 def repair(
     arch: ModelArch,
     clients: Sequence[PeerClient],
-    routes: Sequence[Route],
+    routes: Mapping[int, Route],
     missing: Mapping[int, int | None],
     budgets: Mapping[str, int],
     speeds: Mapping[str, float],
     settings: MemorySettings,
     *,
     unavailable: set[int],
+    needing: Sequence[int],
     server_fallback: bool,
     policy: str = "cluster",
     seed: int = 0,
 ) -> Repair:
-    """Routes for a round in which the devices in `unavailable` host nothing (absent, or too slow).
+    """Routes for the clients in `needing` (those that train this round) when the devices in
+    `unavailable` host nothing (absent, or too slow).
 
-    Routes that avoid them stay as they are (moving a half costs bytes) and are charged first; each
-    broken route (and each client of `clients` without one) is placed again by the rules of `pair`
-    over the remaining devices: same cluster first (a re-pairing), then other clusters' peers, then
-    the server if allowed; a client nobody can host is `unplaced` with the reason (it sits the round
-    out). Each device keeps the block it leaves
-    to others (`missing`), so no device ends up with all L blocks."""
+    A client's route in `routes` that avoids them stays as it is (moving a half costs bytes) and is
+    charged first; every other client of `needing` is placed again by the rules of `pair` over the
+    remaining devices: same cluster first (a re-pairing), then other clusters' peers, then the server
+    if allowed; a client nobody can host is `unplaced` with the reason (it sits the round out). Each
+    device keeps the block it leaves to others (`missing`), so no device ends up with all L blocks.
+    Clients outside `needing` are not placed and not charged: their halves wait where they are."""
     available = [c for c in clients if c.index not in unavailable]
     hosts = _hosts(arch, available, budgets, speeds, settings, missing, _priorities(policy, seed, clients))
     by_index = {c.index: c for c in clients}
-    kept = {r.client: r for r in routes if all(h == SERVER or int(h) in hosts for h in r.hosts)}
-    for route in kept.values():
-        _recharge(arch, by_index[route.client], route, hosts, settings)
-    broken = [c for c in clients if c.index not in kept]  # broken routes, and clients without one
+    kept = {
+        k: routes[k]
+        for k in needing
+        if k in routes and all(h == SERVER or int(h) in hosts for h in routes[k].hosts)
+    }
+    for k, route in kept.items():
+        _recharge(arch, by_index[k], route, hosts, settings)
+    broken = [by_index[k] for k in needing if k not in kept]
     per_block = block_flops(arch, settings)
     out, moved, unplaced = dict(kept), {}, {}
     for client in _placement_order(arch, broken):

@@ -16,6 +16,11 @@ from typing import Any
 TARGET_SHARE = 0.95  # the target: this share of the best final metric (the job's own, or the group's)
 
 
+def target_of(best: float) -> float:
+    """TARGET_SHARE of `best`, measured from 0: below it also when the best is negative (an MCC can be)."""
+    return best - (1.0 - TARGET_SHARE) * abs(best)
+
+
 @dataclass(frozen=True)
 class Reached:
     round: int
@@ -45,7 +50,7 @@ def job_convergence(records: Sequence[Mapping[str, Any]], tasks: Sequence[str]) 
         values = [v for r in records if (v := task_metric(r, task)) is not None]
         if not values:
             continue
-        target = TARGET_SHARE * max(values)
+        target = target_of(max(values))
         hit = reached(records, task, target)
         out[task] = {
             "target": target,

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from atlas_pl.reporting.convergence import TARGET_SHARE, reached
+from atlas_pl.reporting.convergence import TARGET_SHARE, reached, target_of
 from atlas_pl.reporting.names import (
     ETA_ABLATIONS,
     GroupKey,
@@ -240,7 +240,7 @@ def speeds(groups: Sequence[Group]) -> dict[str, dict[str, Speed]]:
         finals = [g.per_task[task].mean.mean for g in groups if task in g.per_task]
         if not finals:
             continue
-        target = TARGET_SHARE * max(finals)
+        target = target_of(max(finals))
         out[task] = {}
         for g in groups:
             hits = [reached(j.records, task, target) for j in g.jobs]
