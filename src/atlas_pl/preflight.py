@@ -3,7 +3,8 @@
 The model's config.json (or a tiny model's registry entry) says how many positions, how wide each LoRA
 target is and how much memory a client half needs. With that alone, a `data.max_len` beyond the model's
 positions (a memory bomb at 100000), a rank wider than a projection, LoRA targets that match nothing,
-and a device mix where no client fits are all refused before torch is even imported. The real
+a device mix where no client fits and, under topology=p2p, one where no pairing exists are all refused
+before torch is even imported. The real
 allocation in Phase 2 uses the same memory model on the loaded modules (the counts are equal, as
 tests/phases/test_memory.py checks), so what passes here fits there.
 """
@@ -21,7 +22,9 @@ from atlas_pl.errors import RunEnvironmentError
 from atlas_pl.jobdir import check_writable
 from atlas_pl.models.catalog import DEFAULT_TARGETS, ModelSpec, resolve_model_spec
 from atlas_pl.models.files import check_model_files, max_tokens, model_config
+from atlas_pl.parties.peers import peer_clients, plan_routes
 from atlas_pl.parties.planning import allocation_mode, plan
+from atlas_pl.phases.allocation import ClientAllocation
 from atlas_pl.phases.devices import assign_devices
 from atlas_pl.phases.memory import ModelArch, NoTargetsMatched
 from atlas_pl.settings import Settings
@@ -104,6 +107,8 @@ def check_devices_fit(settings: Settings, arch: ModelArch) -> None:
         allocations = plan(settings, arch, list(range(n_clients)), devices)  # InfeasibleClientError
     finally:
         allocation_log.disabled = False
+    if settings.topology.p2p and not any(a.dropped for a in allocations):
+        check_pairing(settings, arch, allocations)
     if all(a.dropped for a in allocations):
         raise ConfigError(
             [
@@ -113,6 +118,23 @@ def check_devices_fit(settings: Settings, arch: ModelArch) -> None:
                 "(or devices.scale), or lower fed.batch_size or data.max_len"
             ]
         )
+
+
+def check_pairing(settings: Settings, arch: ModelArch, allocations: list[ClientAllocation]) -> None:
+    """topology=p2p: a mix where no pairing exists is refused now (PairingError), not after Phase 1.
+
+    Rehearsed with the clients' true tasks as clusters, ranks allocated before importance (Phase 2's
+    final ranks are paired again once it has run) and the head priced as a dense layer plus the
+    classifier (the larger of the heads)."""
+    per_task = settings.fed.clients_per_task
+    clusters = [k // per_task for k in range(len(allocations))]
+    heads = [
+        arch.hidden * (arch.hidden + 1) + (arch.hidden + 1) * task_spec(settings.tasks[c]).num_labels
+        for c in clusters
+    ]
+    samples = settings.data.samples_per_client or settings.fed.batch_size
+    clients = peer_clients(settings, allocations, clusters, [samples] * len(allocations), heads)
+    plan_routes(settings, arch, clients)
 
 
 def check_inputs(settings: Settings) -> None:

@@ -45,11 +45,15 @@ def test_clients_sit_out_come_back_and_only_absent_hosts_lose_blocks(tmp_path) -
             else:
                 assert t.client in plan.routes
         for k, route in plan.routes.items():  # after the moves, each block is kept by its host
-            assert all(planner.holders[k][b] == s.host for s in route.segments for b in range(s.start, s.stop))
+            assert all(
+                planner.holders[k][b] == s.host for s in route.segments for b in range(s.start, s.stop)
+            )
             assert not absent & {h for h in route.hosts if isinstance(h, int)}
         sat_out += len(plan.unplaced)
         rejoined += sum(k in plan.training for k in clients if k in planner.routes)
-    assert sat_out > 0 and rejoined > 0  # the case the planner once crashed on: a client back after sitting out
+    assert (
+        sat_out > 0 and rejoined > 0
+    )  # the case the planner once crashed on: a client back after sitting out
 
 
 def test_without_faults_nothing_moves(tmp_path) -> None:

@@ -218,11 +218,7 @@ class FederatedOrchestrator(pl.Callback):
         started = time.perf_counter()
         ids = [p.data.client_id for p in self.parties]
         if not self.settings.allocation.drop_infeasible:
-            early = self.coordinator.allocate(arch, ids, devices)
-            # p2p: a mix that cannot pair even at these ranks (before importance shapes them) fails
-            # here, not after Phase 1; Phase 2's final ranks are paired (and checked) again below
-            if self.settings.topology.p2p:
-                plan_routes(self.settings, arch, self.peer_clients_for(early, [0] * len(early)))
+            self.coordinator.allocate(arch, ids, devices)
         source = importance_source(self.settings)
         importance, labels = None, None
         if source == "cluster" or self.coordinator.clustered:

@@ -15,11 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from atlas_pl.parties.link import SERVER
 from atlas_pl.parties.planning import device_budgets, memory_settings
 from atlas_pl.phases.allocation import ClientAllocation
 from atlas_pl.phases.memory import ModelArch
-from atlas_pl.phases.pairing import Pairing, PeerClient, Route, device_memory, pair
+from atlas_pl.phases.pairing import SERVER, Pairing, PeerClient, Route, device_memory, pair
 from atlas_pl.settings import Settings
 from atlas_pl.tracking.results import write_json
 
