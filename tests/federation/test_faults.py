@@ -4,18 +4,16 @@ job under faults is as deterministic and resumable as one without."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
 
 from atlas_pl.tracking.checkpoint import load_checkpoint, round_dir
 
-from ..conftest import REPO_ROOT, cli_env
 from .test_federation import _cfg
 from .test_p2p import P2P
+from .test_resume import KILLER as KILL_IN_ROUND_2
+from .test_resume import _cli, _metrics
 
 FLAKY = (*[o for o in P2P if not o.startswith("fed.rounds")], "fed.rounds=5", "faults.drop=0.3")
 
@@ -130,75 +128,28 @@ def test_late_clients_are_left_out_of_the_aggregation_or_train_what_fits(smoke_r
     assert steps and all(0 < n < 13 for n in steps.values())  # 200 examples / batch 16 = 13 steps
 
 
-KILLER = textwrap.dedent(
-    """
-    import os, signal, sys
-    from atlas_pl.lightning import modules
-
-    original = modules.ClientModule.training_step
-
-    def step(self, batch, batch_idx):
-        if self.trainer.current_epoch == 2 and batch_idx == 1:
-            os.kill(os.getpid(), signal.SIGKILL)
-        return original(self, batch, batch_idx)
-
-    modules.ClientModule.training_step = step
-    from atlas_pl.__main__ import main
-    sys.argv = ["atlas_pl", *sys.argv[1:]]
-    main()
-    """
+# the resume tests' killer, at the second step of whichever client trains first in round 3 (a fixed client
+# may be absent then)
+KILLER = KILL_IN_ROUND_2.replace(
+    "self.trainer.current_epoch == 1 and self.client_id == 1 and batch_idx == 1",
+    "self.trainer.current_epoch == 2 and batch_idx == 1",
 )
 
 
 @pytest.mark.integration
 def test_kill_9_mid_run_under_faults_then_resume_gives_identical_metrics(tmp_path) -> None:
-    overrides = [
-        "+experiment=smoke",
-        "ablation=atlas",
-        "logger=csv",
-        *FLAKY,
-        "faults.straggle=0.3",
-        "faults.deadline=1.5x",
-        "fed.rounds=4",
-    ]
-
-    def cli(run_dir, *extra, script=None):
-        cmd = [sys.executable, "-c", script] if script else [sys.executable, "-m", "atlas_pl"]
-        done = subprocess.run(
-            [*cmd, *overrides, *extra, f"hydra.run.dir={run_dir}"],
-            capture_output=True,
-            text=True,
-            env=cli_env(),
-            cwd=REPO_ROOT,
-            timeout=900,
-        )
-        return done
-
-    def metrics(run_dir):
-        out = []
-        for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-            r = json.loads(line)
-            for key in (
-                "round_seconds",
-                "orchestration_seconds",
-                "evaluation_seconds",
-                "fingerprint_seconds",
-            ):
-                r.pop(key, None)
-            for c in r["clients"].values():
-                c.pop("train_seconds")
-            out.append(r)
-        return out
-
-    straight = cli(tmp_path / "straight")
+    assert KILLER != KILL_IN_ROUND_2
+    overrides = ["+experiment=smoke", "ablation=atlas", "logger=csv", *FLAKY, "fed.rounds=4"]
+    overrides += ["faults.straggle=0.3", "faults.deadline=1.5x"]
+    straight = _cli(tmp_path, tmp_path / "straight", *overrides)
     assert straight.returncode == 0, straight.stderr[-3000:]
-    killed = cli(tmp_path / "killed", script=KILLER)
+    killed = _cli(tmp_path, tmp_path / "killed", *overrides, script=KILLER)
     assert killed.returncode == -9, killed.stderr[-3000:]
-    resumed = cli(tmp_path / "killed", "resume=true")
+    resumed = _cli(tmp_path, tmp_path / "killed", *overrides, "resume=true")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "continuing at round 3" in resumed.stdout + resumed.stderr
-    ours, theirs = metrics(tmp_path / "killed"), metrics(tmp_path / "straight")
-    assert ours == theirs
+    ours = _metrics(tmp_path / "killed")
+    assert ours == _metrics(tmp_path / "straight")
     assert any(r["faults"]["absent_clients"] for r in ours) and any(r["faults"]["moved"] for r in ours)
 
 

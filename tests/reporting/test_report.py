@@ -21,7 +21,7 @@ from atlas_pl.reporting import load_job
 
 from ..conftest import REPO_ROOT
 
-FIGURES = {"convergence", "ablations", "eta_sweep", "adjacency", "ranks", "communication"}
+FIGURES = {"convergence", "sim_time", "ablations", "eta_sweep", "adjacency", "ranks", "communication"}
 
 
 def _job_values(job: Path) -> dict:
