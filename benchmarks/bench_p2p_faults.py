@@ -40,16 +40,16 @@ BASE = [
 ]
 SAME_ALLOCATION = ["allocation.host_reserve=0.5", "allocation.max_split=4"]
 STRAGGLERS = ["faults.straggle=0.2", "faults.deadline=2x"]
-CONFIGS: dict[str, list[str]] = {
+CONFIGS: dict[str, list[str]] = {  # in the order they run: the no-fault pair, then the heaviest faults first
     "server": ["topology=server", *SAME_ALLOCATION],
     "p2p": ["topology=p2p"],
     "p2p_random": ["topology=p2p", "pairing=random"],
     "server_drop0_straggle": ["topology=server", *SAME_ALLOCATION, *STRAGGLERS],
+    "p2p_drop0.3_straggle": ["topology=p2p", "faults.drop=0.3", *STRAGGLERS],
+    "server_drop0.3_straggle": ["topology=server", *SAME_ALLOCATION, "faults.drop=0.3", *STRAGGLERS],
+    "p2p_drop0.1_straggle": ["topology=p2p", "faults.drop=0.1", *STRAGGLERS],
     "p2p_drop0_straggle": ["topology=p2p", *STRAGGLERS],
     "server_drop0.1_straggle": ["topology=server", *SAME_ALLOCATION, "faults.drop=0.1", *STRAGGLERS],
-    "p2p_drop0.1_straggle": ["topology=p2p", "faults.drop=0.1", *STRAGGLERS],
-    "server_drop0.3_straggle": ["topology=server", *SAME_ALLOCATION, "faults.drop=0.3", *STRAGGLERS],
-    "p2p_drop0.3_straggle": ["topology=p2p", "faults.drop=0.3", *STRAGGLERS],
     "p2p_random_drop0.1_straggle": ["topology=p2p", "pairing=random", "faults.drop=0.1", *STRAGGLERS],
 }
 
