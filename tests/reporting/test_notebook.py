@@ -33,7 +33,7 @@ def test_notebook_runs_on_a_multirun(smoke_multirun: Path, monkeypatch: pytest.M
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     images = [o for o in outputs if "image/png" in o.get("data", {})]
-    assert len(images) == 7  # every figure: the eta sweep (2 etas) and simulated time (device profiles) included
+    assert len(images) == 7  # every figure: the eta sweep (2 etas) and simulated time (profiles) included
     tables = [o for o in outputs if "text/html" in o.get("data", {})]
     assert any("atlas (eta=0.5)" in o["data"]["text/html"] for o in tables)
 
