@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from atlas_pl.parties.link import COORDINATOR, SERVER
-from atlas_pl.parties.peers import peer_name
+from atlas_pl.parties.peers import host_name
 from atlas_pl.phases.availability import (
     RoundFaults,
     deadline_seconds,
@@ -248,7 +248,9 @@ class FaultPlanner:
                         holders[b] = segment.host
                 for source, blocks in runs.items():
                     head = segment.head and segment.stop - 1 in blocks
-                    out.append(Transfer(k, _name(source), _name(segment.host), tuple(blocks), head, False))
+                    out.append(
+                        Transfer(k, host_name(source), host_name(segment.host), tuple(blocks), head, False)
+                    )
         return out
 
     def _mark_late(self, plan: RoundPlan, deadline: float | None) -> None:
@@ -284,7 +286,7 @@ class FaultPlanner:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.routes = {int(r["client"]): route_from_json(r) for r in state["routes"]}
+        self.routes = {int(r["client"]): Route.from_json(r) for r in state["routes"]}
         self.holders = {
             int(k): {int(b): (h if isinstance(h, str) else int(h)) for b, h in v.items()}
             for k, v in state.get("holders", {}).items()
@@ -300,26 +302,3 @@ def _scaled(route: Route, share: float) -> Route:
 
 def _holders(route: Route) -> dict[int, Holder]:
     return {b: s.host for s in route.segments for b in range(s.start, s.stop)}
-
-
-def _name(holder: Holder) -> str:
-    if isinstance(holder, str):
-        return holder  # SERVER or COORDINATOR
-    return peer_name(holder)
-
-
-def route_from_json(data: Mapping[str, Any]) -> Route:
-    from atlas_pl.phases.pairing import Segment
-
-    segments = [
-        Segment(
-            s["host"] if s["host"] == SERVER else int(s["host"]),
-            int(s["blocks"][0]),
-            int(s["blocks"][1]),
-            bool(s["head"]),
-            int(s["bytes"]),
-            float(s["flops"]),
-        )
-        for s in data["segments"]
-    ]
-    return Route(int(data["client"]), segments, data.get("fallback"))

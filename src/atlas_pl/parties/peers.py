@@ -18,7 +18,7 @@ from typing import Any
 from atlas_pl.parties.planning import device_budgets, memory_settings
 from atlas_pl.phases.allocation import ClientAllocation
 from atlas_pl.phases.memory import ModelArch
-from atlas_pl.phases.pairing import SERVER, Pairing, PeerClient, Route, device_memory, pair
+from atlas_pl.phases.pairing import Pairing, PeerClient, Route, device_memory, pair
 from atlas_pl.settings import Settings
 from atlas_pl.tracking.results import write_json
 
@@ -30,8 +30,13 @@ def peer_name(client: int) -> str:
     return f"peer/{client}"
 
 
+def host_name(host: int | str) -> str:
+    """A ledger name for whoever keeps a segment: a peer's index, or a named party (server, coordinator)."""
+    return host if isinstance(host, str) else peer_name(host)
+
+
 def hop_names(route: Route) -> list[str]:
-    return [SERVER if h == SERVER else peer_name(int(h)) for h in route.hosts]
+    return [host_name(h) for h in route.hosts]
 
 
 def peer_clients(

@@ -84,6 +84,22 @@ class Route:
     def hosts(self) -> list[int | str]:
         return [s.host for s in self.segments]
 
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Route:
+        """The route `to_json` wrote (a checkpoint's)."""
+        segments = [
+            Segment(
+                s["host"] if isinstance(s["host"], str) else int(s["host"]),
+                int(s["blocks"][0]),
+                int(s["blocks"][1]),
+                bool(s["head"]),
+                int(s["bytes"]),
+                float(s["flops"]),
+            )
+            for s in data["segments"]
+        ]
+        return cls(int(data["client"]), segments, data.get("fallback"))
+
     def to_json(self) -> dict[str, Any]:
         return {
             "client": self.client,
