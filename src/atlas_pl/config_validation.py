@@ -305,11 +305,35 @@ def validate_config(cfg: DictConfig) -> None:
         )
     if c.get("trainer.batched_clients") is True:
         _check_batched_clients(c)
+    _check_defense(c)
     c.one_of("trainer.accelerator", ACCELERATORS)
     c.number("seed", low=0, integer=True)
 
     if c.problems:
         raise ConfigError(c.problems)
+
+
+def _check_defense(c: _Checker) -> None:
+    """Activation noise acts where h crosses the split: pipelines without that exchange are refused."""
+    if c.get("privacy.activation_noise") is None:
+        return
+    c.number("privacy.activation_noise", low=0)
+    noise = c.get("privacy.activation_noise")
+    if not isinstance(noise, int | float) or isinstance(noise, bool) or noise <= 0:
+        return
+    if c.get("trainer.batched_clients") is True:
+        c.fail(
+            "trainer.batched_clients",
+            True,
+            "false with privacy.activation_noise > 0 (the batched step runs "
+            "every client's whole model in one pass: no split exchange to add the noise to)",
+        )
+    if c.get("ablation.pipeline") == "centralized":
+        c.fail(
+            "privacy.activation_noise",
+            noise,
+            "0 with ablation=centralized (one unsplit model: nothing is sent)",
+        )
 
 
 def _check_topology(c: _Checker, spec: Any) -> None:

@@ -31,6 +31,15 @@ log = logging.getLogger(__name__)
 __all__ = ["DONE", "FAILED", "JOB_FILES", "JobDirectoryError", "run_job"]
 
 
+def defenses(settings: Settings) -> dict[str, Any]:
+    """What protected what left the clients, for the privacy-utility comparison (README, Privacy)."""
+    dp = settings.fingerprint.dp
+    return {
+        "activation_noise": settings.privacy.activation_noise,
+        "sketch_dp": dp.as_json() if dp is not None and dp.enabled else None,
+    }
+
+
 def _write_failure(out_dir: Path, err: BaseException, result_round: int | None) -> None:
     write_json(
         out_dir / FAILED,
@@ -164,6 +173,7 @@ def _run(
             "convergence": job_convergence(result.records, list(settings.tasks)),
             "faults": fault_totals(result.records) if settings.faults.enabled else None,
             "overhead": result.overhead,
+            "defenses": defenses(settings),
             "allocation": [
                 {
                     "client": a.client,

@@ -239,6 +239,13 @@ class CheckpointSettings:
 
 
 @dataclass(frozen=True)
+class DefenseSettings:
+    """Defenses of what leaves a client during training (DESIGN.md §11; the sketch's DP is fingerprint.dp)."""
+
+    activation_noise: float = 0.0  # Gaussian noise on every h sent, a multiple of rms(h); 0 = off
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything a job reads, typed; `config` is the resolved config as JSON (written, compared)."""
 
@@ -263,6 +270,7 @@ class Settings:
     checkpoint: CheckpointSettings
     output_dir: Path
     cache_dir: Path
+    privacy: DefenseSettings = DefenseSettings()
     config: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -475,6 +483,9 @@ def settings_from_dict(c: dict[str, Any]) -> Settings:
         ),
         output_dir=Path(str(c["paths"]["output_dir"])),
         cache_dir=Path(str(c["paths"]["cache_dir"])),
+        privacy=DefenseSettings(
+            activation_noise=float((c.get("privacy") or {}).get("activation_noise") or 0.0)
+        ),
         config=c,
     )
 

@@ -291,9 +291,10 @@ class InProcessEngine:
     def _link(self, index: int) -> LocalLink:
         """The client's way to its server half: the server, or under topology=p2p its route of peers."""
         route = self.orchestrator.routes.get(index)
+        noise = self.settings.privacy.activation_noise
         if route is None:
-            return LocalLink(index, self.host, self.ledger)
-        return RouteLink(index, self.host, self.ledger, hop_names(route))
+            return LocalLink(index, self.host, self.ledger, noise=noise)
+        return RouteLink(index, self.host, self.ledger, hop_names(route), noise=noise)
 
     def _train_batched(self, round_index: int, progress: Any) -> dict[int, tuple[float, float]]:
         """Every participant's epochs in lock-stepped batched steps, then Phase 4 (no Lightning fit)."""
@@ -326,10 +327,14 @@ class InProcessEngine:
         self.fit_seconds += sum(seconds for _, seconds in reports.values())
         return reports
 
-    def _score(self, party: ClientParty, scored: dict[tuple[str, str], dict[str, float]]) -> dict[str, float]:
+    def _score(
+        self, party: ClientParty, scored: dict[tuple[str, str, int | None], dict[str, float]]
+    ) -> dict[str, float]:
         """A client's metrics on its task's evaluation set; identical models (e.g. after cluster
         averaging) are scored once."""
-        seen = (party.task, model_digest(party.model))
+        # with activation noise the split is where the noise enters: same factors, other split, other scores
+        split = party.model.split if self.settings.privacy.activation_noise else None
+        seen = (party.task, model_digest(party.model), split)
         if seen not in scored:
             scored[seen] = party.evaluate(
                 self.fed.data.eval[party.task],
@@ -343,7 +348,7 @@ class InProcessEngine:
     ) -> list[ClientRound]:
         s, fed, orch = self.settings, self.fed, self.orchestrator
         rows = []
-        scored: dict[tuple[str, str], dict[str, float]] = {}  # (task, model digest) -> metrics
+        scored: dict[tuple[str, str, int | None], dict[str, float]] = {}  # (task, model digest) -> metrics
         evaluates = s.fed.evaluates(round_index)
         for k, p in enumerate(self.parties):
             row = ClientRound(p.data.client_id, p.task, self.coordinator.clusters[k], fed.devices[k])

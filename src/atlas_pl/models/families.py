@@ -45,6 +45,23 @@ class FamilyOps:
     def embed(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None) -> Tensor:
         raise NotImplementedError
 
+    def word_embeddings(self) -> nn.Module:
+        """The token embedding table: what an inversion attack decodes recovered vectors against."""
+        return self.model.get_input_embeddings()
+
+    def token_table(self) -> Tensor:
+        """The token embedding matrix [V, H]."""
+        weight = getattr(self.word_embeddings(), "weight", None)
+        if not isinstance(weight, Tensor):
+            raise TypeError(f"{type(self.model).__name__}'s input embeddings have no weight matrix")
+        return weight
+
+    def embed_vectors(self, words: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None) -> Tensor:
+        """`embed` with the token lookup replaced by given word vectors [B, T, H]; positions and token
+        types are added as for real tokens, so an attack can optimise continuous inputs through the
+        exact embedding layer the client runs."""
+        raise NotImplementedError
+
     def block_context(self, hidden: Tensor, attention_mask: Tensor) -> dict:
         return {"mask": additive_mask(attention_mask, hidden.dtype, self.causal)}
 
@@ -68,11 +85,18 @@ class BertOps(FamilyOps):
     def embed(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None) -> Tensor:
         return self.model.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
 
+    def embed_vectors(self, words: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None) -> Tensor:
+        return self.model.embeddings(inputs_embeds=words, token_type_ids=token_type_ids)
+
 
 class RobertaOps(BertOps):
     def embed(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None) -> Tensor:
         # RoBERTa has a single token type; its position ids come from input_ids (padding-aware).
         return self.model.embeddings(input_ids=input_ids)
+
+    def embed_vectors(self, words: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None) -> Tensor:
+        # padded positions get sequential position ids here, not RoBERTa's padding id: they are masked
+        return self.model.embeddings(inputs_embeds=words)
 
 
 class DistilBertOps(FamilyOps):
@@ -81,6 +105,9 @@ class DistilBertOps(FamilyOps):
 
     def embed(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None) -> Tensor:
         return self.model.embeddings(input_ids)
+
+    def embed_vectors(self, words: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None) -> Tensor:
+        return self.model.embeddings(None, inputs_embeds=words)
 
     @property
     def hidden_size(self) -> int:
@@ -96,6 +123,10 @@ class GPT2Ops(FamilyOps):
     def embed(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None) -> Tensor:
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)[None]
         return self.model.drop(self.model.wte(input_ids) + self.model.wpe(positions))
+
+    def embed_vectors(self, words: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None) -> Tensor:
+        positions = torch.arange(words.shape[1], device=words.device)[None]
+        return self.model.drop(words + self.model.wpe(positions))
 
     def run_block(self, index: int, hidden: Tensor, ctx: dict) -> Tensor:
         out = self.blocks()[index](hidden, attention_mask=ctx["mask"])
@@ -113,6 +144,9 @@ class LlamaOps(FamilyOps):
 
     def embed(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None) -> Tensor:
         return self.model.embed_tokens(input_ids)
+
+    def embed_vectors(self, words: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None) -> Tensor:
+        return words
 
     def block_context(self, hidden: Tensor, attention_mask: Tensor) -> dict:
         positions = torch.arange(hidden.shape[1], device=hidden.device)[None]

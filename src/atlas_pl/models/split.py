@@ -147,12 +147,24 @@ class ClientHalf(nn.Module):
     def forward(
         self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None
     ) -> Tensor:
-        ops = self.backbone.ops
         with self.adapter.active(self.backbone.hosts):
-            hidden = ops.embed(input_ids, attention_mask, token_type_ids)
-            ctx = ops.block_context(hidden, attention_mask)
-            for index in range(self.split):
-                hidden = ops.run_block(index, hidden, ctx)
+            hidden = self.backbone.ops.embed(input_ids, attention_mask, token_type_ids)
+            return self._run_blocks(hidden, attention_mask)
+
+    def forward_words(
+        self, words: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None
+    ) -> Tensor:
+        """The same half from word vectors [B, T, H] instead of token ids: differentiable in the input,
+        which is what an inversion attack optimises (atlas_pl.privacy)."""
+        with self.adapter.active(self.backbone.hosts):
+            hidden = self.backbone.ops.embed_vectors(words, attention_mask, token_type_ids)
+            return self._run_blocks(hidden, attention_mask)
+
+    def _run_blocks(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
+        ops = self.backbone.ops
+        ctx = ops.block_context(hidden, attention_mask)
+        for index in range(self.split):
+            hidden = ops.run_block(index, hidden, ctx)
         return hidden
 
 

@@ -173,10 +173,15 @@ class ClientParty:
         half, link = self.half, self.link
         was_training = half.training
         half.eval()  # LoRA dropout off while scoring
+        noise = torch.Generator().manual_seed(
+            derive_seed(self.seed, "eval_noise")
+        )  # the same draws each time
         try:
             return evaluate(
                 lambda b: link.infer(
-                    half(b["input_ids"], b["attention_mask"], b.get("token_type_ids")), b["attention_mask"]
+                    half(b["input_ids"], b["attention_mask"], b.get("token_type_ids")),
+                    b["attention_mask"],
+                    noise,
                 ),
                 self.task,
                 data,

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Protocol
 
+import torch
 from torch import Tensor
 
 from atlas_pl.parties.messages import ActivationGrads, Activations
+from atlas_pl.privacy.noise import add_activation_noise
 
 SERVER = "server"
 COORDINATOR = "coordinator"
@@ -150,26 +153,51 @@ class HostsServerHalves(Protocol):
 class SplitLink(Protocol):
     """How a client reaches its server half: one training exchange, or a forward for evaluation."""
 
+    noise: float
+
     def exchange(self, message: Activations) -> ActivationGrads: ...
 
-    def infer(self, hidden: Tensor, attention_mask: Tensor) -> Tensor: ...
+    def infer(
+        self, hidden: Tensor, attention_mask: Tensor, generator: torch.Generator | None = None
+    ) -> Tensor: ...
 
 
 class LocalLink:
     """A link to a host in this process: a function call, with every training message counted."""
 
-    def __init__(self, client: int, host: HostsServerHalves, ledger: TrafficLedger, host_name: str = SERVER):
+    def __init__(
+        self,
+        client: int,
+        host: HostsServerHalves,
+        ledger: TrafficLedger,
+        host_name: str = SERVER,
+        noise: float = 0.0,
+    ):
         self.client = client
         self.host = host
         self.ledger = ledger
         self.host_name = host_name
+        self.noise = noise  # privacy.activation_noise: what leaves the client is h + noise
+
+    def sent(self, message: Activations) -> Activations:
+        """The message as it leaves the client: the defense's noise (global RNG, checkpointed) on h."""
+        if not self.noise:
+            return message
+        return replace(
+            message, hidden=add_activation_noise(message.hidden, message.attention_mask, self.noise)
+        )
 
     def exchange(self, message: Activations) -> ActivationGrads:
+        message = self.sent(message)
         reply = self.host.process(message)
         count_exchange(self.ledger, self.client, self.host_name, message.tensors(), (reply.grad,))
         return reply
 
-    def infer(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
+    def infer(
+        self, hidden: Tensor, attention_mask: Tensor, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Scoring sends h too, so it gets the same noise, from the caller's generator (repeatable)."""
+        hidden = add_activation_noise(hidden, attention_mask, self.noise, generator)
         return self.host.infer(self.client, hidden, attention_mask)
 
 
@@ -177,11 +205,14 @@ class RouteLink(LocalLink):
     """A link to a server half that runs on a route of peers (topology=p2p): computed by the same host
     in this process, every hop counted."""
 
-    def __init__(self, client: int, host: HostsServerHalves, ledger: TrafficLedger, hops: list[str]):
-        super().__init__(client, host, ledger, hops[0])
+    def __init__(
+        self, client: int, host: HostsServerHalves, ledger: TrafficLedger, hops: list[str], noise: float = 0.0
+    ):
+        super().__init__(client, host, ledger, hops[0], noise)
         self.hops = list(hops)
 
     def exchange(self, message: Activations) -> ActivationGrads:
+        message = self.sent(message)
         reply = self.host.process(message)
         count_route(self.ledger, self.client, self.hops, message.tensors(), (reply.grad,))
         return reply

@@ -1,0 +1,135 @@
+"""Benchmark: how much of a client's text the activations it sends give away, and what noise costs.
+
+Real MiniLM on real GLUE (DESIGN.md §11, README "Privacy"):
+
+1. Defended training: the quick experiment (SST-2, MRPC, CoLA; 3 rounds) with every client split at
+   s = 2, at privacy.activation_noise = 0, 0.25, 0.5, 1, 2 (x rms(h)): the utility MP of each defense.
+2. Inversion: 100 SST-2 validation sentences attacked at s = 1..5; the victim is client 0 (SST-2) of the
+   undefended job, so the white-box attacker holds its trained adapters and the semi-white-box one only
+   the pretrained weights. VMI, the learned inverter (trained on 1000 CoLA training sentences) and
+   BiSR(f), with 50 optimisation steps instead of the anchors' 100 (on MiniLM VMI is already at its
+   plateau after 10; a 2-core CPU budget). RMI costs ~30,000x more per step (a softmax over the
+   vocabulary at every position) and runs on 32 sentences at s = 1 and 3 only.
+3. Privacy-utility: each defended job's client 0 attacked white-box at its own split with its own noise;
+   AP (max over attacks) against MP, and DCS.
+4. The sketch attack: majority label from the Phase 1 sketch, 60 shadow and 30 victim clients of 64
+   SST-2 samples with Dirichlet(0.5) label mixes, without and with the sketch's DP.
+
+    .venv/bin/python benchmarks/bench_privacy.py --run   # what is not done yet (resumable)
+    .venv/bin/python benchmarks/bench_privacy.py         # tables and JSON of what is
+
+Writes benchmarks/results/privacy_minilm.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from _report import write_report
+
+from atlas_pl.privacy.report import console_table
+
+ROOT = Path(__file__).resolve().parents[1]
+NOISES = ["0", "0.25", "0.5", "1", "2"]
+TRAIN = ["+experiment=quick", "allocation.split=2", "logger=csv", "resume=true"]
+FAST = ["attack.vmi.steps=50", "attack.bisr.steps=50", "attack.inverter.epochs=10"]
+SKETCH = ["sketch.samples_per_client=64", "fingerprint.batches=4", "fingerprint.sketch_dim=1024"]
+
+
+def _job(out: Path, noise: str) -> Path:
+    return out / "train" / f"noise{noise}"
+
+
+def evaluations(out: Path) -> dict[str, list[str]]:
+    jobs = ",".join(str(_job(out, n)) for n in NOISES)
+    victim = f"target.job_dir={_job(out, '0')}"
+    return {
+        "inversion": [
+            victim,
+            "target.splits=all",
+            "attack.names=[vmi,inverter,bisr]",
+            *FAST,
+            "sketch.enabled=true",
+            *SKETCH,
+        ],
+        "rmi": [
+            victim,
+            "target.splits=[1,3]",
+            "target.samples=32",
+            "attack.names=[rmi]",
+            "attack.rmi.steps=100",
+            "sketch.enabled=false",
+        ],
+        "tradeoff": [
+            f"tradeoff.jobs=[{jobs}]",
+            "target.splits=[]",
+            "attack.names=[vmi,inverter,bisr]",
+            *FAST,
+            "sketch.enabled=false",
+        ],
+        "sketch_dp": ["target.splits=[]", "sketch.enabled=true", *SKETCH, "fingerprint.dp.enabled=true"],
+    }
+
+
+def _call(args: list[str], what: str) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    print(f"running {what}", flush=True)
+    done = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        print(f"  failed: {done.stderr[-1500:]}", file=sys.stderr, flush=True)
+
+
+def run(out: Path) -> None:
+    for noise in NOISES:
+        job = _job(out, noise)
+        if not (job / "done").exists():
+            _call(
+                ["-m", "atlas_pl", *TRAIN, f"privacy.activation_noise={noise}", f"hydra.run.dir={job}"],
+                f"training with noise {noise}",
+            )
+    for name, overrides in evaluations(out).items():
+        if not (out / name / "privacy.json").exists():
+            _call(["-m", "atlas_pl.privacy", *overrides, f"hydra.run.dir={out / name}"], name)
+
+
+def collect(out: Path) -> dict[str, Any]:
+    found = {}
+    for name in evaluations(out):
+        path = out / name / "privacy.json"
+        if path.exists():
+            result = json.loads(path.read_text())
+            for row in result["attacks"] + [a for t in result["tradeoff"] for a in t["attacks"]]:
+                row.pop("examples", None) if name != "inversion" else None
+            found[name] = {k: v for k, v in result.items() if k != "config"}
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--run", action="store_true", help="run what is not done first")
+    parser.add_argument("--dir", type=Path, default=ROOT / "multirun" / "privacy")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = parser.parse_args()
+    if args.run:
+        run(args.dir)
+    found = collect(args.dir)
+    write_report(
+        args.out,
+        "privacy_minilm",
+        {"train": TRAIN, "noises": NOISES, "evaluations": evaluations(args.dir), "results": found},
+        echo=False,
+    )
+    for name, result in found.items():
+        print(f"## {name}\n{console_table(result)}\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""What the privacy evaluation reads from a finished training job directory, without torch.
+
+A job directory holds the resolved config (job_config.json), each client's split and ranks
+(allocation.json), its final metrics (summary.json) and the round checkpoints whose tensors carry every
+client's adapters (`model/<client>/client.adapter...` and `.../server.adapter...`). A white-box attacker
+is given exactly those adapters.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from atlas_pl.privacy.errors import PrivacyConfigError
+
+
+@dataclass(frozen=True)
+class TrainedClient:
+    """One client of a finished job: where its adapters are, and what it trained with."""
+
+    job_dir: Path
+    client: int
+    task: str
+    split: int
+    ranks: dict[int, int]
+    alpha: float
+    model: str
+    activation_noise: float
+    checkpoint: Path  # the newest complete round's directory
+    primary: float | None  # the client's task metric at the end (mean over the task's clients)
+    seed: int
+
+
+def _read_json(path: Path, what: str) -> Any:
+    if not path.is_file():
+        raise PrivacyConfigError(
+            f"{path.parent} has no {path.name} ({what}); is it a finished atlas_pl job dir?"
+        )
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise PrivacyConfigError(f"{path} is not valid JSON ({err})") from err
+
+
+def newest_checkpoint(job_dir: Path) -> Path:
+    """The newest round directory with both checkpoint files, or a clear error."""
+    rounds = sorted((job_dir / "checkpoints").glob("round_*")) if (job_dir / "checkpoints").is_dir() else []
+    complete = [r for r in rounds if (r / "state.json").is_file() and (r / "tensors.safetensors").is_file()]
+    if not complete:
+        raise PrivacyConfigError(
+            f"job dir {job_dir} holds no adapters: no complete checkpoints/round_NNN/ with "
+            "tensors.safetensors (was it run with checkpoint.enabled=false, or did it stop before its first "
+            "round?)"
+        )
+    return complete[-1]
+
+
+def noise_of(config: dict[str, Any]) -> float:
+    privacy = config.get("privacy") or {}
+    return float(privacy.get("activation_noise", 0.0) or 0.0)
+
+
+def trained_client(job_dir: str | Path, client: int) -> TrainedClient:
+    """Client `client` of `job_dir`, checked: the directory, the client index and its adapters exist."""
+    root = Path(job_dir).expanduser()
+    if not root.is_dir():
+        raise PrivacyConfigError(f"target.job_dir={str(job_dir)!r} is not a directory")
+    config = _read_json(root / "job_config.json", "the job's resolved config")
+    allocation = _read_json(root / "allocation.json", "each client's split and ranks")
+    clients = allocation.get("clients") or []
+    if not 0 <= client < len(clients):
+        raise PrivacyConfigError(
+            f"target.client={client} but job dir {root} has {len(clients)} clients; "
+            f"valid: 0..{len(clients) - 1}"
+        )
+    entry = clients[client]
+    if entry.get("dropped"):
+        raise PrivacyConfigError(f"client {client} of {root} was dropped by Phase 2: it trained nothing")
+    summary = (
+        _read_json(root / "summary.json", "the job's final metrics")
+        if (root / "summary.json").exists()
+        else {}
+    )
+    per_task = (summary.get("final") or {}).get("per_task") or {}
+    task = str(entry["task"])
+    return TrainedClient(
+        job_dir=root,
+        client=client,
+        task=task,
+        split=int(entry.get("built_split", entry["split"])),
+        ranks={b: int(r) for b, r in enumerate(entry.get("built_ranks", entry["ranks"]))},
+        alpha=float(config["lora"]["alpha"]),
+        model=str(config["model"]["name"]),
+        activation_noise=noise_of(config),
+        checkpoint=newest_checkpoint(root),
+        primary=float(per_task[task]["primary"]) if task in per_task else None,
+        seed=int(config.get("seed", 0)),
+    )
