@@ -171,3 +171,23 @@ def test_every_model_passes_the_structural_checks(model: str, monkeypatch) -> No
             ConfigError, match=r"allocation.rank_candidates=\[4, 8, 16, 32, 64\] is invalid.*<= 32"
         ):
             build_settings(_compose(f"model={model}", "task=synthetic3"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["privacy.activation_noise=-0.5"], r"privacy.activation_noise=-0.5 is invalid; valid: a number"),
+        (
+            ["privacy.activation_noise=0.5", "trainer.batched_clients=true"],
+            r"no split exchange to add the noise",
+        ),
+        (["privacy.activation_noise=0.5", "ablation=centralized"], r"0 with ablation=centralized"),
+        (
+            ["privacy.activation_noise=0.5", "fingerprint.recluster_every=2"],
+            r"h it would send carries no noise",
+        ),
+    ],
+)
+def test_activation_noise_is_refused_where_nothing_crosses_a_split(overrides, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        validate_config(_compose("+experiment=smoke", *overrides))

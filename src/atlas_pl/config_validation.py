@@ -334,6 +334,14 @@ def _check_defense(c: _Checker) -> None:
             noise,
             "0 with ablation=centralized (one unsplit model: nothing is sent)",
         )
+    recluster = c.get("fingerprint.recluster_every")
+    if isinstance(recluster, int) and recluster > 0:
+        c.fail(
+            "fingerprint.recluster_every",
+            recluster,
+            "0 with privacy.activation_noise > 0 (a re-clustering fingerprint runs the client's trained "
+            "model in one process, so the h it would send carries no noise)",
+        )
 
 
 def _check_topology(c: _Checker, spec: Any) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from atlas_pl.privacy.attacks import AttackModel, invert, train_inverter, vmi
-from atlas_pl.privacy.config import InverterConfig, VMIConfig
+from atlas_pl.privacy.attacks import AttackModel, Sentences, bisr, invert, rmi, train_inverter, vmi
+from atlas_pl.privacy.config import InverterConfig, RMIConfig, VMIConfig
 from atlas_pl.privacy.evaluate import sent_activations
 from atlas_pl.privacy.metrics import recovery
 from atlas_pl.privacy.targets import pretrained_half
@@ -48,3 +48,30 @@ def test_forward_from_word_vectors_equals_forward_from_ids(tiny_backbone) -> Non
         half(s.input_ids, s.attention_mask, s.token_type_ids),
         half.forward_words(words, s.attention_mask, s.token_type_ids),
     )
+
+
+def test_rmi_and_bisr_recover_the_input_at_split_1(tiny_backbone) -> None:
+    half = pretrained_half(tiny_backbone, 1)
+    attacker = AttackModel(half)
+    victims, aux = random_sentences(12, 10, seed=1), random_sentences(200, 10, seed=2)
+    target = sent_activations(half, victims, 0.0, seed=5)
+    relaxed = rmi(attacker, victims, target, RMIConfig(steps=150))
+    assert recovery(victims.references(), victims.pick(relaxed)).accuracy >= 0.9
+    inverter = train_inverter(attacker, aux, InverterConfig(epochs=4, width=64), noise=0.0, seed=0)
+    started = bisr(attacker, victims, target, inverter, VMIConfig(steps=30))
+    assert recovery(victims.references(), victims.pick(started)).accuracy >= 0.9
+
+
+def test_chunks_of_uneven_sentences_send_what_each_sentence_sends_alone(tiny_backbone) -> None:
+    half = pretrained_half(tiny_backbone, 2)
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([3, 5, 5, 8, 11, 12])  # sorted, as task_sentences sorts them
+    ids = torch.randint(4, 256, (6, 12), generator=g)
+    mask = (torch.arange(12)[None] < lengths[:, None]).long()
+    s = Sentences(ids * mask, mask, torch.zeros_like(ids), mask.bool())
+    sent = sent_activations(half, s, 0.0, seed=0)  # chunks of 64, each trimmed to its longest member
+    for i, n in enumerate(lengths.tolist()):
+        alone = half(s.input_ids[i : i + 1, :n], mask[i : i + 1, :n], s.token_type_ids[i : i + 1, :n])
+        assert torch.allclose(sent[i, :n], alone[0], atol=1e-5)
+    parts = [(index, part.input_ids.shape[1]) for index, part in s.chunks(4)]
+    assert parts == [(slice(0, 4), 8), (slice(4, 8), 12)]

@@ -88,12 +88,26 @@ def test_a_job_dir_without_adapters_is_refused(tmp_path) -> None:
         _settings(tmp_path, f"target.job_dir={tmp_path / 'missing'}")
 
 
+def _checkpoint(job, names: list[str]) -> None:
+    from safetensors.torch import save_file
+
+    round_dir = job / "checkpoints" / "round_001"
+    round_dir.mkdir(parents=True)
+    (round_dir / "state.json").write_text("{}")
+    save_file({n: torch.zeros(2, 2) for n in names}, str(round_dir / "tensors.safetensors"))
+
+
 def test_a_job_trained_on_another_model_is_refused(tmp_path) -> None:
     job = _job_dir(tmp_path, model="minilm")
-    (job / "checkpoints" / "round_001").mkdir(parents=True)
-    for name in ("state.json", "tensors.safetensors"):
-        (job / "checkpoints" / "round_001" / name).write_text("{}")
+    _checkpoint(job, [f"model/0/client.adapter.factors.b{b}__attention_self_query__A" for b in (0, 1)])
     with pytest.raises(PrivacyConfigError, match="was trained on model 'minilm'.*run with model=minilm"):
+        _settings(tmp_path, f"target.job_dir={job}")
+
+
+def test_a_checkpoint_without_the_clients_adapters_is_refused(tmp_path) -> None:
+    job = _job_dir(tmp_path)
+    _checkpoint(job, ["model/0/client.adapter.factors.b0__attention_self_query__A", "model/5/server.head.w"])
+    with pytest.raises(PrivacyConfigError, match=r"lacks client 0's adapters of blocks \[1\]"):
         _settings(tmp_path, f"target.job_dir={job}")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from atlas_pl.parties.link import LocalLink, TrafficLedger
+from atlas_pl.parties.link import LocalLink, RouteLink, TrafficLedger
 from atlas_pl.parties.messages import ActivationGrads, Activations
 from atlas_pl.privacy.noise import add_activation_noise, masked_rms
 
@@ -59,3 +59,18 @@ def test_a_link_without_noise_sends_h_itself() -> None:
     h, mask = torch.randn(2, 5, 8), torch.ones(2, 5, dtype=torch.long)
     link.exchange(Activations(0, h, mask, torch.zeros(2, dtype=torch.long)))
     assert host.received[0] is h
+
+
+def test_a_route_of_peers_sends_noisy_h_too() -> None:
+    host = _Host()
+    link = RouteLink(0, host, TrafficLedger(), ["device/1", "device/2"], noise=0.5)  # type: ignore[arg-type]
+    h, mask = torch.randn(2, 5, 8), torch.ones(2, 5, dtype=torch.long)
+    link.exchange(Activations(0, h, mask, torch.zeros(2, dtype=torch.long)))
+    assert not torch.allclose(host.received[0], h)
+
+
+def test_rms_in_half_precision_is_not_lost_to_overflow() -> None:
+    h = torch.randn(16, 64, 384)
+    mask = torch.ones(16, 64, dtype=torch.long)
+    for dtype in (torch.float16, torch.bfloat16):
+        assert abs(float(masked_rms(h.to(dtype), mask)) - float(masked_rms(h, mask))) < 0.02

@@ -348,7 +348,9 @@ class InProcessEngine:
     ) -> list[ClientRound]:
         s, fed, orch = self.settings, self.fed, self.orchestrator
         rows = []
-        scored: dict[tuple[str, str, int | None], dict[str, float]] = {}  # (task, model digest) -> metrics
+        scored: dict[
+            tuple[str, str, int | None], dict[str, float]
+        ] = {}  # (task, model digest, split under noise) -> metrics
         evaluates = s.fed.evaluates(round_index)
         for k, p in enumerate(self.parties):
             row = ClientRound(p.data.client_id, p.task, self.coordinator.clusters[k], fed.devices[k])

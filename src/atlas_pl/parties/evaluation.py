@@ -3,7 +3,8 @@
 Evaluation was ~40% of a default-job round when it ran file-order batches of 32 padded to their longest
 sentence. Here the examples are sorted by length and cut into batches of about `EVAL_TOKENS` real
 tokens each (short sentences make wide batches, long ones narrow), so almost no padding is computed and
-the matmuls are large; the forward runs under `torch.inference_mode`. Metrics do not depend on the order.
+the matmuls are large; the forward runs under `torch.inference_mode`. Metrics do not depend on the order
+(with privacy.activation_noise, on the noise each batch draws: the same on every scoring, from the seed).
 """
 
 from __future__ import annotations

@@ -202,19 +202,26 @@ def run_privacy(s: PrivacySettings) -> dict[str, Any]:
     """Attack, score, and write privacy.json and the figures into `s.out_dir`."""
     s.out_dir.mkdir(parents=True, exist_ok=True)
     ev = Evaluation(s)
-    rows = split_rows(ev) if s.splits else []
-    result = {
+    result: dict[str, Any] = {
         "model": s.model.name,
         "dtype": s.model.dtype,
         "task": s.task,
         "samples": s.samples,
         "auxiliary": {"task": s.aux_task, "samples": s.aux_samples},
-        "attacks": rows,
-        "ap": ap_table(rows),
-        "tradeoff": tradeoff_rows(ev),
-        "sketch": sketch_result(ev),
+        "beta": s.beta,
+        "attacks": [],
+        "ap": [],
+        "tradeoff": [],
+        "sketch": None,
         "config": s.config,
     }
+    # each stage's results are written as soon as they exist: a later failure loses nothing before it
+    result["attacks"] = split_rows(ev) if s.splits else []
+    result["ap"] = ap_table(result["attacks"])
+    _write_json(s.out_dir / "privacy.json", result)
+    result["tradeoff"] = tradeoff_rows(ev)
+    _write_json(s.out_dir / "privacy.json", result)
+    result["sketch"] = sketch_result(ev)
     _write_json(s.out_dir / "privacy.json", result)
     from atlas_pl.privacy.figures import write_figures
 

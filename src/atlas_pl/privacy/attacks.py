@@ -166,6 +166,21 @@ def train_inverter(
         inverter = Inverter(clean.shape[-1], model.table.shape[0], cfg.width)
     optimizer = torch.optim.Adam(inverter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     inverter.train()
+    with torch.random.fork_rng(devices=[]):  # dropout from its own seed: a case's result is its own
+        torch.manual_seed(seed + 1)
+        _fit(inverter, optimizer, aux, clean, cfg, noise, generator)
+    return inverter.eval()
+
+
+def _fit(
+    inverter: Inverter,
+    optimizer: torch.optim.Optimizer,
+    aux: Sentences,
+    clean: Tensor,
+    cfg: InverterConfig,
+    noise: float,
+    generator: torch.Generator,
+) -> None:
     for _ in range(cfg.epochs):
         order = torch.randperm(len(aux), generator=generator)
         for start in range(0, len(aux), cfg.batch_size):
@@ -178,7 +193,6 @@ def train_inverter(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-    return inverter.eval()
 
 
 @torch.no_grad()

@@ -189,6 +189,23 @@ def _sketch(c: dict[str, Any] | None) -> SketchAttackConfig | None:
     return SketchAttackConfig(**block)
 
 
+def _check_tradeoff(jobs: tuple[TrainedClient, ...]) -> None:
+    """Trade-off points differ in the noise only: same task and split, and each with its final metric."""
+    for t in jobs:
+        if t.primary is None:
+            raise _fail(
+                "tradeoff.jobs", str(t.job_dir), "finished jobs: this one has no final metric in summary.json"
+            )
+    if len({(t.task, t.split) for t in jobs}) > 1:
+        found = sorted({(t.task, t.split) for t in jobs})
+        raise _fail(
+            "tradeoff.jobs",
+            [str(t.job_dir) for t in jobs],
+            f"jobs whose client has the same task and split (found {found}; "
+            "train them with allocation.split=<s>)",
+        )
+
+
 def privacy_settings(c: dict[str, Any]) -> PrivacySettings:
     """Typed, checked settings from the resolved config (a plain dict)."""
     model = _model(c["model"], "cpu")
@@ -212,6 +229,10 @@ def privacy_settings(c: dict[str, Any]) -> PrivacySettings:
         _trained("tradeoff.jobs", job, client, model.name)
         for job in (c.get("tradeoff") or {}).get("jobs") or []
     )
+    _check_tradeoff(tradeoff)
+    beta = float((c.get("tradeoff") or {}).get("beta", 0.5))
+    if not 0.0 <= beta <= 1.0:
+        raise _fail("tradeoff.beta", beta, "a number in 0..1 (the weight of the utility gap in DCS)")
     if tradeoff and len({t.activation_noise for t in tradeoff}) != len(tradeoff):
         raise _fail(
             "tradeoff.jobs", [str(t.job_dir) for t in tradeoff], "jobs with distinct privacy.activation_noise"
@@ -237,7 +258,7 @@ def privacy_settings(c: dict[str, Any]) -> PrivacySettings:
         aux_samples=_positive("auxiliary.samples", aux.get("samples", 1000)),
         attack=_attack(c.get("attack") or {}),
         tradeoff=tradeoff,
-        beta=float((c.get("tradeoff") or {}).get("beta", 0.5)),
+        beta=beta,
         sketch=_sketch(c.get("sketch")),
         fingerprint=_fingerprint(c["fingerprint"]),
         glue_dir=str(data["glue_dir"]) if data.get("glue_dir") else None,

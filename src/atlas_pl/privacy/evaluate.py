@@ -40,6 +40,14 @@ def sent_activations(half: ClientHalf, s: Sentences, noise: float, seed: int) ->
     return out
 
 
+def _spread(items: list[Any], count: int) -> list[Any]:
+    """`count` items evenly spaced through `items` (sentences are sorted by length: short to long)."""
+    if count <= 0 or not items:
+        return []
+    step = max(1, len(items) // count)
+    return items[::step][:count]
+
+
 def _tokens(tokenizer: Any, ids: list[int]) -> str:
     if hasattr(tokenizer, "decode"):
         return str(tokenizer.decode(ids))
@@ -89,7 +97,7 @@ def attack_case(
     inverter = None
     started = time.perf_counter()
     if {"inverter", "bisr"} & set(cfg.names):
-        inverter = train_inverter(attacker, aux, cfg.inverter, noise=case.noise, seed=seed)
+        inverter = train_inverter(attacker, aux, cfg.inverter, noise=case.noise, seed=seed + 7919)
     inverter_seconds = time.perf_counter() - started
     rows = []
     references = sentences.references()
@@ -118,7 +126,7 @@ def attack_case(
                 "seconds": seconds,
                 "examples": [
                     {"original": _tokens(tokenizer, ref), "recovered": _tokens(tokenizer, rec)}
-                    for ref, rec in list(zip(references, recovered))[:examples]
+                    for ref, rec in _spread(list(zip(references, recovered)), examples)
                 ],
             }
         )

@@ -54,7 +54,7 @@ def ap_by_split(rows: list[dict[str, Any]]) -> Figure | None:
     return fig
 
 
-def tradeoff(points: list[dict[str, Any]]) -> Figure | None:
+def tradeoff(points: list[dict[str, Any]], beta: float = 0.5) -> Figure | None:
     usable = [p for p in points if p.get("mp") is not None]
     if not usable:
         return None
@@ -65,7 +65,7 @@ def tradeoff(points: list[dict[str, Any]]) -> Figure | None:
     mps = [p["mp"] for p in usable]
     low, high = min(mps + [mp_star]) - 0.05, max(mps + [mp_star]) + 0.05
     grid_mp, grid_ap = np.meshgrid(np.linspace(low, high, 120), np.linspace(0, 1, 120))
-    score = np.vectorize(lambda m, a: dcs(a, m, mp_star=mp_star))(grid_mp, grid_ap)
+    score = np.vectorize(lambda m, a: dcs(a, m, mp_star=mp_star, beta=beta))(grid_mp, grid_ap)
     contours = ax.contour(
         grid_mp, grid_ap, score, levels=[0.5, 0.6, 0.7, 0.8, 0.9], colors="#999999", linewidths=0.8
     )
@@ -90,7 +90,7 @@ def write_figures(result: dict[str, Any], out_dir: Path) -> list[Path]:
     written = []
     for name, fig in (
         ("ap_by_split.png", ap_by_split(result["attacks"])),
-        ("tradeoff.png", tradeoff(result["tradeoff"])),
+        ("tradeoff.png", tradeoff(result["tradeoff"], result.get("beta", 0.5))),
     ):
         if fig is not None:
             path = out_dir / name

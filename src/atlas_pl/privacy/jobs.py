@@ -57,6 +57,31 @@ def newest_checkpoint(job_dir: Path) -> Path:
     return complete[-1]
 
 
+def tensor_names(path: Path) -> list[str]:
+    """The tensor names in a safetensors file, from its JSON header (no torch, no tensor read)."""
+    try:
+        with path.open("rb") as fh:
+            size = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(size))
+    except (OSError, ValueError) as err:
+        raise PrivacyConfigError(f"{path} is not a readable safetensors file ({err})") from err
+    return [k for k in header if k != "__metadata__"]
+
+
+def _check_adapters(checkpoint: Path, client: int, split: int) -> None:
+    prefix = f"model/{client}/"
+    names = [n for n in tensor_names(checkpoint / "tensors.safetensors") if n.startswith(prefix)]
+    if not any(".adapter.factors." in n for n in names):
+        raise PrivacyConfigError(
+            f"{checkpoint} holds no adapter tensors for client {client} "
+            f"(model/{client}/...adapter.factors...)"
+        )
+    blocks = {int(n.split(".adapter.factors.b", 1)[1].split("__", 1)[0]) for n in names if ".factors.b" in n}
+    missing = sorted(set(range(split)) - blocks)
+    if missing:
+        raise PrivacyConfigError(f"{checkpoint} lacks client {client}'s adapters of blocks {missing}")
+
+
 def noise_of(config: dict[str, Any]) -> float:
     privacy = config.get("privacy") or {}
     return float(privacy.get("activation_noise", 0.0) or 0.0)
@@ -78,6 +103,8 @@ def trained_client(job_dir: str | Path, client: int) -> TrainedClient:
     entry = clients[client]
     if entry.get("dropped"):
         raise PrivacyConfigError(f"client {client} of {root} was dropped by Phase 2: it trained nothing")
+    checkpoint = newest_checkpoint(root)
+    _check_adapters(checkpoint, client, int(entry.get("built_split", entry["split"])))
     summary = (
         _read_json(root / "summary.json", "the job's final metrics")
         if (root / "summary.json").exists()
@@ -94,7 +121,7 @@ def trained_client(job_dir: str | Path, client: int) -> TrainedClient:
         alpha=float(config["lora"]["alpha"]),
         model=str(config["model"]["name"]),
         activation_noise=noise_of(config),
-        checkpoint=newest_checkpoint(root),
+        checkpoint=checkpoint,
         primary=float(per_task[task]["primary"]) if task in per_task else None,
         seed=int(config.get("seed", 0)),
     )

@@ -1,9 +1,11 @@
 """The activation-noise defense: Gaussian noise on the hidden states h before they leave the client.
 
-The scale is relative to h's root mean square over the real (unpadded) positions of the batch, so one
-setting means the same signal-to-noise ratio at every split depth and on every model: scale 1.0 adds
-noise as large as the signal. The noise is a constant added after the forward, so the gradient the
-host returns for the noisy h is passed straight through to the client half (d(h + n)/dh = I).
+The scale is relative to h's root mean square over the batch's real (unpadded) positions and all hidden
+dimensions: scale 1.0 adds noise whose total energy equals the signal's. One number therefore means the
+same batch-level signal-to-noise ratio at every split depth and on every model; it is not a per-position
+ratio, and in models with a few outlier dimensions or attention-sink positions the ordinary positions are
+drowned sooner. The noise is a constant added after the forward, so the gradient the host returns for
+the noisy h is passed straight through to the client half (d(h + n)/dh = I).
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ from torch import Tensor
 
 def masked_rms(hidden: Tensor, attention_mask: Tensor) -> Tensor:
     """Root mean square of `hidden` [B, T, H] over the positions the mask keeps (a scalar)."""
-    keep = attention_mask.to(hidden.dtype)[..., None]
+    keep = attention_mask.float()[..., None]  # float32 sums: a float16 count overflows, a bf16 one rounds
     count = keep.sum().clamp_min(1.0) * hidden.shape[-1]
-    return torch.sqrt(((hidden.detach().float() ** 2) * keep.float()).sum() / count).to(hidden.dtype)
+    return torch.sqrt(((hidden.detach().float() ** 2) * keep).sum() / count).to(hidden.dtype)
 
 
 def add_activation_noise(
