@@ -65,7 +65,7 @@ def test_rmi_and_bisr_recover_the_input_at_split_1(tiny_backbone) -> None:
 def test_chunks_of_uneven_sentences_send_what_each_sentence_sends_alone(tiny_backbone) -> None:
     half = pretrained_half(tiny_backbone, 2)
     g = torch.Generator().manual_seed(0)
-    lengths = torch.tensor([3, 5, 5, 8, 11, 12])  # sorted, as task_sentences sorts them
+    lengths = torch.tensor([3, 5, 5, 8, 11, 12])  # sorted, as TextSource.sentences sorts them
     ids = torch.randint(4, 256, (6, 12), generator=g)
     mask = (torch.arange(12)[None] < lengths[:, None]).long()
     s = Sentences(ids * mask, mask, torch.zeros_like(ids), mask.bool())

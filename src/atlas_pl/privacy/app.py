@@ -20,7 +20,7 @@ from atlas_pl.privacy.errors import PrivacyConfigError
 from atlas_pl.privacy.evaluate import Case, attack_case
 from atlas_pl.privacy.jobs import TrainedClient
 from atlas_pl.privacy.metrics import dcs
-from atlas_pl.privacy.targets import pretrained_half, task_sentences, trained_half
+from atlas_pl.privacy.targets import TextSource, pretrained_half, trained_half
 
 log = logging.getLogger(__name__)
 
@@ -60,21 +60,12 @@ class Evaluation:
         check_invertible(self.backbone)
         self.vocab = int(self.backbone.ops.token_table().shape[0])
         self._sentences: dict[tuple[str, str, int], Sentences] = {}
+        self.text = TextSource(self.tokenizer, self.vocab, s.max_len, s.glue_dir, s.source, s.seed)
 
     def sentences(self, task: str, split: str, count: int) -> Sentences:
         key = (task, split, count)
         if key not in self._sentences:
-            self._sentences[key] = task_sentences(
-                task,
-                split,
-                count,
-                tokenizer=self.tokenizer,
-                vocab_size=self.vocab,
-                max_len=self.s.max_len,
-                glue_dir=self.s.glue_dir,
-                source=self.s.source,
-                seed=self.s.seed,
-            )
+            self._sentences[key] = self.text.sentences(task, split, count)
         return self._sentences[key]
 
     def attack(self, case: Case, victim: TrainedClient | None, task: str) -> list[dict[str, Any]]:
@@ -148,19 +139,9 @@ def sketch_result(ev: Evaluation) -> dict[str, Any] | None:
     if s.sketch is None:
         return None
     from atlas_pl.privacy.sketch_attack import attack_sketches
-    from atlas_pl.privacy.targets import public_and_private
 
     size = max(s.sketch.shadows, s.sketch.victims) * s.sketch.samples_per_client
-    public, private = public_and_private(
-        s.task,
-        size,
-        tokenizer=ev.tokenizer,
-        vocab_size=ev.vocab,
-        max_len=s.max_len,
-        glue_dir=s.glue_dir,
-        source=s.source,
-        seed=s.seed,
-    )
+    public, private = ev.text.public_and_private(s.task, size)
     torch.manual_seed(s.seed)
     num_labels = int(torch.unique(public.labels).numel())
     model = SplitClientModel(

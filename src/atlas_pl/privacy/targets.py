@@ -7,6 +7,7 @@ base when no job is given. The attacker's copy is the same half (white-box) or t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -77,52 +78,43 @@ def as_sentences(data: TokenizedExamples, special: list[int], max_rows: int | No
     return Sentences(ids, mask, types, scored)
 
 
-def task_sentences(
-    task: str,
-    split: str,
-    count: int,
-    *,
-    tokenizer: Any,
-    vocab_size: int,
-    max_len: int,
-    glue_dir: str | None,
-    source: str,
-    seed: int,
-) -> Sentences:
-    """`count` sentences of a task's split, a seeded sample (the first `count` of a shuffle)."""
-    if is_synthetic(task):
-        data = make_synthetic_split(
-            synthetic_index(task), count, vocab_size=vocab_size, seq_len=max_len, seed=seed, split=split
-        )
-        return as_sentences(data, special_ids(tokenizer))
-    text = load_glue_split(task, split, glue_dir, source)
-    order = np.random.default_rng(seed).permutation(len(text))[:count]
-    return as_sentences(tokenize_examples(tokenizer, text.subset(order), max_len), special_ids(tokenizer))
+@dataclass(frozen=True)
+class TextSource:
+    """Where the evaluation's sentences come from, tokenised as the training pipeline tokenises them."""
 
+    tokenizer: Any
+    vocab_size: int
+    max_len: int
+    glue_dir: str | None
+    source: str
+    seed: int
 
-def public_and_private(
-    task: str,
-    size: int,
-    *,
-    tokenizer: Any,
-    vocab_size: int,
-    max_len: int,
-    glue_dir: str | None,
-    source: str,
-    seed: int,
-) -> tuple[TokenizedExamples, TokenizedExamples]:
-    """Two disjoint halves of a task's training data: the attacker's public pool, the clients' data."""
-    if is_synthetic(task):
-        data = make_synthetic_split(
-            synthetic_index(task), 2 * size, vocab_size=vocab_size, seq_len=max_len, seed=seed, split="train"
+    def sample(self, task: str, split: str, count: int, *, salt: int = 0) -> TokenizedExamples:
+        """`count` examples of a task's split: a seeded shuffle's first (GLUE), a seeded draw (synthetic)."""
+        seed = self.seed + salt
+        if is_synthetic(task):
+            return make_synthetic_split(
+                synthetic_index(task),
+                count,
+                vocab_size=self.vocab_size,
+                seq_len=self.max_len,
+                seed=seed,
+                split=split,
+            )
+        text = load_glue_split(task, split, self.glue_dir, self.source)
+        order = np.random.default_rng(seed).permutation(len(text))[:count]
+        return tokenize_examples(self.tokenizer, text.subset(order), self.max_len)
+
+    def sentences(self, task: str, split: str, count: int) -> Sentences:
+        return as_sentences(self.sample(task, split, count), special_ids(self.tokenizer))
+
+    def public_and_private(self, task: str, size: int) -> tuple[TokenizedExamples, TokenizedExamples]:
+        """Two disjoint halves of a task's training data: the attacker's public pool, the clients' data."""
+        data = self.sample(task, "train", 2 * size, salt=1)
+        half = len(data) // 2
+        return tuple(  # type: ignore[return-value]
+            TokenizedExamples(
+                *(getattr(data, k)[rows] for k in ("input_ids", "attention_mask", "token_type_ids", "labels"))
+            )
+            for rows in (slice(0, half), slice(half, len(data)))
         )
-    else:
-        text = load_glue_split(task, "train", glue_dir, source)
-        order = np.random.default_rng(seed + 1).permutation(len(text))[: 2 * size]
-        data = tokenize_examples(tokenizer, text.subset(order), max_len)
-    half = len(data) // 2
-    first, second = torch.arange(half), torch.arange(half, len(data))
-    return tuple(  # type: ignore[return-value]
-        TokenizedExamples(data.input_ids[i], data.attention_mask[i], data.token_type_ids[i], data.labels[i])
-        for i in (first, second)
-    )
