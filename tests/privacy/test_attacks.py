@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from atlas_pl.privacy.attacks import AttackModel, Sentences, bisr, invert, rmi, train_inverter, vmi
@@ -25,6 +26,7 @@ def test_vmi_recovers_the_input_at_split_1_without_defense(tiny_backbone) -> Non
     assert _vmi_accuracy(tiny_backbone, 0.0) >= 0.9
 
 
+@pytest.mark.integration  # trains an inverter: seconds the fast tier's 3-minute budget has no room for
 def test_the_inverter_recovers_the_input_at_split_1_without_defense(tiny_backbone) -> None:
     half = pretrained_half(tiny_backbone, 1)
     attacker = AttackModel(half)
@@ -50,6 +52,7 @@ def test_forward_from_word_vectors_equals_forward_from_ids(tiny_backbone) -> Non
     )
 
 
+@pytest.mark.integration  # RMI's relaxed vocabulary steps and an inverter: too slow for the fast tier
 def test_rmi_and_bisr_recover_the_input_at_split_1(tiny_backbone) -> None:
     half = pretrained_half(tiny_backbone, 1)
     attacker = AttackModel(half)
