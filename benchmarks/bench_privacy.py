@@ -106,8 +106,12 @@ def _train(out: Path, noise: str) -> None:
         _call(args, f"training with noise {noise}")
 
 
+def _complete(path: Path) -> bool:
+    return path.exists() and bool(json.loads(path.read_text()).get("complete", True))
+
+
 def _evaluate(out: Path, name: str) -> None:
-    if not (out / name / "privacy.json").exists():
+    if not _complete(out / name / "privacy.json"):
         _call(["-m", "atlas_pl.privacy", *evaluations(out)[name], f"hydra.run.dir={out / name}"], name)
 
 

@@ -80,6 +80,7 @@ def test_privacy_cli_attacks_a_job_and_scores_the_tradeoff(smoke_run, tmp_path) 
     )
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads((out / "privacy.json").read_text())
+    assert result["complete"] is True
     cases = {(r["knowledge"], r["split"], r["attack"]) for r in result["attacks"]}
     assert cases == {
         (k, s, a) for k in ("white_box", "semi_white_box") for s in (1, 2) for a in ("vmi", "inverter")

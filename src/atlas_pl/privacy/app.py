@@ -194,6 +194,7 @@ def run_privacy(s: PrivacySettings) -> dict[str, Any]:
         "ap": [],
         "tradeoff": [],
         "sketch": None,
+        "complete": False,  # true once every stage ran: a partial file is a crashed or running evaluation
         "config": s.config,
     }
     # each stage's results are written as soon as they exist: a later failure loses nothing before it
@@ -203,6 +204,7 @@ def run_privacy(s: PrivacySettings) -> dict[str, Any]:
     result["tradeoff"] = tradeoff_rows(ev)
     _write_json(s.out_dir / "privacy.json", result)
     result["sketch"] = sketch_result(ev)
+    result["complete"] = True
     _write_json(s.out_dir / "privacy.json", result)
     from atlas_pl.privacy.figures import write_figures
 
