@@ -62,8 +62,7 @@ def evaluations(out: Path) -> dict[str, list[str]]:
             "target.splits=all",
             "attack.names=[vmi,inverter,bisr]",
             *FAST,
-            "sketch.enabled=true",
-            *SKETCH,
+            "sketch.enabled=false",
         ],
         "rmi": [
             victim,
@@ -87,6 +86,7 @@ def evaluations(out: Path) -> dict[str, list[str]]:
             *FAST,
             "sketch.enabled=false",
         ],
+        "sketch": ["target.splits=[]", "sketch.enabled=true", *SKETCH],
         "sketch_dp": ["target.splits=[]", "sketch.enabled=true", *SKETCH, "fingerprint.dp.enabled=true"],
     }
 
@@ -121,7 +121,7 @@ def run(out: Path) -> None:
     _evaluate(out, "inversion")
     for noise in NOISES[1:] + HIGH_NOISES[1:]:
         _train(out, noise)
-    for name in ("tradeoff", "rmi", "sketch_dp", "tradeoff_high"):
+    for name in ("tradeoff", "rmi", "sketch", "sketch_dp", "tradeoff_high"):
         _evaluate(out, name)
 
 

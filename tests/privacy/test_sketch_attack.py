@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from atlas_pl.data.synthetic import make_synthetic_split
@@ -12,7 +11,6 @@ from atlas_pl.privacy.sketch_attack import attack_sketches, label_mix_clients, m
 from atlas_pl.settings import FingerprintSettings
 
 
-@pytest.mark.integration  # 26 clients' fingerprints: too slow for the fast tier
 def test_near_single_class_clients_give_their_majority_label_away(tiny_backbone) -> None:
     # Dirichlet(0.05): almost every client holds one class; the plain (unbalanced) loss's gradient
     # then points along that class's direction, which the shadow clients teach the attacker

@@ -20,7 +20,7 @@ from atlas_pl.data.tokenized import TokenizedExamples
 from atlas_pl.models.split import SplitClientModel
 from atlas_pl.parties.client import fingerprint_batches
 from atlas_pl.parties.discovery import privatize, sent_vectors
-from atlas_pl.phases.fingerprint import client_gradients
+from atlas_pl.phases.fingerprint import FingerprintGrads, client_gradients
 from atlas_pl.privacy.config import SketchAttackConfig
 from atlas_pl.settings import FingerprintSettings
 
@@ -52,7 +52,7 @@ def _rows(data: TokenizedExamples, rows: np.ndarray) -> TokenizedExamples:
     )
 
 
-def client_sketch(
+def client_gradients_for(
     model: SplitClientModel,
     data: TokenizedExamples,
     fp: FingerprintSettings,
@@ -60,20 +60,29 @@ def client_sketch(
     seed: int,
     client: int,
     batch_size: int,
-) -> np.ndarray:
-    """What a client with `data` sends in Phase 1 (round 0), computed as the pipeline computes it."""
+) -> FingerprintGrads:
+    """What a client with `data` computes in Phase 1 (round 0), as the pipeline computes it."""
     batches = fingerprint_batches(
         data, batches=fp.batches, batch_size=batch_size, seed=derive_seed(seed, "fingerprint", client, 0)
     )
-    grads = client_gradients(
+    return client_gradients(
         model,
         batches,
         last_layers=min(fp.layers, len(model.ranks)),
         include_head=True,
         class_balanced=fp.class_balanced,
     )
-    vector = privatize(sent_vectors([grads], fp, seed)[0], fp, seed, client, 0)
-    return vector.detach().cpu().double().numpy()
+
+
+def sent_sketches(
+    grads: list[FingerprintGrads], fp: FingerprintSettings, *, seed: int, first: int
+) -> np.ndarray:
+    """The sketches the clients send: one shared projection for all (as the pipeline draws it once),
+    then each client's DP noise when on."""
+    vectors = sent_vectors(grads, fp, seed)
+    return np.stack(
+        [privatize(v, fp, seed, first + i, 0).detach().cpu().double().numpy() for i, v in enumerate(vectors)]
+    )
 
 
 def attack_sketches(
@@ -95,14 +104,13 @@ def attack_sketches(
     )
 
     def sketches(pool: TokenizedExamples, clients: list[np.ndarray], first: int) -> np.ndarray:
-        return np.stack(
-            [
-                client_sketch(
-                    model, _rows(pool, r), fp, seed=seed, client=first + i, batch_size=cfg.batch_size
-                )
-                for i, r in enumerate(clients)
-            ]
-        )
+        grads = [
+            client_gradients_for(
+                model, _rows(pool, r), fp, seed=seed, client=first + i, batch_size=cfg.batch_size
+            )
+            for i, r in enumerate(clients)
+        ]
+        return sent_sketches(grads, fp, seed=seed, first=first)
 
     x_shadow = sketches(public, shadow_rows, 10_000)
     x_victim = sketches(private, victim_rows, 0)
