@@ -243,6 +243,27 @@ def test_centralized_resumes_exactly_too(tmp_path) -> None:
 
 
 @pytest.mark.integration
+def test_a_job_with_activation_noise_resumes_exactly(tmp_path) -> None:
+    """The defense's training noise comes from the checkpointed global RNG, its scoring noise from a
+    seeded generator: a job cut after round 1 and resumed draws the same noise as one never stopped."""
+    overrides = [*SMOKE, "privacy.activation_noise=0.5", "logger=csv"]
+    full = tmp_path / "full"
+    assert _cli(tmp_path, full, *overrides).returncode == 0
+    cut = tmp_path / "cut"
+    shutil.copytree(full, cut)
+    for name in ("done", "summary.json"):
+        (cut / name).unlink()
+    shutil.rmtree(round_dir(cut / "checkpoints", 2))
+    lines = (cut / "metrics.jsonl").read_text().splitlines()
+    (cut / "metrics.jsonl").write_text(lines[0] + "\n")
+    result = _cli(tmp_path, cut, *overrides, "resume=true")
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "continuing at round 2" in result.stdout + result.stderr
+    assert _metrics(cut) == _metrics(full)
+    assert json.loads((cut / "summary.json").read_text())["defenses"]["activation_noise"] == 0.5
+
+
+@pytest.mark.integration
 def test_sweep_rerun_skips_finished_jobs_and_resumes_the_others(tmp_path) -> None:
     sweep = tmp_path / "sweep"
     args = [
