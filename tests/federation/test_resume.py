@@ -219,6 +219,21 @@ def test_settings_check_ignores_paths_and_keys_newer_than_the_checkpoint() -> No
     assert config_differences(saved, current) == ["data.max_len: 32 -> 64"]
 
 
+def _cut_after_round_1_and_resumed(tmp_path: Path, overrides: list[str]) -> tuple[Path, Path]:
+    """A finished 2-round job, and a copy cut back to its round-1 checkpoint and resumed."""
+    full = tmp_path / "full"
+    assert _cli(tmp_path, full, *overrides).returncode == 0
+    cut = tmp_path / "cut"
+    shutil.copytree(full, cut)
+    for name in ("done", "summary.json"):
+        (cut / name).unlink()
+    shutil.rmtree(round_dir(cut / "checkpoints", 2))
+    result = _cli(tmp_path, cut, *overrides, "resume=true")
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "continuing at round 2" in result.stdout + result.stderr
+    return full, cut
+
+
 @pytest.mark.integration
 def test_centralized_resumes_exactly_too(tmp_path) -> None:
     """The centralized pipeline: shared adapter, heads, AdamW moments, loader orders and RNGs come back."""
@@ -229,16 +244,7 @@ def test_centralized_resumes_exactly_too(tmp_path) -> None:
         "checkpoint.keep=0",
         "logger=csv",
     ]
-    full = tmp_path / "full"
-    assert _cli(tmp_path, full, *overrides).returncode == 0
-    cut = tmp_path / "cut"
-    shutil.copytree(full, cut)
-    for name in ("done", "summary.json"):
-        (cut / name).unlink()
-    shutil.rmtree(round_dir(cut / "checkpoints", 2))
-    result = _cli(tmp_path, cut, *overrides, "resume=true")
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert "continuing at round 2" in result.stdout + result.stderr
+    full, cut = _cut_after_round_1_and_resumed(tmp_path, overrides)
     assert _metrics(cut) == _metrics(full)
 
 
@@ -246,19 +252,9 @@ def test_centralized_resumes_exactly_too(tmp_path) -> None:
 def test_a_job_with_activation_noise_resumes_exactly(tmp_path) -> None:
     """The defense's training noise comes from the checkpointed global RNG, its scoring noise from a
     seeded generator: a job cut after round 1 and resumed draws the same noise as one never stopped."""
-    overrides = [*SMOKE, "privacy.activation_noise=0.5", "logger=csv"]
-    full = tmp_path / "full"
-    assert _cli(tmp_path, full, *overrides).returncode == 0
-    cut = tmp_path / "cut"
-    shutil.copytree(full, cut)
-    for name in ("done", "summary.json"):
-        (cut / name).unlink()
-    shutil.rmtree(round_dir(cut / "checkpoints", 2))
-    lines = (cut / "metrics.jsonl").read_text().splitlines()
-    (cut / "metrics.jsonl").write_text(lines[0] + "\n")
-    result = _cli(tmp_path, cut, *overrides, "resume=true")
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert "continuing at round 2" in result.stdout + result.stderr
+    full, cut = _cut_after_round_1_and_resumed(
+        tmp_path, [*SMOKE, "privacy.activation_noise=0.5", "logger=csv"]
+    )
     assert _metrics(cut) == _metrics(full)
     assert json.loads((cut / "summary.json").read_text())["defenses"]["activation_noise"] == 0.5
 
