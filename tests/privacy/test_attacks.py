@@ -5,9 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from atlas_pl.privacy.attacks import AttackModel, Sentences, bisr, invert, rmi, train_inverter, vmi
+from atlas_pl.privacy.attacks import (
+    AttackModel,
+    Sentences,
+    bisr,
+    invert,
+    rmi,
+    sent_activations,
+    train_inverter,
+    vmi,
+)
 from atlas_pl.privacy.config import InverterConfig, RMIConfig, VMIConfig
-from atlas_pl.privacy.evaluate import sent_activations
 from atlas_pl.privacy.metrics import recovery
 from atlas_pl.privacy.targets import pretrained_half
 

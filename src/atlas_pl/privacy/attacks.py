@@ -62,6 +62,17 @@ class Sentences:
         return [ids[keep].tolist() for ids, keep in zip(recovered, self.scored)]
 
 
+@torch.no_grad()
+def sent_activations(half: ClientHalf, s: Sentences, noise: float, seed: int) -> Tensor:
+    """What the victim sends for `s`: its half's output with the defense's noise (seeded)."""
+    generator = torch.Generator().manual_seed(seed)
+    out = torch.zeros(*s.input_ids.shape, half.backbone.hidden_size)
+    for index, part in s.chunks(64):
+        h = half(part.input_ids, part.attention_mask, part.token_type_ids).float()
+        out[index, : h.shape[1]] = add_activation_noise(h, part.attention_mask, noise, generator)
+    return out
+
+
 class AttackModel:
     """The client half as the attacker holds it, with the token table it decodes against."""
 
@@ -74,10 +85,6 @@ class AttackModel:
 
     def run(self, words: Tensor, s: Sentences) -> Tensor:
         return self.half.forward_words(words.to(self.dtype), s.attention_mask, s.token_type_ids).float()
-
-    @torch.no_grad()
-    def hidden(self, s: Sentences) -> Tensor:
-        return self.half(s.input_ids, s.attention_mask, s.token_type_ids).float()
 
     def nearest(self, words: Tensor) -> Tensor:
         """Each position's token whose embedding has the highest cosine with the recovered vector."""
@@ -158,9 +165,7 @@ def train_inverter(
 ) -> Inverter:
     """An inverter fitted on the auxiliary sentences' h (fresh defense noise every epoch)."""
     generator = torch.Generator().manual_seed(seed)
-    clean = torch.zeros(*aux.input_ids.shape, model.table.shape[1])
-    for index, part in aux.chunks(64):
-        clean[index, : part.input_ids.shape[1]] = model.hidden(part)
+    clean = sent_activations(model.half, aux, 0.0, seed)  # the defense's noise is drawn per epoch below
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         inverter = Inverter(clean.shape[-1], model.table.shape[0], cfg.width)

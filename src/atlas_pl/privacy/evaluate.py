@@ -11,10 +11,19 @@ import torch
 from torch import Tensor
 
 from atlas_pl.models.split import ClientHalf
-from atlas_pl.privacy.attacks import AttackModel, Inverter, Sentences, bisr, invert, rmi, train_inverter, vmi
+from atlas_pl.privacy.attacks import (
+    AttackModel,
+    Inverter,
+    Sentences,
+    bisr,
+    invert,
+    rmi,
+    sent_activations,
+    train_inverter,
+    vmi,
+)
 from atlas_pl.privacy.config import AttackConfig
 from atlas_pl.privacy.metrics import recovery
-from atlas_pl.privacy.noise import add_activation_noise
 
 log = logging.getLogger(__name__)
 
@@ -27,17 +36,6 @@ class Case:
     knowledge: str
     split: int
     noise: float
-
-
-@torch.no_grad()
-def sent_activations(half: ClientHalf, s: Sentences, noise: float, seed: int) -> Tensor:
-    """What the victim sends for `s`: its half's output with the defense's noise (seeded)."""
-    generator = torch.Generator().manual_seed(seed)
-    out = torch.zeros(*s.input_ids.shape, half.backbone.hidden_size)
-    for index, part in s.chunks(64):
-        h = half(part.input_ids, part.attention_mask, part.token_type_ids).float()
-        out[index, : h.shape[1]] = add_activation_noise(h, part.attention_mask, noise, generator)
-    return out
 
 
 def _spread(items: list[Any], count: int) -> list[Any]:
