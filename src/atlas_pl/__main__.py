@@ -9,13 +9,29 @@ from __future__ import annotations
 import logging
 import sys
 import warnings
+from importlib import resources
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CONFIG_DIR = REPO_ROOT / "conf"
+# The configs ship inside the package (a wheel or `pip install .` has them too); `conf/` at the top of a
+# checkout is a link to the same folder. `--config-dir DIR` or `hydra.searchpath` add a user's own.
+CONFIG_DIR = Path(str(resources.files("atlas_pl").joinpath("conf")))
+
+
+def _root_dir() -> Path:
+    """Where relative data and cache paths start: the checkout when run from one, else the working directory.
+
+    The default GLUE folder is `<root>/../shared/data/glue` and the cache `<root>/.cache`; an installed
+    package has no checkout around it, so both then start from where the job is launched."""
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "pyproject.toml").is_file() and (checkout / "src" / "atlas_pl").is_dir():
+        return checkout
+    return Path.cwd()
+
+
+REPO_ROOT = _root_dir()
 
 if not OmegaConf.has_resolver("atlas_root"):
     OmegaConf.register_new_resolver("atlas_root", lambda: str(REPO_ROOT))
