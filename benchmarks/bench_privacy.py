@@ -39,7 +39,15 @@ from atlas_pl.privacy.report import console_table
 ROOT = Path(__file__).resolve().parents[1]
 NOISES = ["0", "0.25", "0.5", "1", "2"]
 HIGH_NOISES = ["0", "4", "8"]  # added once 0..2 turned out not to stop VMI
-TRAIN = ["+experiment=quick", "task=sst2", "allocation.split=2", "logger=csv", "resume=true"]
+# fedavg_cluster: what privacy_minilm.json's jobs ran (quick's default then; quick now defaults to atlas)
+TRAIN = [
+    "+experiment=quick",
+    "task=sst2",
+    "ablation=fedavg_cluster",
+    "allocation.split=2",
+    "logger=csv",
+    "resume=true",
+]
 FAST = [
     "attack.vmi.steps=30",
     "attack.bisr.steps=30",

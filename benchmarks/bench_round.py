@@ -15,6 +15,10 @@ For each experiment (smoke, the default job, quick) and each base dtype (float32
   per distinct batch shape and client) and divides by their measured seconds, against the peak of a
   2048 x 2048 matmul measured in the same process in both dtypes.
 
+Each experiment runs the ablation its recorded results ran (`RECORDED_ABLATIONS`: the defaults of that
+time), named on the command line so that the numbers stay reproducible now that every experiment defaults
+to atlas; `--ablation NAME` runs NAME for all of them instead.
+
 Prints and writes JSON to benchmarks/results/round_<experiment>.json. A quiet machine is assumed: run
 nothing else heavy alongside.
 
@@ -45,6 +49,9 @@ from atlas_pl.settings import Settings
 from atlas_pl.tracking.tracker import Tracker
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# What round_<experiment>.json ran (2026-12-04, commit 00c8d76): the default job and smoke defaulted to
+# fedavg then, quick to fedavg_cluster.
+RECORDED_ABLATIONS = {"smoke": "fedavg", "default": "fedavg", "quick": "fedavg_cluster"}
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
@@ -190,9 +197,14 @@ def bare_evaluation(settings: Settings, fed: Federation, result: FederationResul
     return {"seconds": seconds, "flops": flops, "models": len(seen)}
 
 
-def bench(experiment: str, dtype: str, rounds: int, peaks: dict[str, float]) -> dict[str, Any]:
+def bench(experiment: str, ablation: str, dtype: str, rounds: int, peaks: dict[str, float]) -> dict[str, Any]:
     overrides = [] if experiment == "default" else [f"+experiment={experiment}"]
-    overrides += [f"fed.rounds={rounds}", f"model.dtype={dtype}", "model.attn_implementation=auto"]
+    overrides += [
+        f"ablation={ablation}",
+        f"fed.rounds={rounds}",
+        f"model.dtype={dtype}",
+        "model.attn_implementation=auto",
+    ]
     overrides += ["checkpoint.enabled=false", f"trainer.num_threads={torch.get_num_threads()}"]
     settings = experiment_settings(overrides)
     fed = build_federation(settings)
@@ -235,6 +247,7 @@ def main() -> None:
     parser.add_argument("--experiments", nargs="+", default=["smoke", "default", "quick"])
     parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--ablation", help="for every experiment (default: RECORDED_ABLATIONS, else atlas)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
@@ -242,9 +255,11 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     peaks = {name: matmul_peak(dtype) for name, dtype in DTYPES.items()}
     for experiment in args.experiments:
-        runs = [bench(experiment, dtype, args.rounds, peaks) for dtype in args.dtypes]
+        ablation = args.ablation or RECORDED_ABLATIONS.get(experiment, "atlas")
+        runs = [bench(experiment, ablation, dtype, args.rounds, peaks) for dtype in args.dtypes]
         report = {
             "experiment": experiment,
+            "ablation": ablation,
             "matmul_peak_flops_per_s": peaks,
             "torch_threads": torch.get_num_threads(),
             "runs": runs,

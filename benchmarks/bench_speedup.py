@@ -13,6 +13,9 @@ sdpa attention), which gives the fp32 seed spread the bf16 default is judged aga
     .venv/bin/python benchmarks/bench_speedup.py --ref 61033fe --experiment quick \\
         --jobs ref:0 new:0 new:1 new:2 new_fp32:0 new_fp32:1 new_fp32:2 --out /work/speedup
 
+Every job names its ablation (``--ablation``, both trees alike): by default fedavg_cluster, what the
+recorded speedup_quick*.json ran (quick's default until atlas became every experiment's default).
+
 A finished job (its directory holds ``done``) is not run again, so an interrupted measurement resumes where
 it stopped; the report is rewritten after every job to benchmarks/results/speedup_<experiment>.json.
 """
@@ -117,6 +120,7 @@ def main() -> int:
     parser.add_argument("--experiment", default="quick")
     parser.add_argument("--jobs", nargs="+", required=True, help="VARIANT:SEED, run in this order")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--ablation", default="fedavg_cluster", help="for every job (see above)")
     parser.add_argument("--overrides", nargs="*", default=[], help="Hydra overrides for every job")
     parser.add_argument("--python", default=sys.executable)
     parser.add_argument("--results", default=str(Path(__file__).parent / "results"))
@@ -136,6 +140,7 @@ def main() -> int:
         job_dir = out / name
         overrides = [
             f"+experiment={args.experiment}",
+            f"ablation={args.ablation}",
             f"seed={seed}",
             *VARIANT_OVERRIDES[variant],
             *args.overrides,
@@ -153,6 +158,7 @@ def main() -> int:
         report = {
             "experiment": args.experiment,
             "ref": args.ref,
+            "ablation": args.ablation,
             "overrides": args.overrides,
             "jobs": jobs,
             "table": summarise(jobs),

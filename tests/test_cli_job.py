@@ -42,8 +42,8 @@ def test_smoke_job_writes_its_files_and_a_wandb_offline_run(tmp_path) -> None:
     runs = sorted((run_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     info = read_offline_run(runs[0])
-    assert info["project"] == "atlas" and info["group"] == "smoke" and info["job_type"] == "fedavg"
-    assert "eta=0.1" in info["tags"] and "seed=0" in info["tags"]
+    assert info["project"] == "atlas" and info["group"] == "smoke" and info["job_type"] == "atlas"
+    assert "eta=0.5" in info["tags"] and "seed=0" in info["tags"]
     # the rank heatmap table: logged at round 1, its data written next to the run, one row per client x block
     table_rows = [row for row in info["history"] if row.get("allocation/ranks/_type") == "table-file"]
     assert [(row["round"], row["allocation/ranks/nrows"]) for row in table_rows] == [(1, 9 * 4)]

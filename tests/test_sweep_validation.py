@@ -102,7 +102,8 @@ def test_a_sweep_with_one_invalid_value_starts_no_job(tmp_path: Path, launcher: 
     assert result.returncode == 2, result.stderr[-4000:]
     lines = result.stderr.splitlines()
     assert lines[0] == "atlas_pl: invalid sweep: 1 of 2 jobs has invalid values; no job was started:"
-    assert len(lines) == 2 and lines[1].startswith("  - job #1 (fed.lr=-1): fed.lr=-1 is invalid; valid: ")
+    # the value as the schema types it: fed.lr is a float
+    assert len(lines) == 2 and lines[1].startswith("  - job #1 (fed.lr=-1): fed.lr=-1.0 is invalid; valid: ")
     assert "Traceback" not in result.stderr + result.stdout
     assert "job #0" not in result.stderr + result.stdout
     assert _job_dirs(sweep_dir) == []

@@ -191,6 +191,28 @@ def test_each_sweep_job_is_its_own_wandb_run(basic_wandb_sweep: Sweep) -> None:
     assert len(set(run_ids)) == 2, run_ids
 
 
+@pytest.mark.integration
+@pytest.mark.parametrize("name", ["basic_wandb_sweep", "joblib_sweep"])
+def test_a_sweep_prints_one_line_per_job_then_the_report_command(name: str, request) -> None:
+    """Not a table per job (reporting/job_end.py): one line each, with the job's numbers, and no W&B
+    warning; the sweep ends on where its jobs are and how to compare them."""
+    sweep: Sweep = request.getfixturevalue(name)
+    lines = sweep.output.splitlines()
+    for job in sweep.job_dirs():
+        summary = json.loads((job / "summary.json").read_text())
+        mean = summary["final"]["mean_primary"]
+        worst = min(t["worst_primary"] for t in summary["final"]["per_task"].values())
+        expected = f"job done: primary mean {mean:.4f}, worst client {worst:.4f}; "
+        [line] = [line for line in lines if line.endswith(f"-> {job}")]
+        assert line.startswith(expected), line
+    assert "client traffic" not in sweep.output and "anonymous" not in sweep.output
+    n = len(sweep.job_dirs())
+    assert lines[-2:] == [
+        f"sweep: {n} of {n} jobs finished in {sweep.dir}",
+        f"report: python -m atlas_pl.report {sweep.dir}",
+    ], lines[-6:]
+
+
 # --- Optuna ----------------------------------------------------------------------------------------------
 
 
@@ -290,7 +312,7 @@ def test_eta_optuna_config(experiment: str) -> None:
     assert sweeper.direction == "maximize" and sweeper.n_trials == 10
     assert sweeper.study_name == f"eta_{experiment}"
     assert sweeper.sampler._target_ == "optuna.samplers.TPESampler" and sweeper.sampler.seed == 0
-    # quick picks fedavg_cluster itself; the fixed sweeper param still puts ablation=atlas on every trial
+    # the fixed sweeper param puts ablation=atlas on every trial, whatever ablation an experiment picks
     assert dict(sweeper.params) == {"fed.eta": "interval(0.0, 1.0)", "ablation": "atlas"}
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from atlas_pl.conf_schema import register as register_schema
+
 # The configs ship inside the package (a wheel or `pip install .` has them too); `conf/` at the top of a
 # checkout is a link to the same folder. `--config-dir DIR` or `hydra.searchpath` add a user's own.
 CONFIG_DIR = Path(str(resources.files("atlas_pl").joinpath("conf")))
@@ -35,6 +37,8 @@ REPO_ROOT = _root_dir()
 
 if not OmegaConf.has_resolver("atlas_root"):
     OmegaConf.register_new_resolver("atlas_root", lambda: str(REPO_ROOT))
+
+register_schema()  # the types of conf/config.yaml's keys (conf_schema.py); Hydra's plugin scan does it too
 
 log = logging.getLogger("atlas_pl")
 
@@ -63,20 +67,19 @@ def app(cfg: DictConfig) -> float | None:
     with user_errors():
         settings = build_settings(cfg)
         _quiet_third_party()
+        from atlas_pl.reporting.job_end import in_sweep, show_job_end
         from atlas_pl.run import run_job
 
-        return run_job(settings)
+        value = run_job(settings)
+        show_job_end(settings.output_dir, sweep=in_sweep())  # after W&B's closing lines
+        return value
 
 
 def _quiet_third_party() -> None:
-    for noisy in (
-        "lightning.pytorch",
-        "lightning.fabric",
-        "lightning",
-        "lightning.pytorch.utilities.rank_zero",
-        "lightning.fabric.utilities.rank_zero",
-    ):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    """Other libraries' warnings and logs go to the job's log file only (atlas_pl/console.py)."""
+    from atlas_pl.console import quiet_third_party
+
+    quiet_third_party()
     warnings.filterwarnings("ignore", message=r".*treespec.*", category=Warning)  # Lightning vs torch 2.13
 
 

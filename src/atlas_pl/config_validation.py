@@ -100,6 +100,7 @@ class _Checker:
 
 def validate_config(cfg: DictConfig) -> None:
     """Raise ConfigError listing every invalid value in `cfg`."""
+    _check_complete(cfg)
     c = _Checker(cfg)
 
     # model and split point
@@ -127,17 +128,22 @@ def validate_config(cfg: DictConfig) -> None:
 
     # tasks
     names = c.get("task.names")
-    valid_tasks = f"{', '.join(GLUE_TASK_NAMES)}, synthetic<N> (e.g. synthetic0)"
+    custom = _custom_task_names(c)
+    valid_tasks = f"{', '.join(GLUE_TASK_NAMES)}, synthetic<N> (e.g. synthetic0)" + "".join(
+        f", {name}" for name in custom
+    )
+    valid_tasks += ", or a task defined under task.custom.<name>"
     if not names or isinstance(names, str):
         c.fail("task.names", names, f"a non-empty list of task names from {valid_tasks}")
         names = []
     else:
         names = list(names)
         for task in names:
-            if task not in GLUE_TASK_NAMES and not SYNTHETIC_PATTERN.match(str(task)):
+            if task not in GLUE_TASK_NAMES and not SYNTHETIC_PATTERN.match(str(task)) and task not in custom:
                 c.fail("task.names", task, valid_tasks)
         if len(set(names)) != len(names):
             c.fail("task.names", names, "a list without duplicates")
+        _check_custom_tasks(c, [t for t in names if t in custom])
 
     # devices
     profiles = c.get("devices.profiles") or {}
@@ -192,7 +198,10 @@ def validate_config(cfg: DictConfig) -> None:
     if (
         not isinstance(balanced, Sequence)
         or isinstance(balanced, str)
-        or any(str(t) not in GLUE_TASK_NAMES and not SYNTHETIC_PATTERN.match(str(t)) for t in balanced)
+        or any(
+            str(t) not in GLUE_TASK_NAMES and not SYNTHETIC_PATTERN.match(str(t)) and str(t) not in custom
+            for t in balanced
+        )
     ):
         c.fail(
             "fed.balanced_tasks",
@@ -311,6 +320,43 @@ def validate_config(cfg: DictConfig) -> None:
 
     if c.problems:
         raise ConfigError(c.problems)
+
+
+def _check_complete(cfg: DictConfig) -> None:
+    """Keys the schema requires that no config file set (a user's own option file that leaves one out)."""
+    from atlas_pl.conf_schema import missing_keys, schema_type
+
+    missing = missing_keys(cfg)
+    if missing:
+        raise ConfigError(
+            [
+                f"{key} has no value (???); valid: {schema_type(key) or 'a value'}, set in the config file "
+                f"that leaves it out or as {key}=..."
+                for key in missing
+            ]
+        )
+
+
+def _custom_task_names(c: _Checker) -> list[str]:
+    """The names defined under task.custom (bring-your-own tasks, data/custom.py)."""
+    custom = c.get("task.custom")
+    if custom is None:
+        return []
+    if not isinstance(custom, Mapping):
+        c.fail("task.custom", custom, "a mapping of task name -> definition (train, validation, text, ...)")
+        return []
+    return [str(name) for name in custom]
+
+
+def _check_custom_tasks(c: _Checker, names: list[str]) -> None:
+    """The definitions of the custom tasks the run uses: keys, columns, labels, metric, files exist."""
+    from atlas_pl.data.custom import definition_problems
+
+    custom = c.get("task.custom")
+    for name in names:
+        node = custom[name]
+        raw = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+        c.problems += definition_problems(name, raw)
 
 
 def _check_defense(c: _Checker) -> None:

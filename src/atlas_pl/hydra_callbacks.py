@@ -33,3 +33,15 @@ class OutputDirectoryCheck(Callback):
             return
         with user_errors():
             check_writable(Path(str(directory)), what)
+
+
+class SweepEnd(Callback):
+    """A sweep prints one line per job (reporting/job_end.py); at its end, where the jobs are and the
+    command that compares them."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from atlas_pl.reporting.job_end import sweep_end_text
+
+        directory = OmegaConf.select(config, "hydra.sweep.dir")
+        if directory is not None:
+            print(sweep_end_text(Path(str(directory))), flush=True)

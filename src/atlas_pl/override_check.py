@@ -3,8 +3,11 @@
 Hydra reports a key that does not exist (`fed.lrr=0.1`) or a group option that does not exist
 (`model=tiny_bertt`) in its own words and exits 1, without saying which keys do exist. Composing the
 config once here, before Hydra does, turns those into `atlas_pl: ...` lines that name the valid keys
-(with the nearest ones first) or options, exit 2. Multirun sweeps are left to the validating sweeper
-and Hydra's own flags (--help, --cfg, ...) to Hydra.
+(with the nearest ones first) or options, exit 2. A value of the wrong type for the config schema
+(`fed.rounds=abc`, conf_schema.py) is named with the key's type, also when a config file of the user's
+own (`--config-dir DIR`, searched where Hydra searches it) holds it. Multirun sweeps are left to the
+validating sweeper, Hydra's own flags (--help, --cfg, ...) and another primary config (--config-path,
+--config-name) to Hydra.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 from atlas_pl.errors import AtlasError, user_errors
 
 _HYDRA_FLAGS = ("help", "hydra_help", "info", "cfg", "shell_completion", "experimental_rerun")
-_CUSTOM_CONFIG = ("config_path", "config_name", "config_dir")
+_CUSTOM_CONFIG = ("config_path", "config_name")  # another primary config: Hydra's messages then
 
 
 class OverrideError(AtlasError, ValueError):
@@ -36,7 +39,20 @@ def check_overrides(argv: Sequence[str], config_dir: Path) -> None:
     with user_errors():
         if args.multirun:  # the sweep's own values are composed job by job, by the validating sweeper
             overrides = _without_sweeps(overrides)
-        _compose(overrides, config_dir)
+        _compose(_with_user_dir(overrides, args.config_dir), config_dir)
+
+
+def _with_user_dir(overrides: list[str], user_dir: str | None) -> list[str]:
+    """`--config-dir DIR` as the override that puts DIR where Hydra puts it: after the packaged configs,
+    before the ConfigStore (a user's model/foo.yaml is found; a file named like a packaged one is not
+    used). A missing DIR is left to Hydra's own message, as is a command line that sets hydra.searchpath
+    too (Hydra would search that list instead)."""
+    if user_dir is None or any(o.split("=", 1)[0].lstrip("+~") == "hydra.searchpath" for o in overrides):
+        return overrides
+    path = Path(user_dir).resolve()
+    if not path.is_dir():
+        return overrides
+    return [*overrides, f"hydra.searchpath=['file://{path}']"]
 
 
 def _without_sweeps(overrides: list[str]) -> list[str]:
@@ -112,29 +128,66 @@ def _missing_option(message: str) -> str:
 
 
 def _composition_problem(err: Exception, overrides: list[str], known_keys: Callable[[], list[str]]) -> str:
-    """A mistyped key: name it, the nearest existing keys and its siblings, and how to add a new one."""
+    """A mistyped key, a value of the wrong type for the schema (conf_schema.py), or a config file that
+    does either (a user's own option file under --config-dir, say)."""
+    from omegaconf.errors import ValidationError
+
     cause = str(err.__cause__ or "")
     key_match = re.search(r"full_key: (\S+)", cause)
     ambiguous = re.search(r"Ambiguous value for argument '(.+)'", str(err))
+    in_file = re.match(r"In '([^']+)': (\w+) raised while composing config:\s*(.*)", str(err), flags=re.S)
     if ambiguous:
         return (
             f"{ambiguous.group(1)} holds several values; valid: key=[a,b] for a list, key='a,b' for a "
             "string, or add -m (--multirun) to sweep over them"
         )
+    if in_file:
+        source, kind, detail = in_file.groups()
+        return _file_problem(source, kind, detail, known_keys)
     if key_match is None:
         return " ".join(str(err).split())
     key = key_match.group(1)
     wanted = next((o for o in overrides if _names(o, key)), key)
-    known = known_keys()
+    if isinstance(err.__cause__, ValidationError):
+        return _wrong_type(wanted, key, cause)
+    return _not_a_key(wanted, key, known_keys())
+
+
+def _wrong_type(what: str, key: str, detail: str) -> str:
+    """A value the schema's type rejects (conf_schema.py): the key, its type and OmegaConf's reason."""
+    from atlas_pl.conf_schema import schema_type
+
+    expected = schema_type(key) or "see --cfg job"
+    return f"{what} is invalid; valid: {expected} (the type of {key}; {detail.splitlines()[0].strip()})"
+
+
+def _file_problem(source: str, kind: str, detail: str, known_keys: Callable[[], list[str]]) -> str:
+    """A config file (a user's own option, say) that sets a key the schema lacks, or a wrong type."""
+    key_match = re.search(r"full_key: (\S+)", detail)
+    if key_match is None:
+        return f"config {source}: {' '.join(detail.split())}"
+    key = key_match.group(1)
+    if kind == "ValidationError":
+        return _wrong_type(f"{key} in config {source}", key, detail)
+    return f"config {source} sets {key}, which is not a key{_valid_keys(key, known_keys())}"
+
+
+def _not_a_key(wanted: str, key: str, known: list[str]) -> str:
+    """A mistyped key: name it, the nearest existing keys and its siblings, and how to add a new one."""
+    return (
+        f"{wanted} names no setting: {key} is not a key{_valid_keys(key, known)}; to add a new key, write "
+        f"+{wanted.lstrip('+')}"
+    )
+
+
+def _valid_keys(key: str, known: list[str]) -> str:
+    """` (did you mean ...?); valid keys under <parent>: ...` for a key that does not exist."""
     parent = _parent(key)
     siblings = sorted(k.rsplit(".", 1)[-1] for k in known if _parent(k) == parent)
     close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     where = f"under {parent}" if parent else "at the top level"
-    return (
-        f"{wanted} names no setting: {key} is not a key{hint}; valid keys {where}: {', '.join(siblings)}; "
-        f"to add a new key, write +{wanted.lstrip('+')}"
-    )
+    return f"{hint}; valid keys {where}: {', '.join(siblings)}"
 
 
 def _names(override: str, key: str) -> bool:

@@ -15,6 +15,7 @@ import logging
 from types import SimpleNamespace
 
 from atlas_pl.config_validation import ConfigError
+from atlas_pl.data.custom_reader import check_custom_task
 from atlas_pl.data.errors import DataError
 from atlas_pl.data.glue import SPLITS, glue_file, read_glue_tsv
 from atlas_pl.data.tasks import is_synthetic, task_spec
@@ -149,6 +150,11 @@ def check_inputs(settings: Settings) -> None:
     for task in settings.tasks:
         if is_synthetic(task):
             check_enough_examples(task, "generated", d.synthetic_train_size, settings.fed.clients_per_task)
+            continue
+        if task in settings.custom_tasks:  # columns, labels and rows of the user's own files
+            custom = settings.custom_tasks[task]
+            n_train = check_custom_task(custom, settings.cache_dir / "datasets")
+            check_enough_examples(task, custom.where("train"), n_train, settings.fed.clients_per_task)
             continue
         files = {split: glue_file(d.glue_dir, task, split) for split in SPLITS} if d.glue_dir else {}
         if d.source == "hub" or not all(path.is_file() for path in files.values()):

@@ -105,10 +105,14 @@ def _run(
     try:
         # inputs first (accelerator, data files, then the model): a bad one changes nothing on disk
         check_inputs(settings)
+        from atlas_pl.console import route_library_logs
+
+        route_library_logs()  # the model loads next: transformers' warnings to the log file (the CLI)
         from atlas_pl.engines.centralized import run_centralized
         from atlas_pl.engines.inprocess import run_inprocess
         from atlas_pl.engines.setup import build_federation
         from atlas_pl.reporting.convergence import job_convergence
+        from atlas_pl.reporting.job_end import traffic_by_task
         from atlas_pl.tracking.checkpoint import complete_rounds
         from atlas_pl.tracking.results import peak_memory, versions
         from atlas_pl.tracking.resume import RoundCheckpointer, checkpoint_root
@@ -170,6 +174,8 @@ def _run(
                 "sim_seconds": result.records[-1].get("cumulative_sim_seconds"),
             },
             "traffic_by_device": result.ledger.by_device(),
+            "traffic_by_task": traffic_by_task(result.records),
+            "tracking": tracker.links(),  # where the W&B run / CSV is (the final console table says so)
             "convergence": job_convergence(result.records, list(settings.tasks)),
             "faults": fault_totals(result.records) if settings.faults.enabled else None,
             "overhead": result.overhead,

@@ -14,6 +14,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from atlas_pl.data.custom import CustomTask, custom_task_from_dict
+from atlas_pl.data.tasks import register_custom_tasks
 from atlas_pl.hardware import resolve_attention, resolve_dtype
 from atlas_pl.phases.availability import parse_deadline
 
@@ -271,6 +273,7 @@ class Settings:
     output_dir: Path
     cache_dir: Path
     privacy: DefenseSettings = DefenseSettings()
+    custom_tasks: dict[str, CustomTask] = field(default_factory=dict)  # task.custom, for tasks in `tasks`
     config: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -433,6 +436,15 @@ def _logger(c: dict[str, Any]) -> LoggerSettings:
     )
 
 
+def _custom_tasks(c: dict[str, Any]) -> dict[str, CustomTask]:
+    """The run's config-defined tasks, registered by name: heads, metrics and reports look tasks up by
+    name, so a custom task must be known from here on, like a GLUE one."""
+    custom = c.get("custom") or {}
+    tasks = {str(n): custom_task_from_dict(str(n), custom[n]) for n in c["names"] if n in custom}
+    register_custom_tasks(t.spec for t in tasks.values())
+    return tasks
+
+
 def settings_from_dict(c: dict[str, Any]) -> Settings:
     """Settings from a resolved config dict (what `job_config.json` holds); no validation."""
     seed = int(c["seed"])
@@ -486,6 +498,7 @@ def settings_from_dict(c: dict[str, Any]) -> Settings:
         privacy=DefenseSettings(
             activation_noise=float((c.get("privacy") or {}).get("activation_noise") or 0.0)
         ),
+        custom_tasks=_custom_tasks(c["task"]),
         config=c,
     )
 

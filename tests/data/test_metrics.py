@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
@@ -18,10 +20,22 @@ def test_equal_to_sklearn_on_random_inputs(seed):
     assert mrpc["f1"] == pytest.approx(f1_score(labels, preds))
     assert cola["mcc"] == pytest.approx(matthews_corrcoef(labels, preds))
     p3, l3 = rng.integers(0, 3, n), rng.integers(0, 3, n)
-    from atlas_pl.data.metrics import matthews_corrcoef as ours
-
-    assert ours(p3, l3) == pytest.approx(matthews_corrcoef(l3, p3))
     assert compute_metrics("mnli", p3, l3)["primary"] == pytest.approx(accuracy_score(l3, p3))
+
+
+def test_hand_computed_values():
+    # tp = 3, tn = 3, fp = 1, fn = 1
+    labels = np.array([1, 1, 1, 1, 0, 0, 0, 0])
+    preds = np.array([1, 1, 1, 0, 1, 0, 0, 0])
+    assert compute_metrics("sst2", preds, labels)["accuracy"] == 0.75
+    assert compute_metrics("mrpc", preds, labels)["f1"] == pytest.approx(2 * 3 / (2 * 3 + 1 + 1))
+    assert compute_metrics("cola", preds, labels)["mcc"] == pytest.approx((3 * 3 - 1 * 1) / np.sqrt(4**4))
+    # F1 scores class 1, not class 0: tp = 1, fp = 0, fn = 2 for class 1 (class 0 would give 0.8)
+    labels = np.array([1, 1, 1, 0, 0])
+    preds = np.array([1, 0, 0, 0, 0])
+    assert compute_metrics("qqp", preds, labels)["f1"] == pytest.approx(2 * 1 / (2 * 1 + 0 + 2))
+    assert compute_metrics("cola", labels, labels)["mcc"] == 1.0
+    assert compute_metrics("cola", 1 - labels, labels)["mcc"] == -1.0
 
 
 def test_primary_metric_per_task():
@@ -41,18 +55,34 @@ def test_primary_metric_per_task():
         assert out["accuracy"] == pytest.approx(acc)
         assert out["primary"] == out[key]
         assert ("f1" in out) == (key == "f1") and ("mcc" in out) == (key == "mcc")
-    assert compute_metrics("cola", preds, labels)["primary"] == pytest.approx(
-        matthews_corrcoef(labels, preds)
-    )
-    assert all(isinstance(v, float) for v in compute_metrics("cola", preds, labels).values())
+    assert all(type(v) is float for v in compute_metrics("cola", preds, labels).values())
+    assert all(type(v) is float for v in compute_metrics("mrpc", preds, labels).values())
+
+
+@pytest.mark.parametrize(
+    ("preds", "labels"),
+    [
+        ([1] * 10, [1] * 6 + [0] * 4),  # constant predictor, unbalanced labels (torchmetrics says 0.129)
+        ([1] * 10, [0, 1] * 5),  # constant predictor, balanced labels
+        ([0, 1] * 5, [1] * 10),  # constant labels
+        ([1] * 10, [1] * 10),  # one class everywhere, all correct (torchmetrics says 1.0)
+    ],
+)
+def test_undefined_mcc_is_zero_without_warnings(preds, labels):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert compute_metrics("cola", np.array(preds), np.array(labels))["mcc"] == 0.0
 
 
 def test_degenerate_cases():
-    ones = np.ones(10, dtype=int)
-    labels = np.array([0, 1] * 5)
-    assert compute_metrics("cola", ones, labels)["mcc"] == 0.0  # constant predictions: undefined -> 0
-    assert compute_metrics("mrpc", np.zeros(10, dtype=int), np.zeros(10, dtype=int))["f1"] == 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        zeros = np.zeros(10, dtype=int)
+        assert compute_metrics("mrpc", zeros, zeros)["f1"] == 0.0  # no positives anywhere: 0, not nan
+        assert compute_metrics("mrpc", zeros, 1 - zeros)["f1"] == 0.0
     with pytest.raises(DataError, match="3 predictions but 2 labels"):
         compute_metrics("sst2", np.zeros(3), np.zeros(2))
+    with pytest.raises(DataError, match="no predictions"):
+        compute_metrics("sst2", np.zeros(0), np.zeros(0))
     with pytest.raises(DataError, match="unknown task"):
-        compute_metrics("nope", ones, labels)
+        compute_metrics("nope", zeros, zeros)

@@ -10,6 +10,7 @@ import torch
 from atlas_pl.config_validation import ConfigError
 from atlas_pl.run import run_job
 
+from .conftest import _spy_on_engines
 from .test_federation import _cfg, _records
 
 ROUNDS = ("fed.rounds=2",)
@@ -20,11 +21,15 @@ def _run(tmp_path, capture_models, *overrides: str):
     return _records(tmp_path), capture_models["fed"].models
 
 
-@pytest.fixture
-def both(tmp_path, capture_models):
-    """The atlas smoke job (clusters, heterogeneous ranks and splits, Laplacian) sequential and batched."""
-    one_by_one = _run(tmp_path / "sequential", capture_models)
-    batched = _run(tmp_path / "batched", capture_models, "trainer.batched_clients=true")
+@pytest.fixture(scope="module")
+def both(tmp_path_factory):
+    """The atlas smoke job (clusters, heterogeneous ranks and splits, Laplacian) sequential and batched,
+    run once for the module: the tests below only read the two runs."""
+    tmp_path = tmp_path_factory.mktemp("batched")
+    with pytest.MonkeyPatch.context() as patch:
+        one_by_one = _run(tmp_path / "sequential", _spy_on_engines(patch))
+    with pytest.MonkeyPatch.context() as patch:
+        batched = _run(tmp_path / "batched", _spy_on_engines(patch), "trainer.batched_clients=true")
     return one_by_one, batched
 
 
@@ -68,6 +73,7 @@ def test_batched_clients_refuse_a_mixed_precision(tmp_path) -> None:
     assert "trainer.batched_clients" in str(info.value)
 
 
+@pytest.mark.integration  # two more jobs of two epochs each: 12 s, too much for the fast tier
 def test_batched_clients_follow_each_loader_over_several_local_epochs(tmp_path, capture_models) -> None:
     """Two local epochs a round (the lock step restarts every loader at each epoch) on a Dirichlet split."""
     extra = ("fed.local_epochs=2", "data.partition=dirichlet")

@@ -100,15 +100,14 @@ def test_fingerprinting_does_not_change_the_training_order(tmp_path) -> None:
         ("clustering.k_min=1", "clustering.k_min=1 is invalid"),
         ("clustering.k_max=2", "clustering.k_max=2 is invalid"),
         ("fingerprint.compression=pca", "fingerprint.compression='pca' is invalid"),
-        ("fingerprint.dp.clip=0", "fingerprint.dp.clip=0 is invalid"),
-        ("clustering.weights=0.5", "clustering.weights=0.5 is invalid"),
-        ("clustering.weights.silhouette=-1", "clustering.weights.silhouette=-1 is invalid"),
-        ("fed.balanced_tasks=3", "fed.balanced_tasks=3 is invalid"),
+        ("fingerprint.dp.clip=0", "fingerprint.dp.clip=0.0 is invalid"),  # a float in the schema
+        ("clustering.weights.silhouette=-1", "clustering.weights.silhouette=-1.0 is invalid"),
         ("fed.balanced_tasks=[colaa]", "fed.balanced_tasks=['colaa'] is invalid"),
-        ("fingerprint.dp.enabled=yes", "fingerprint.dp.enabled='yes' is invalid"),
     ],
 )
 def test_bad_phase1_config_is_named(tmp_path, override, message) -> None:
+    # wrong types (clustering.weights=0.5, fed.balanced_tasks=3, fingerprint.dp.enabled=maybe) are refused
+    # while composing, by the schema: tests/test_conf_schema.py::test_wrong_types_are_refused_while_composing
     with pytest.raises(ConfigError, match=re.escape(message)):
         cfg = _cfg(tmp_path, "clustering.k_min=3" if override == "clustering.k_max=2" else "seed=0", override)
         validate_config(cfg)
@@ -121,7 +120,7 @@ def test_bad_phase1_config_is_named(tmp_path, override, message) -> None:
         (("fingerprint.dp.enabled=true", "fingerprint.dp.delta=1.0"), "fingerprint.dp.delta=1.0 is invalid"),
         (
             ("fingerprint.dp.enabled=true", "fingerprint.dp.noise_multiplier=0"),
-            "noise_multiplier=0 is invalid",
+            "noise_multiplier=0.0 is invalid",
         ),
     ],
 )

@@ -73,7 +73,7 @@ def test_bad_fault_settings_are_refused_before_anything_loads(tmp_path) -> None:
         "faults.deadline=soon": "faults.deadline='soon' is invalid",
         "faults.deadline=-2x": "faults.deadline='-2x' is invalid",
         "faults.late=never": "faults.late='never' is invalid; valid: leave_out, partial",
-        "faults.slowdown=[0.5,2]": r"faults.slowdown=\[0.5, 2\] is invalid",
+        "faults.slowdown=[0.5,2]": r"faults.slowdown=\[0.5, 2.0\] is invalid",
         "pairing.name=nearest": "pairing.name='nearest' is invalid; valid: cluster, random",
     }
     for override, message in bad.items():

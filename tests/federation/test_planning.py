@@ -170,7 +170,6 @@ def test_drop_infeasible_drops_the_client_and_runs_the_others(tmp_path, capture_
         ("allocation.split=9", "allocation.split", "auto or an integer in 1..3"),
         ("allocation.uniform_rank=0", "allocation.uniform_rank", ">= 1"),
         ("allocation.rank_candidates=[4,-8]", "allocation.rank_candidates", "positive integer"),
-        ("allocation.drop_infeasible=maybe", "allocation.drop_infeasible", "true or false"),
         ("ablation.importance=local", "ablation.importance", "cluster, global"),
         ("devices.scale=0", "devices.scale", "> 0"),
         ("devices.mix=[cpu_2gb,phone]", "devices.mix", "cpu_2gb"),

@@ -4,18 +4,28 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from atlas_pl.data.custom import CustomTask
+from atlas_pl.data.custom_reader import load_custom_split
 from atlas_pl.data.errors import DataError
 from atlas_pl.data.glue import load_glue_split
 from atlas_pl.data.partition import partition_indices
 from atlas_pl.data.synthetic import make_synthetic_split
-from atlas_pl.data.tasks import TaskSpec, is_synthetic, synthetic_index, task_spec, valid_task_names
-from atlas_pl.data.tokenize_cache import cached_tokenize, fingerprint_examples
+from atlas_pl.data.tasks import (
+    TaskSpec,
+    is_synthetic,
+    register_custom_tasks,
+    synthetic_index,
+    task_spec,
+    valid_task_names,
+)
+from atlas_pl.data.tokenize_cache import cached_tokenize, file_fingerprint, fingerprint_examples
 from atlas_pl.data.tokenized import TokenizedExamples
 
 log = logging.getLogger(__name__)
@@ -89,8 +99,15 @@ def build_federated_data(
     vocab_size: int | None = None,
     synthetic_train_size: int = 2000,
     synthetic_eval_size: int = 400,
+    custom_tasks: Mapping[str, CustomTask] | None = None,
+    datasets_cache: Path | None = None,
 ) -> FederatedData:
-    """Load, tokenize and partition each task; clients are numbered task by task (task 0's first)."""
+    """Load, tokenize and partition each task; clients are numbered task by task (task 0's first).
+
+    `custom_tasks` defines the tasks of `tasks` that come from the user's files (task.custom);
+    `datasets_cache` is where `datasets` keeps its parsed copies of those files."""
+    custom = dict(custom_tasks or {})
+    register_custom_tasks(t.spec for t in custom.values())
     check_task_names(tasks)
     if clients_per_task < 1:
         raise DataError(f"clients_per_task must be >= 1, got {clients_per_task}")
@@ -107,6 +124,11 @@ def build_federated_data(
         if is_synthetic(task):
             train, valid = _synthetic(
                 task, vocab_size, tokenizer, max_len, seed, synthetic_train_size, synthetic_eval_size
+            )
+        elif task in custom:
+            train, valid = (
+                _custom(custom[task], split, tokenizer, model_key, max_len, cache_dir, datasets_cache)
+                for split in ("train", "validation")
             )
         else:
             train, valid = (
@@ -171,6 +193,36 @@ def _glue(
         split=split,
         max_len=max_len,
         source_fingerprint=fingerprint_examples(text),
+    )
+
+
+def _custom(
+    task: CustomTask,
+    split: str,
+    tokenizer: Any,
+    model_key: str,
+    max_len: int,
+    cache_dir: Path,
+    datasets_cache: Path | None,
+) -> TokenizedExamples:
+    """A custom task's split, tokenized through the cache.
+
+    The entry is named by the task and a hash of its definition (files, columns, label order), and
+    stamped with the file's content hash and the examples' own: an edited file, or the same name with
+    other files, re-tokenizes instead of being served stale ids."""
+    if tokenizer is None:
+        raise DataError(f"custom task {task.name!r} needs a tokenizer")
+    text = load_custom_split(task, split, datasets_cache)
+    origin = f"hub:{task.where(split)}" if task.hub else f"sha256:{file_fingerprint(task.source(split))}"
+    return cached_tokenize(
+        tokenizer,
+        text,
+        cache_dir=Path(cache_dir),
+        model_key=model_key,
+        task=f"custom-{task.name}-{task.digest()}",
+        split=split,
+        max_len=max_len,
+        source_fingerprint=f"{origin}:{fingerprint_examples(text)}",
     )
 
 

@@ -1,50 +1,37 @@
-"""GLUE metrics in plain numpy: accuracy always, F1 for MRPC/QQP, Matthews correlation for CoLA.
+"""GLUE metrics from scikit-learn: accuracy always, F1 for MRPC/QQP, Matthews correlation for CoLA.
 
-numpy rather than sklearn keeps evaluation import-free and fast inside training loops; the formulas are
-the ones sklearn uses (binary F1 of class 1, multiclass MCC from the confusion matrix, 0.0 if undefined).
+scikit-learn rather than torchmetrics because GLUE's own scorer (and Hugging Face `evaluate`'s `glue`
+metric) calls sklearn's `f1_score` and `matthews_corrcoef`, so these are the leaderboard's numbers by
+construction. torchmetrics departs from them where MCC is undefined: it patches the zero denominator with
+an epsilon, so a constant predictor on 6 positives and 4 negatives scores 0.129 instead of 0.0, and a task
+whose validation split holds one class would reward predicting that class.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from atlas_pl.data.errors import DataError
 from atlas_pl.data.tasks import task_spec
 
-F1_TASKS = ("mrpc", "qqp")
-MCC_TASKS = ("cola",)
+POSITIVE = 1  # the label index F1 scores (MRPC `equivalent`, QQP `duplicate`), as GLUE does
 
 
-def accuracy(preds: np.ndarray, labels: np.ndarray) -> float:
-    return float(np.mean(preds == labels))
+def positive_f1(preds: np.ndarray, labels: np.ndarray) -> float:
+    """F1 of class `POSITIVE` against the rest; 0.0 when there are no true or predicted positives.
+
+    Comparing against `POSITIVE` first keeps it defined for any number of classes (sklearn's binary F1
+    refuses a third class) and equal to GLUE's binary F1 on two.
+    """
+    return float(f1_score(labels == POSITIVE, preds == POSITIVE, zero_division=0.0))
 
 
-def binary_f1(preds: np.ndarray, labels: np.ndarray, positive: int = 1) -> float:
-    """F1 of the positive class; 0.0 when there are no true or predicted positives."""
-    tp = int(np.sum((preds == positive) & (labels == positive)))
-    fp = int(np.sum((preds == positive) & (labels != positive)))
-    fn = int(np.sum((preds != positive) & (labels == positive)))
-    denom = 2 * tp + fp + fn
-    return 2.0 * tp / denom if denom else 0.0
-
-
-def matthews_corrcoef(preds: np.ndarray, labels: np.ndarray) -> float:
-    """Multiclass Matthews correlation (Gorodkin's R_K); 0.0 when a marginal is constant."""
-    classes, inverse = np.unique(np.concatenate([labels, preds]), return_inverse=True)
-    k = len(classes)
-    y_true, y_pred = inverse[: len(labels)], inverse[len(labels) :]
-    cm = np.zeros((k, k), dtype=np.float64)
-    np.add.at(cm, (y_true, y_pred), 1.0)
-    t_sum, p_sum = cm.sum(axis=1), cm.sum(axis=0)
-    n = cm.sum()
-    correct = np.trace(cm)
-    cov_ytyp = correct * n - t_sum @ p_sum
-    cov_ypyp = n * n - p_sum @ p_sum
-    cov_ytyt = n * n - t_sum @ t_sum
-    denom = cov_ytyt * cov_ypyp
-    if denom <= 0:
-        return 0.0
-    return float(cov_ytyp / np.sqrt(denom))
+def mcc(preds: np.ndarray, labels: np.ndarray) -> float:
+    """Matthews correlation (multiclass: Gorodkin's R_K); 0.0 when undefined (a constant marginal)."""
+    if np.unique(np.concatenate([preds, labels])).size < 2:
+        return 0.0  # one class everywhere: sklearn returns 0.0 too, after a confusion-matrix warning
+    return float(matthews_corrcoef(labels, preds))
 
 
 def compute_metrics(task: str, preds: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -56,10 +43,10 @@ def compute_metrics(task: str, preds: np.ndarray, labels: np.ndarray) -> dict[st
         raise DataError(f"compute_metrics({task}): {preds.shape[0]} predictions but {labels.shape[0]} labels")
     if preds.size == 0:
         raise DataError(f"compute_metrics({task}): no predictions to score")
-    out = {"accuracy": accuracy(preds, labels)}
-    if task in F1_TASKS or spec.primary_metric == "f1":
-        out["f1"] = binary_f1(preds, labels)
-    if task in MCC_TASKS or spec.primary_metric == "mcc":
-        out["mcc"] = matthews_corrcoef(preds, labels)
+    out = {"accuracy": float(accuracy_score(labels, preds))}
+    if spec.primary_metric == "f1":
+        out["f1"] = positive_f1(preds, labels)
+    elif spec.primary_metric == "mcc":
+        out["mcc"] = mcc(preds, labels)
     out["primary"] = out[spec.primary_metric]
     return out

