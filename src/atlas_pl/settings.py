@@ -14,7 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from atlas_pl.data.custom import CustomTask, custom_task_from_dict
+from atlas_pl.data.custom import CustomTask, custom_task_from_dict, with_absolute_paths
 from atlas_pl.data.tasks import register_custom_tasks
 from atlas_pl.hardware import resolve_attention, resolve_dtype
 from atlas_pl.phases.availability import parse_deadline
@@ -445,8 +445,20 @@ def _custom_tasks(c: dict[str, Any]) -> dict[str, CustomTask]:
     return tasks
 
 
+def _absolute_custom_paths(c: dict[str, Any]) -> dict[str, Any]:
+    """The config with task.custom's relative file paths made absolute (from the working directory), as
+    `Settings.config` records them: job_config.json and the resume checks then name the files themselves,
+    so a resume launched from another directory cannot silently train on other files."""
+    custom = (c.get("task") or {}).get("custom")
+    if not isinstance(custom, dict):
+        return c
+    custom = {n: with_absolute_paths(d) if isinstance(d, dict) else d for n, d in custom.items()}
+    return {**c, "task": {**c["task"], "custom": custom}}
+
+
 def settings_from_dict(c: dict[str, Any]) -> Settings:
     """Settings from a resolved config dict (what `job_config.json` holds); no validation."""
+    c = _absolute_custom_paths(c)
     seed = int(c["seed"])
     graph = c.get("graph") or {}
     topology = _topology(c.get("topology"), c.get("pairing"))

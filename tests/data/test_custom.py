@@ -116,8 +116,10 @@ def test_definition_problems_name_the_key_and_what_is_valid(tmp_path) -> None:
         ({"labels": ["a", "b", "c"], "metric": "f1"}, "metric='f1' is invalid", "more than 2 labels"),
         ({"labels": ["pos"]}, "labels=['pos'] is invalid", "at least 2 distinct labels"),
         ({"labels": [1, "1"]}, "labels=[1, '1'] is invalid", "distinct"),
+        ({"labels": [True, False, True]}, "labels=[True, False, True] is invalid", "quote the labels"),
         ({"labels": [0.5, 1.5]}, "labels=[0.5, 1.5] is invalid", "strings or integers"),
         ({"label": "review"}, "task.custom.reviews.label='review'", "other than the text column"),
+        ({"text_pair": "review"}, "task.custom.reviews.text_pair='review' is invalid", "other than the text"),
         ({"txt": "review"}, "unknown key(s) ['txt']", "valid keys: train, validation, text"),
     ]
     for changes, *needles in cases:
@@ -292,3 +294,86 @@ def test_config_defines_custom_tasks_next_to_builtin_ones(tmp_path) -> None:
         "task.custom.my_reviews.format='xls' is invalid; valid: null (from the file extension), csv, tsv, "
         "jsonl, json",
     ]
+
+
+def test_text_pair_equal_to_text_blames_text_pair_not_label(tmp_path) -> None:
+    problems = definition_problems("reviews", _reviews(tmp_path, text_pair="review"))
+    assert problems == [
+        "task.custom.reviews.text_pair='review' is invalid; valid: a column other than the text column"
+    ]
+
+
+def _yes_no(tmp_path: Path, labels: list, fmt: str = "csv") -> dict:
+    """A task whose files say yes / no; `labels` as OmegaConf reads the YAML (unquoted yes -> True)."""
+    if fmt == "csv":
+        _write(tmp_path / "yn.csv", "review,stars\ngreat,yes\nawful,no\n")
+    else:
+        _jsonl(
+            tmp_path / "yn.jsonl", [{"review": "great", "stars": "yes"}, {"review": "awful", "stars": "no"}]
+        )
+    path = str(tmp_path / f"yn.{fmt}")
+    return _reviews(tmp_path, train=path, validation=path, labels=labels)
+
+
+def test_yaml_booleans_for_yes_no_labels_are_refused_at_config_time_with_a_hint(tmp_path) -> None:
+    from omegaconf import OmegaConf
+
+    labels = OmegaConf.to_container(OmegaConf.create("labels: [yes, no]"))["labels"]
+    assert labels == [True, False]  # the trap: YAML 1.1 booleans
+    for fmt in ("csv", "jsonl"):
+        (problem,) = definition_problems("reviews", _yes_no(tmp_path, labels, fmt))
+        assert problem.startswith("task.custom.reviews.labels=[True, False] is invalid; valid: labels as")
+        assert f"yn.{fmt}'s first label is 'yes'" in problem and "labels: ['yes', 'no']" in problem
+    assert definition_problems("reviews", _yes_no(tmp_path, ["yes", "no"])) == []  # quoted: fine
+    # a file that really holds booleans keeps `labels: [false, true]` (JSONL true / false, CSV text)
+    _jsonl(tmp_path / "b.jsonl", [{"review": "good", "stars": True}, {"review": "bad", "stars": False}])
+    _write(tmp_path / "b.csv", "review,stars\ngood,true\nbad,false\n")
+    for name in ("b.jsonl", "b.csv"):
+        raw = _reviews(
+            tmp_path, train=str(tmp_path / name), validation=str(tmp_path / name), labels=[False, True]
+        )
+        assert definition_problems("reviews", raw) == []
+        task = custom_task_from_dict("bools", raw)
+        assert load_custom_split(task, "train", tmp_path / "cache").labels.tolist() == [1, 0]
+    # a first row that matches, later ones that do not: the reader names them, with the same hint
+    _write(tmp_path / "mixed.csv", "review,stars\ngood,true\nbad,no\n")
+    mixed = _reviews(tmp_path, train=str(tmp_path / "mixed.csv"), labels=[True, False])
+    assert definition_problems("reviews", mixed) == []
+    with pytest.raises(DataError, match=r"\['no'\] .* data row 2; YAML reads unquoted yes/no/on/off"):
+        load_custom_split(custom_task_from_dict("reviews", mixed), "train", tmp_path / "cache")
+
+
+def test_relative_paths_are_recorded_absolute_so_a_resume_elsewhere_is_refused(tmp_path, monkeypatch) -> None:
+    from omegaconf import OmegaConf
+
+    from atlas_pl.errors import CheckpointError
+    from atlas_pl.settings import settings_from_dict
+    from atlas_pl.tracking.compatibility import check_settings
+
+    define = [
+        "+task.custom.rel.train=train.csv",
+        "+task.custom.rel.validation=./dev.csv",
+        "+task.custom.rel.text=review",
+    ]
+    define += ["+task.custom.rel.label=stars", "+task.custom.rel.labels=[neg,pos]", "task.names=[rel]"]
+    first = tmp_path / "first"
+    cfg = _config(first, *define)
+    monkeypatch.chdir(first)
+    saved = settings_from_dict(OmegaConf.to_container(cfg, resolve=True))
+    train, dev = str(Path.cwd() / "train.csv"), str(Path.cwd() / "dev.csv")
+    assert (saved.custom_tasks["rel"].train, saved.custom_tasks["rel"].validation) == (train, dev)
+    assert saved.config["task"]["custom"]["rel"]["train"] == train  # what job_config.json records
+    assert saved.config["task"]["custom"]["rel"]["validation"] == dev
+    assert cfg.task.custom.rel.train == "train.csv"  # the caller's config is left as it was
+
+    _reviews(tmp_path / "second")  # same relative names, other files
+    monkeypatch.chdir(tmp_path / "second")
+    resumed = settings_from_dict(OmegaConf.to_container(cfg, resolve=True))
+    with pytest.raises(
+        CheckpointError, match=r"task\.custom\.rel\.train: '/.*first/train\.csv' -> '/.*second/"
+    ):
+        check_settings(resumed.config, saved.config, tmp_path / "job")
+    monkeypatch.chdir(first)  # back where it ran: the same files, resumable
+    check_settings(
+        settings_from_dict(OmegaConf.to_container(cfg, resolve=True)).config, saved.config, tmp_path
+    )

@@ -38,6 +38,45 @@ class FakeJob:
     vocab_size: int
 
 
+def _backbone(model: str, pooling: str | None, head: str, targets: Sequence[str] | None, seed: int):
+    spec = resolve_model_spec(model)
+    base, _ = load_base(spec, seed=seed)
+    backbone = SharedBackbone(
+        spec, base, targets=list(targets) if targets else None, pooling=pooling, head=head
+    )
+    return backbone, int(base.config.vocab_size)
+
+
+def _randomized(model: SplitClientModel, gen: torch.Generator) -> SplitClientModel:
+    with torch.no_grad():
+        for p in model.parameters():  # B != 0: the adapters change the function
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+    return model.eval()
+
+
+def _config(model: str, pooling: str | None, head: str, targets, alpha: float, seed: int, ablation: str):
+    return {
+        "seed": seed,
+        "model": {"name": model, "pooling": pooling, "head": head, "lora_targets": list(targets or [])},
+        "lora": {"rank": 8, "alpha": alpha, "dropout": 0.0},
+        "ablation": {"name": ablation},
+        "fed": {"eta": 0.5},
+        "paths": {},
+    }
+
+
+def _save(root: Path, config: dict, record: dict, models: dict[str, SplitClientModel]) -> None:
+    """job_config.json and checkpoint round 2 with `record` and every model's trainable tensors."""
+    tensors: dict[str, torch.Tensor] = {}
+    for name, m in models.items():
+        tensors.update(module_tensors(f"model/{name}", m))
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "job_config.json").write_text(json.dumps(config))
+    save_checkpoint(
+        root / "checkpoints", 2, {"records": [{"round": 2, "evaluated": True, **record}]}, tensors
+    )
+
+
 def write_job(
     root: Path,
     model: str = "tiny_bert",
@@ -50,35 +89,43 @@ def write_job(
     seed: int = 0,
 ) -> FakeJob:
     """A job dir whose checkpoint holds one client per (split, per-block ranks, labels) in `clients`."""
-    spec = resolve_model_spec(model)
-    base, _ = load_base(spec, seed=seed)
-    backbone = SharedBackbone(
-        spec, base, targets=list(targets) if targets else None, pooling=pooling, head=head
-    )
+    backbone, vocab = _backbone(model, pooling, head, targets, seed)
     gen = torch.Generator().manual_seed(7)
-    models: dict[str, SplitClientModel] = {}
-    tensors: dict[str, torch.Tensor] = {}
-    for k, (split, ranks, labels) in enumerate(clients):
-        m = SplitClientModel(backbone, split, dict(enumerate(ranks)), labels, alpha=alpha, seed=seed)
-        with torch.no_grad():
-            for p in m.parameters():  # B != 0: the adapters change the function
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
-        models[str(k)] = m.eval()
-        tensors.update(module_tensors(f"model/{k}", m))
-    config = {
-        "seed": seed,
-        "model": {"name": model, "pooling": pooling, "head": head, "lora_targets": list(targets or [])},
-        "lora": {"rank": 8, "alpha": alpha, "dropout": 0.0},
-        "ablation": {"name": "atlas"},
-        "fed": {"eta": 0.5},
-        "paths": {},
+    models = {
+        str(k): _randomized(
+            SplitClientModel(backbone, split, dict(enumerate(ranks)), labels, alpha=alpha, seed=seed), gen
+        )
+        for k, (split, ranks, labels) in enumerate(clients)
     }
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "job_config.json").write_text(json.dumps(config))
     entry = {"task": "synthetic1", "cluster": 1, "device": "cpu_2gb", "accuracy": 0.75, "primary": 0.75}
-    records = [{"round": 2, "evaluated": True, "clients": {k: dict(entry) for k in models}}]
-    save_checkpoint(root / "checkpoints", 2, {"records": records}, tensors)
-    return FakeJob(root, models, int(base.config.vocab_size))
+    config = _config(model, pooling, head, targets, alpha, seed, "atlas")
+    _save(root, config, {"clients": {k: dict(entry) for k in models}}, models)
+    return FakeJob(root, models, vocab)
+
+
+def write_centralized_job(root: Path, tasks: dict[str, int], *, split: int = 2, rank: int = 4) -> FakeJob:
+    """A centralized job (ablation=centralized) as engines/centralized.py checkpoints one: a model per task
+    under `model/<task>/`, all sharing one adapter, each with its own head; records per client and per
+    task, with the clients' ids, not the tasks, as the records' client keys."""
+    backbone, vocab = _backbone("tiny_bert", "mean", "linear", None, 0)
+    gen = torch.Generator().manual_seed(7)
+    ranks = dict.fromkeys(range(backbone.num_layers), rank)
+    models = {t: _randomized(SplitClientModel(backbone, split, ranks, n), gen) for t, n in tasks.items()}
+    first = next(iter(models.values()))
+    for (
+        m
+    ) in models.values():  # one set of LoRA factors, one head per task (engines/centralized.share_adapters)
+        m.client.adapter, m.server.adapter = first.client.adapter, first.server.adapter
+    clients = {
+        str(k): {"task": t, "cluster": 0, "accuracy": 0.5, "primary": 0.5} for k, t in enumerate(tasks)
+    }
+    per_task = {
+        t: {"accuracy": 0.25 + k / 2, "primary": 0.25 + k / 2, "worst_primary": 0.1}
+        for k, t in enumerate(tasks)
+    }
+    config = _config("tiny_bert", "mean", "linear", None, 16.0, 0, "centralized")
+    _save(root, config, {"clients": clients, "per_task": per_task}, models)
+    return FakeJob(root, models, vocab)
 
 
 def batch(vocab: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -39,7 +39,10 @@ def test_minilm_round_trip(tmp_path: Path, pooling: str, head: str) -> None:
     for client, atlas_model in job.models.items():
         client_dir = tmp_path / "out" / f"client_{client}"
         config = json.loads((client_dir / "adapter_config.json").read_text())
-        assert config["base_model_name_or_path"] == str(folder)
+        assert config["base_model_name_or_path"] == "sentence-transformers/all-MiniLM-L6-v2"
+        info = json.loads((client_dir / "atlas_export.json").read_text())
+        assert info["base"] == str(folder) and info["base_hub_id"] == config["base_model_name_or_path"]
+        assert "base_model: sentence-transformers/all-MiniLM-L6-v2" in (client_dir / "README.md").read_text()
         with torch.no_grad():
             want = atlas_model(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])
             if head == "mlp":

@@ -9,10 +9,12 @@ import pytest
 import torch
 import transformers
 from peft import PeftModel
+from safetensors.torch import load_file
 
 from atlas_pl.export import export_job, load_head
 
-from .conftest import FakeJob, batch, write_job
+from ..tiny_models import tiny_family
+from .conftest import FakeJob, batch, write_centralized_job, write_job
 
 SMOKE_TARGETS = ("query", "value", "intermediate.dense", "output.dense")
 
@@ -80,6 +82,23 @@ def test_tiny_gpt2_round_trip_conv1d(tmp_path: Path) -> None:
     assert config["fan_in_fan_out"] is True and config["target_modules"] == ["attn.c_attn"]
 
 
+def test_the_exported_last_pooling_head_takes_the_last_real_token_with_left_or_right_padding(
+    tmp_path: Path,
+) -> None:
+    job = write_job(tmp_path / "job", "tiny_gpt2", clients=((2, (4, 2, 8, 2), 2),))
+    export_job(job.dir, tmp_path / "out", check=False)
+    head = load_head(tmp_path / "out" / "client_0")
+    hidden = torch.randn(2, 5, 32, generator=torch.Generator().manual_seed(1))
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 0, 0]])  # left-padded, right-padded
+    with torch.no_grad():
+        want = head.net(torch.stack([hidden[0, 4], hidden[1, 2]]))
+        torch.testing.assert_close(head(hidden, mask), want, atol=0, rtol=0)
+    assert (
+        "left or right padding"
+        in json.loads((tmp_path / "out" / "client_0" / "head.json").read_text())["pooling_rule"]
+    )
+
+
 def test_bert_cls_mlp_head_goes_into_modules_to_save(tmp_path: Path) -> None:
     """BERT's pooler + classifier is atlas_pl's cls/mlp head: AutoModelForSequenceClassification + PEFT
     give the logits with no atlas_pl code."""
@@ -97,3 +116,64 @@ def test_bert_cls_mlp_head_goes_into_modules_to_save(tmp_path: Path) -> None:
         got = model(input_ids=ids, attention_mask=mask).logits
         want = job.models["0"](ids, mask)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_roberta_cls_mlp_head_goes_into_modules_to_save(tmp_path: Path) -> None:
+    """RoBERTa's classification head (dense + tanh + out_proj on the first token) is atlas_pl's cls/mlp
+    head: it goes into the adapter as `classifier` (no pooler, unlike BERT)."""
+    folder = tmp_path / "tiny_roberta"
+    tiny_family("roberta")[1].save_pretrained(folder)  # a local model directory, as a user would give one
+    job = write_job(
+        tmp_path / "job",
+        str(folder),
+        pooling="cls",
+        head="mlp",
+        clients=((1, (2, 4, 8), 3), (2, (8, 2, 4), 2)),
+    )
+    written = export_job(job.dir, tmp_path / "out")  # with the export's own check
+    assert [w.head_placement for w in written] == ["modules_to_save"] * 2
+    ids, mask = batch(job.vocab_size)
+    for client, atlas_model in job.models.items():
+        client_dir = tmp_path / "out" / f"client_{client}"
+        config = json.loads((client_dir / "adapter_config.json").read_text())
+        assert config["modules_to_save"] == ["classifier"] and config["task_type"] == "SEQ_CLS"
+        assert config["base_model_name_or_path"] == str(folder)  # a local model: its folder
+        saved = load_file(client_dir / "adapter_model.safetensors")
+        assert {
+            "base_model.model.classifier.dense.weight",
+            "base_model.model.classifier.out_proj.bias",
+        } <= set(saved)
+        assert not (client_dir / "head.safetensors").exists()
+        base = transformers.AutoModelForSequenceClassification.from_pretrained(
+            folder, num_labels=atlas_model.server.head.num_labels
+        )
+        model = PeftModel.from_pretrained(base, client_dir).eval()
+        with torch.no_grad():
+            got = model(input_ids=ids, attention_mask=mask).logits
+            want = atlas_model(ids, mask)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_a_centralized_job_exports_one_adapter_per_task(tmp_path: Path) -> None:
+    """ablation=centralized: the checkpoint's models are one per task (`model/<task>/`), sharing one
+    adapter; each exports under the task's name with that task's labels, head and per-task metrics."""
+    job = write_centralized_job(tmp_path / "job", {"sst2": 2, "mnli": 3})
+    written = export_job(job.dir, tmp_path / "out")  # with the export's own check
+    assert [(w.client, w.task) for w in written] == [("mnli", "mnli"), ("sst2", "sst2")]
+    _assert_round_trip(job, tmp_path / "out")
+    sst2, mnli = (
+        load_file(tmp_path / "out" / f"client_{t}" / "adapter_model.safetensors") for t in job.models
+    )
+    assert sst2.keys() == mnli.keys() and all(torch.equal(sst2[k], mnli[k]) for k in sst2)  # one adapter
+    info = json.loads((tmp_path / "out" / "client_mnli" / "atlas_export.json").read_text())
+    assert info["ablation"] == "centralized" and info["eta"] is None and info["cluster"] is None
+    assert info["labels"] == ["entailment", "neutral", "contradiction"]
+    assert info["metrics"] == {"primary": 0.75, "accuracy": 0.75} and info["metrics_round"] == 2
+    card = (tmp_path / "out" / "client_mnli" / "README.md").read_text()
+    for fact in (
+        "# atlas_pl centralized model: mnli",
+        "for the centralized baseline (ablation `centralized`)",
+        "| split point | none: trained centrally on every client's data, one adapter shared by all tasks |",
+        "| primary | 0.7500 |",
+    ):
+        assert fact in card, fact

@@ -59,6 +59,7 @@ def test_raw_pca_sends_the_whole_gradient_and_agrees_with_the_sketch(tmp_path) -
     assert raw["labels"] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
 
 
+@pytest.mark.integration  # ~5 s of jobs: the fast tier keeps under its 3 minutes
 def test_dp_noise_is_reported_with_its_epsilon(tmp_path, smoke_run) -> None:
     plain_run = smoke_run("ablation=fedavg_cluster", "fed.rounds=1")
     run_job(

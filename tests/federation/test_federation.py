@@ -248,6 +248,7 @@ def test_balanced_class_weights_weigh_each_class_equally() -> None:
     assert torch.allclose(weights[:2] * counts[:2], torch.full((2,), 2.0))  # equal total weight per class
 
 
+@pytest.mark.integration  # ~5 s of jobs: the fast tier keeps under its 3 minutes
 def test_balanced_tasks_change_only_those_clients_losses(tmp_path, smoke_run) -> None:
     run_job(_cfg(tmp_path / "bal", "ablation=local_only", "fed.rounds=1", "fed.balanced_tasks=[synthetic1]"))
     plain = smoke_run("ablation=local_only", "fed.rounds=1").records()[0]["clients"]
@@ -257,6 +258,7 @@ def test_balanced_tasks_change_only_those_clients_losses(tmp_path, smoke_run) ->
         assert same == (client["task"] != "synthetic1"), (cid, client["task"])
 
 
+@pytest.mark.integration  # ~5 s of jobs: the fast tier keeps under its 3 minutes
 def test_orchestration_time_is_its_own_and_not_in_any_clients_training_time(tmp_path, monkeypatch) -> None:
     """Phase 4 runs inside the last client's fit (the Callback's on_train_end); its seconds are the round's
     `orchestration_seconds` and are taken out of that client's `train_seconds`."""

@@ -125,6 +125,7 @@ def test_splitlora_gives_every_client_the_same_averaged_factors(tmp_path, captur
             assert torch.equal(a, reference[key][0]) and torch.equal(b, reference[key][1]), key
 
 
+@pytest.mark.integration  # ~5 s of jobs: the fast tier keeps under its 3 minutes
 def test_hetlora_and_hsplitlora_differ_from_stack_and_are_recorded(
     tmp_path, capture_models, smoke_run
 ) -> None:

@@ -11,8 +11,10 @@ everything that looks a task up by name (heads, metrics, reports) treats them li
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -30,6 +32,8 @@ KEYS = "train validation text text_pair label labels metric format hub hub_confi
 # What a definition may leave out (the Hugging Face convention: columns `text` and `label`).
 DEFAULTS: dict[str, Any] = {"text": "text", "label": "label", "metric": "accuracy"}
 Label = str | int | bool
+# YAML 1.1 (OmegaConf) reads unquoted yes / no / on / off as booleans: `labels: [yes, no]` is [true, false].
+QUOTE_HINT = "YAML reads unquoted yes/no/on/off as true/false: quote the labels, e.g. labels: ['yes', 'no']"
 
 
 @dataclass(frozen=True)
@@ -90,25 +94,37 @@ def label_key(value: Label) -> str:
 
 def custom_task_from_dict(name: str, raw: Mapping[str, Any], cwd: Path | None = None) -> CustomTask:
     """The typed definition of a validated `task.custom.<name>`; relative paths start from `cwd`."""
-    raw = with_defaults(raw)
-    hub = _opt_str(raw.get("hub"))
-    train, validation = str(raw["train"]), str(raw["validation"])
-    if hub is None:
-        base = cwd or Path.cwd()
-        train, validation = (str(base / Path(p).expanduser()) for p in (train, validation))
+    raw = with_defaults(with_absolute_paths(raw, cwd))
     return CustomTask(
         name=name,
-        train=train,
-        validation=validation,
+        train=str(raw["train"]),
+        validation=str(raw["validation"]),
         text=str(raw["text"]),
         label=str(raw["label"]),
         labels=tuple(raw["labels"]),
         metric=str(raw["metric"]),
         text_pair=_opt_str(raw.get("text_pair")),
         format=_opt_str(raw.get("format")),
-        hub=hub,
+        hub=_opt_str(raw.get("hub")),
         hub_config=_opt_str(raw.get("hub_config")),
     )
+
+
+def local_path(value: str, cwd: Path | None = None) -> str:
+    """A data file's path as a job records it: absolute, from `cwd` (default: the working directory)."""
+    return os.path.normpath((cwd or Path.cwd()) / Path(value).expanduser())
+
+
+def with_absolute_paths(raw: Mapping[str, Any], cwd: Path | None = None) -> dict[str, Any]:
+    """The definition with its local files' paths absolute. The job's config (job_config.json, the
+    checkpoints) records them so: a resume launched from another directory then compares the files the
+    job trained on, and is refused if a relative path now names other files."""
+    out = dict(raw)
+    if _opt_str(raw.get("hub")) is None:
+        for split in SPLITS:
+            if _is_name(raw.get(split)):
+                out[split] = local_path(str(raw[split]), cwd)
+    return out
 
 
 def with_defaults(raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -135,8 +151,8 @@ def definition_problems(name: Any, raw: Any, cwd: Path | None = None) -> list[st
         problems.append(f"{key} has unknown key(s) {unknown}; valid keys: {', '.join(KEYS)}")
     problems += _column_problems(key, raw)
     problems += _label_problems(key, raw)
-    problems += _source_problems(key, raw, cwd or Path.cwd())
-    return problems
+    problems += _source_problems(key, raw, cwd)
+    return problems or _bool_label_problems(key, raw, cwd)
 
 
 def _bad(key: str, value: Any, valid: str) -> str:
@@ -165,8 +181,9 @@ def _column_problems(key: str, raw: Mapping[str, Any]) -> list[str]:
         problems.append(_bad(f"{key}.text_pair", pair, "null, or the name of the second text column"))
     if not _is_name(label):
         problems.append(_bad(f"{key}.label", label, "the name of the label column, e.g. label"))
-    used = [c for c in (text, pair, label) if _is_name(c)]
-    if len(set(used)) != len(used):
+    if _is_name(pair) and pair == text:
+        problems.append(_bad(f"{key}.text_pair", pair, "a column other than the text column"))
+    if _is_name(label) and label in (text, pair):
         problems.append(_bad(f"{key}.label", label, "a column other than the text column(s)"))
     return problems
 
@@ -179,12 +196,13 @@ def _label_problems(key: str, raw: Mapping[str, Any]) -> list[str]:
     keys = [label_key(v) for v in listed] if ok else []
     if not ok or len(keys) < 2 or len(set(keys)) != len(keys) or any(not k.strip() for k in keys):
         shown = listed if isinstance(labels, list | tuple) else labels
+        hint = f" ({QUOTE_HINT})" if any(isinstance(v, bool) for v in listed) else ""  # [yes, no, on, off]
         problems.append(
             _bad(
                 f"{key}.labels",
                 shown,
                 "a list of at least 2 distinct labels (strings or integers), "
-                "mapped to ids in that order, e.g. [negative, positive] or [0, 1]",
+                f"mapped to ids in that order, e.g. [negative, positive] or [0, 1]{hint}",
             )
         )
     metric = raw.get("metric")
@@ -202,7 +220,7 @@ def _label_problems(key: str, raw: Mapping[str, Any]) -> list[str]:
     return problems
 
 
-def _source_problems(key: str, raw: Mapping[str, Any], cwd: Path) -> list[str]:
+def _source_problems(key: str, raw: Mapping[str, Any], cwd: Path | None) -> list[str]:
     hub, fmt = raw.get("hub"), raw.get("format")
     problems = []
     if hub is not None and not _is_name(hub):
@@ -222,8 +240,8 @@ def _source_problems(key: str, raw: Mapping[str, Any], cwd: Path) -> list[str]:
     return problems
 
 
-def _file_problems(key: str, value: str, fmt: Any, cwd: Path) -> list[str]:
-    path = cwd / Path(value).expanduser()
+def _file_problems(key: str, value: str, fmt: Any, cwd: Path | None) -> list[str]:
+    path = Path(local_path(value, cwd))
     if not path.is_file():
         why = "a directory" if path.is_dir() else "not found"
         return [_bad(key, value, f"an existing data file ({path} is {why})")]
@@ -234,3 +252,42 @@ def _file_problems(key: str, value: str, fmt: Any, cwd: Path) -> list[str]:
         valid = f"a file ending in {', '.join(EXTENSIONS)}, or set {fmt_key} to one of {', '.join(FORMATS)}"
         return [_bad(key, value, f"{valid} (cannot infer the format from {found!r})")]
     return []
+
+
+def _bool_label_problems(key: str, raw: Mapping[str, Any], cwd: Path | None) -> list[str]:
+    """Boolean labels the training file's first label is not one of: almost surely YAML's reading of an
+    unquoted `[yes, no]` (a JSONL file of true / false labels keeps `labels: [false, true]`). Only the first
+    row is read, and only when the label set holds a boolean; the reader checks every row later."""
+    labels = raw["labels"]
+    if raw.get("hub") is not None or not any(isinstance(v, bool) for v in labels):
+        return []
+    path = Path(local_path(str(raw["train"]), cwd))
+    fmt = raw.get("format") or EXTENSIONS[path.suffix.lower()]
+    first = first_label(path, fmt, str(raw["label"]))
+    if first is None or label_key(first) in {label_key(v) for v in labels}:
+        return []
+    found = f"{path.name}'s first label is {label_key(first)!r}"
+    return [_bad(f"{key}.labels", list(labels), f"labels as the file writes them ({found}); {QUOTE_HINT}")]
+
+
+def delimited_options(fmt: str) -> dict[str, Any]:
+    """csv.reader options: TSV has no quoting (GLUE's convention), CSV the standard one."""
+    if fmt == "tsv":
+        return {"delimiter": "\t", "quoting": csv.QUOTE_NONE}
+    return {"delimiter": ",", "quoting": csv.QUOTE_MINIMAL}
+
+
+def first_label(path: Path, fmt: str, column: str) -> Any:
+    """The label of the file's first data row; None where it cannot be read cheaply (a JSON array, a
+    missing column, a broken file: the reader reports those)."""
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            if fmt in ("csv", "tsv"):
+                rows = csv.reader(f, **delimited_options(fmt))
+                header, row = next(rows, []), next(rows, [])
+                return row[header.index(column)] if column in header and len(row) == len(header) else None
+            lines = (f.readline(1 << 20) for _ in range(100))  # JSON Lines; bounded, the file may be large
+            record = json.loads(next((line for line in lines if line.strip()), "null"))
+            return record.get(column) if isinstance(record, dict) else None
+    except (OSError, ValueError, csv.Error):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return None

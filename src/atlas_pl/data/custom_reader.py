@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from atlas_pl.data.custom import CustomTask, label_key
+from atlas_pl.data.custom import QUOTE_HINT, CustomTask, delimited_options, label_key
 from atlas_pl.data.errors import DataError
-from atlas_pl.data.glue import TextExamples
+from atlas_pl.data.glue import TextExamples, check_text
 
 _SHOWN = 10  # most unknown labels an error message lists
 
@@ -76,16 +76,10 @@ def _read_local(task: CustomTask, split: str, cache_dir: Path | None) -> dict[st
     return _read_json(task, path, fmt, cache_dir)
 
 
-def _delimited_options(fmt: str) -> dict[str, Any]:
-    if fmt == "tsv":
-        return {"delimiter": "\t", "quoting": csv.QUOTE_NONE}
-    return {"delimiter": ",", "quoting": csv.QUOTE_MINIMAL}
-
-
 def _read_delimited(task: CustomTask, path: Path, fmt: str, cache_dir: Path | None) -> dict[str, list[Any]]:
     """The header first (with the csv module: cheap, and it names the columns before `datasets` runs),
     then the rows, every column typed as a string."""
-    options = _delimited_options(fmt)
+    options = delimited_options(fmt)
     header = _header(path, fmt, options)
     _missing_columns(task, f"{path}:1", header)
     import datasets
@@ -193,17 +187,11 @@ def _examples(task: CustomTask, split: str, columns: Mapping[str, list[Any]]) ->
 def _texts(task: CustomTask, where: str, column: str, values: list[Any]) -> list[str]:
     out = []
     for i, value in enumerate(values):
-        ok = isinstance(value, str | int | float) and not isinstance(value, bool)
-        text = str(value) if ok else ""
-        if not text.strip():
-            found = "no text" if value is None else f"{value!r}, not text," if not ok else "empty text"
-            raise DataError(
-                f"{where}: data row {i + 1}: {found} in column {column!r} ({_key_of(task, column)}); "
-                "expected non-empty text"
-            )
-        if "\x00" in text:
-            raise DataError(f"{where}: data row {i + 1}: NUL byte in column {column!r}; expected text")
-        out.append(text)
+        at, named = f"{where}: data row {i + 1}", f"{column!r} ({_key_of(task, column)})"
+        if not isinstance(value, str | int | float) or isinstance(value, bool):  # JSON null, true, a list
+            found = "no text" if value is None else f"{value!r}, not text,"
+            raise DataError(f"{at}: {found} in column {named}; expected non-empty text")
+        out.append(check_text(str(value), at, named))
     return out
 
 
@@ -216,9 +204,10 @@ def _label_ids(task: CustomTask, where: str, values: list[Any]) -> np.ndarray:
         first = next(i for i, k in enumerate(keys) if k not in index)
         shown = [k if k else "<missing>" for k in sorted(unknown)[:_SHOWN]]
         more = f" and {len(unknown) - _SHOWN} more" if len(unknown) > _SHOWN else ""
+        hint = f"; {QUOTE_HINT}" if any(isinstance(v, bool) for v in task.labels) else ""
         raise DataError(
             f"{where}: label(s) {shown}{more} in column {task.label!r} are not in the label set "
             f"{list(index)} (task.custom.{task.name}.labels); {sum(unknown.values())} row(s), the first "
-            f"is data row {first + 1}"
+            f"is data row {first + 1}{hint}"
         )
     return np.asarray([index[k] for k in keys], dtype=np.int64)

@@ -90,17 +90,8 @@ def read_glue_tsv(path: Path, spec: TaskSpec) -> TextExamples:
                         f"{path}:{line}: found {len(row)} tab-separated fields, expected {n_fields} "
                         f"({', '.join(columns)})"
                     )
-                for name, text in zip(columns, row):
-                    if "\x00" in text:
-                        raise DataError(
-                            f"{path}:{line}: NUL byte in column {name!r}; expected text (is this a binary "
-                            "file?)"
-                        )
                 for name, text in zip(columns[:-1], row[:-1]):
-                    if not text.strip():
-                        raise DataError(
-                            f"{path}:{line}: empty text in column {name!r}; expected non-empty text"
-                        )
+                    check_text(text, f"{path}:{line}", repr(name))
                 raw = row[-1]
                 if not (raw.isascii() and raw.isdigit()):
                     raise DataError(f"{path}:{line}: label {raw!r} is invalid; expected {valid}")
@@ -116,6 +107,16 @@ def read_glue_tsv(path: Path, spec: TaskSpec) -> TextExamples:
     if not labels:
         raise DataError(f"{path}: no data rows after the header")
     return TextExamples(text_a, text_b if spec.is_pair else None, np.asarray(labels, dtype=np.int64))
+
+
+def check_text(text: str, at: str, column: str) -> str:
+    """`text` if it is usable text: a NUL byte means a binary file (or a broken export), and an empty cell
+    would train on nothing. `at` and `column` say where, as the reader's other messages do."""
+    if "\x00" in text:
+        raise DataError(f"{at}: NUL byte in column {column}; expected text (is this a binary file?)")
+    if not text.strip():
+        raise DataError(f"{at}: empty text in column {column}; expected non-empty text")
+    return text
 
 
 def _decode(path: Path) -> str:
@@ -187,6 +188,9 @@ def _load_hub(spec: TaskSpec, split: str) -> TextExamples:
     """Hugging Face `nyu-mll/glue`, with its column names mapped onto text_a / text_b."""
     import datasets  # lazy: slow to import and only needed for hub-only tasks
 
+    from atlas_pl.console import route_library_logs
+
+    route_library_logs()  # datasets' own stderr handler: its warnings go to the job's log file instead
     hub_split = _HUB_SPLITS.get((spec.name, split), split)
     ds = datasets.load_dataset(HUB_DATASET, spec.name, split=hub_split)
     missing = [c for c in (*spec.text_fields, "label") if c not in ds.column_names]

@@ -10,7 +10,8 @@ be approximate, so the head is written as `head.safetensors` + `head.json` and `
 - mean pooling (MiniLM's default: sentence-transformers trained it so) has no HF counterpart;
 - atlas_pl's linear head on the CLS token skips BERT's pooler (a trained dense + tanh);
 - decoders: HF's `score` layer has no bias and finds the last token from `pad_token_id` in the ids,
-  atlas_pl's head has a bias and finds it from the attention mask (right padding);
+  atlas_pl's head has a bias and pools the last position whose attention mask is 1 (left or right
+  padding alike);
 - DistilBERT's head uses ReLU where atlas_pl's mlp head uses tanh.
 """
 
@@ -49,6 +50,9 @@ def hf_head_layers(family: str, pooling: str, kind: str, base_prefix: str) -> di
 
 
 def modules_to_save(family: str) -> list[str]:
+    """What adapter_config.json lists in modules_to_save: PEFT then saves those modules' trained weights
+    in the adapter and swaps them in on load, so the task head travels with the LoRA factors. BERT
+    needs its pooler too, since the pooler's dense + tanh is the first half of atlas_pl's mlp head."""
     return list(_MODULES_TO_SAVE[family])
 
 
@@ -74,7 +78,7 @@ def write_head(directory: Path, head: ClassificationHead, labels: list[str], hid
         "pooling_rule": {
             "cls": "hidden[:, 0]",
             "mean": "sum of hidden over attention_mask / number of real tokens",
-            "last": "hidden at the last real token, attention_mask.sum(1) - 1 (right padding)",
+            "last": "hidden at the last position whose attention_mask is 1 (left or right padding)",
         }[head.pooling],
         "kind": kind,
         "layers": "net: Linear(hidden, labels)"
@@ -106,7 +110,8 @@ def load_head(directory: str | Path) -> ClassificationHead:
     """The task head of an exported client, in eval mode: `head(last_hidden_state, attention_mask)`
     gives the client's logits from the output of `PeftModel.from_pretrained(AutoModel..., directory)`.
 
-    Right padding is assumed for `last` pooling (atlas_pl's tokenizers pad on the right)."""
+    It is atlas_pl's own ClassificationHead, so it pools as training did: `last` takes the last position
+    whose attention mask is 1, whichever side the tokenizer pads on."""
     directory = Path(directory)
     spec = _read_head_config(directory)
     head = ClassificationHead(

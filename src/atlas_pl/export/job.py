@@ -9,14 +9,13 @@ reports (task, cluster, metrics), and are optional.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from atlas_pl.errors import AtlasError
-from atlas_pl.privacy.jobs import newest_checkpoint, tensor_names
+from atlas_pl.tracking.job_files import STATE, TENSORS, newest_checkpoint, read_json, tensor_names
 
 
 class ExportError(AtlasError, ValueError):
@@ -78,13 +77,6 @@ class ExportJob:
         return int(self.checkpoint.name.removeprefix("round_"))
 
 
-def _read_json(path: Path, what: str) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ExportError(f"{path} ({what}) cannot be read as JSON: {err}") from err
-
-
 def _client_order(name: str) -> tuple[int, int | str]:
     return (0, int(name)) if name.isdigit() else (1, name)
 
@@ -114,17 +106,14 @@ def read_job(job_dir: str | Path) -> ExportJob:
         raise ExportError(
             f"{root} is not an atlas_pl job directory: it has no job_config.json (a job writes it at start)"
         )
-    config = _read_json(config_path, "the job's resolved config")
+    config = read_json(config_path, "the job's resolved config", ExportError)
     model = JobModel.from_config(config, config_path)
-    try:
-        checkpoint = newest_checkpoint(root)
-    except AtlasError as err:
-        raise ExportError(str(err)) from err
-    names = tensor_names(checkpoint / "tensors.safetensors")
+    checkpoint = newest_checkpoint(root, ExportError)
+    names = tensor_names(checkpoint / TENSORS, ExportError)
     ids = {m.group(1) for n in names if ".adapter.factors." in n and (m := _MODEL_TENSOR.match(n))}
     if not ids:
         raise ExportError(f"{checkpoint} holds no client adapters (no model/<client>/...adapter tensors)")
-    state = _read_json(checkpoint / "state.json", "the checkpoint's state")
+    state = read_json(checkpoint / STATE, "the checkpoint's state", ExportError)
     records, record_round = _newest_record(state if isinstance(state, dict) else {})
     return ExportJob(
         root=root,

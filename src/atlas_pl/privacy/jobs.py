@@ -8,12 +8,12 @@ is given exactly those adapters.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from atlas_pl.privacy.errors import PrivacyConfigError
+from atlas_pl.tracking import job_files
 
 
 @dataclass(frozen=True)
@@ -33,44 +33,10 @@ class TrainedClient:
     seed: int
 
 
-def _read_json(path: Path, what: str) -> Any:
-    if not path.is_file():
-        raise PrivacyConfigError(
-            f"{path.parent} has no {path.name} ({what}); is it a finished atlas_pl job dir?"
-        )
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise PrivacyConfigError(f"{path} is not valid JSON ({err})") from err
-
-
-def newest_checkpoint(job_dir: Path) -> Path:
-    """The newest round directory with both checkpoint files, or a clear error."""
-    rounds = sorted((job_dir / "checkpoints").glob("round_*")) if (job_dir / "checkpoints").is_dir() else []
-    complete = [r for r in rounds if (r / "state.json").is_file() and (r / "tensors.safetensors").is_file()]
-    if not complete:
-        raise PrivacyConfigError(
-            f"job dir {job_dir} holds no adapters: no complete checkpoints/round_NNN/ with "
-            "tensors.safetensors (was it run with checkpoint.enabled=false, or did it stop before its first "
-            "round?)"
-        )
-    return complete[-1]
-
-
-def tensor_names(path: Path) -> list[str]:
-    """The tensor names in a safetensors file, from its JSON header (no torch, no tensor read)."""
-    try:
-        with path.open("rb") as fh:
-            size = int.from_bytes(fh.read(8), "little")
-            header = json.loads(fh.read(size))
-    except (OSError, ValueError) as err:
-        raise PrivacyConfigError(f"{path} is not a readable safetensors file ({err})") from err
-    return [k for k in header if k != "__metadata__"]
-
-
 def _check_adapters(checkpoint: Path, client: int, split: int) -> None:
     prefix = f"model/{client}/"
-    names = [n for n in tensor_names(checkpoint / "tensors.safetensors") if n.startswith(prefix)]
+    tensors = checkpoint / job_files.TENSORS
+    names = [n for n in job_files.tensor_names(tensors, PrivacyConfigError) if n.startswith(prefix)]
     if not any(".adapter.factors." in n for n in names):
         raise PrivacyConfigError(
             f"{checkpoint} holds no adapter tensors for client {client} "
@@ -92,8 +58,10 @@ def trained_client(job_dir: str | Path, client: int) -> TrainedClient:
     root = Path(job_dir).expanduser()
     if not root.is_dir():
         raise PrivacyConfigError(f"target.job_dir={str(job_dir)!r} is not a directory")
-    config = _read_json(root / "job_config.json", "the job's resolved config")
-    allocation = _read_json(root / "allocation.json", "each client's split and ranks")
+    config = job_files.read_json(root / "job_config.json", "the job's resolved config", PrivacyConfigError)
+    allocation = job_files.read_json(
+        root / "allocation.json", "each client's split and ranks", PrivacyConfigError
+    )
     clients = allocation.get("clients") or []
     if not 0 <= client < len(clients):
         raise PrivacyConfigError(
@@ -103,10 +71,10 @@ def trained_client(job_dir: str | Path, client: int) -> TrainedClient:
     entry = clients[client]
     if entry.get("dropped"):
         raise PrivacyConfigError(f"client {client} of {root} was dropped by Phase 2: it trained nothing")
-    checkpoint = newest_checkpoint(root)
+    checkpoint = job_files.newest_checkpoint(root, PrivacyConfigError)
     _check_adapters(checkpoint, client, int(entry.get("built_split", entry["split"])))
     summary = (
-        _read_json(root / "summary.json", "the job's final metrics")
+        job_files.read_json(root / "summary.json", "the job's final metrics", PrivacyConfigError)
         if (root / "summary.json").exists()
         else {}
     )

@@ -5,7 +5,9 @@ It is written into a temporary sibling and renamed into place, and `state.json` 
 the tensor file, so a crash mid-write leaves no `round_NNN` at all and a damaged file is recognised
 instead of being loaded. What the next round needs to continue exactly where an uninterrupted job
 would be: every client's trainable parameters, the optimizers' moments, the global and per-loader RNG
-states, the orchestrator's groups and mixing matrix, the records and byte counters so far.
+states, the orchestrator's groups and mixing matrix, the records and byte counters so far. The file
+names and the finding of complete rounds live in job_files.py, without torch, because the export and
+the privacy evaluation read job directories before they import it.
 """
 
 from __future__ import annotations
@@ -31,12 +33,11 @@ from atlas_pl.tracking.compatibility import (  # noqa: F401  (re-exported: tests
     comparable_config,
     config_differences,
 )
+from atlas_pl.tracking.job_files import STATE, TENSORS, complete_rounds, round_dir
 
 log = logging.getLogger(__name__)
 
 FORMAT = 2  # 2: engine state as ledger + coordinator (parties/engines redesign)
-TENSORS = "tensors.safetensors"
-STATE = "state.json"
 
 
 @dataclass
@@ -50,10 +51,6 @@ class Checkpoint:
     @property
     def round(self) -> int:
         return int(self.state["round"])
-
-
-def round_dir(root: Path, round_index: int) -> Path:
-    return root / f"round_{round_index:03d}"
 
 
 def _sha256(path: Path) -> str:
@@ -104,18 +101,6 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, np.generic):
         return obj.item()
     raise TypeError(f"cannot serialise {type(obj).__name__} into a checkpoint")
-
-
-def complete_rounds(root: Path) -> list[int]:
-    """Rounds with a renamed-into-place checkpoint directory, oldest first (temporaries are ignored)."""
-    if not root.is_dir():
-        return []
-    rounds = []
-    for path in root.glob("round_*"):
-        suffix = path.name.removeprefix("round_")
-        if path.is_dir() and suffix.isdigit() and (path / STATE).is_file():
-            rounds.append(int(suffix))
-    return sorted(rounds)
 
 
 def load_checkpoint(path: Path) -> Checkpoint:

@@ -97,7 +97,7 @@ class Tracker:
         lg = settings.logger
         mode = str(lg.mode or os.environ.get("WANDB_MODE", "offline"))
         tags = [
-            f"eta={settings.config['fed']['eta']}",  # as configured (0 stays 0, not 0.0)
+            f"eta={settings.config['fed']['eta']:g}",  # as typed on the command line: 0 (not 0.0), 0.5
             f"seed={settings.seed}",
             _model_tag(settings.model.name),
             *lg.tags,
