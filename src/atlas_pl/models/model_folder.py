@@ -65,7 +65,7 @@ def _plain_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     seen: set[tuple[int, tuple[int, ...]]] = set()
     tensors: dict[str, torch.Tensor] = {}
     for name, tensor in model.state_dict().items():
-        key = (tensor.untyped_storage().data_ptr() + tensor.storage_offset(), tuple(tensor.shape))
+        key = (tensor.data_ptr(), tuple(tensor.shape))  # data_ptr: the first element's byte address
         if tied and key in seen:
             continue
         seen.add(key)
