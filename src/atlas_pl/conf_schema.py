@@ -83,6 +83,14 @@ class TopologyConf:
 
 
 @dataclass
+class EngineConf:
+    name: str = MISSING  # inprocess | flower
+    client_cpus: float = 1.0  # flower simulation: Ray CPUs per ClientApp
+    client_gpus: float = 0.0  # flower simulation: share of a GPU per ClientApp
+    reply_timeout: float = 3600.0  # flower: seconds one exchange may take
+
+
+@dataclass
 class PairingConf:
     name: str = MISSING  # cluster | random
 
@@ -248,6 +256,7 @@ class AtlasConf:
     topology: TopologyConf = field(default_factory=TopologyConf)
     pairing: PairingConf = field(default_factory=PairingConf)
     faults: FaultsConf = field(default_factory=FaultsConf)
+    engine: EngineConf = field(default_factory=EngineConf)
     ablation: AblationConf = field(default_factory=AblationConf)
     trainer: TrainerConf = field(default_factory=TrainerConf)
     logger: LoggerConf = field(default_factory=LoggerConf)

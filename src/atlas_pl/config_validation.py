@@ -224,6 +224,7 @@ def validate_config(cfg: DictConfig) -> None:
     c.number("allocation.host_reserve", low=0.0, high=0.95, optional=True)
     c.number("allocation.max_split", low=1, integer=True, optional=True)
     _check_topology(c, spec)
+    _check_engine(c)
     _check_faults(c)
     c.number("allocation.uniform_rank", low=1, integer=True, optional=True)
     split_mode = c.get("allocation.split")
@@ -388,6 +389,27 @@ def _check_defense(c: _Checker) -> None:
             "0 with privacy.activation_noise > 0 (a re-clustering fingerprint runs the client's trained "
             "model in one process, so the h it would send carries no noise)",
         )
+
+
+def _check_engine(c: _Checker) -> None:
+    """engine=flower runs what Flower can carry today: one server host, every client every round."""
+    c.one_of("engine.name", ("inprocess", "flower"))
+    if c.get("engine.name") != "flower":
+        return
+    c.number("engine.client_cpus", low=0, strict_low=True)
+    c.number("engine.client_gpus", low=0.0, high=1.0)
+    c.number("engine.reply_timeout", low=0, strict_low=True)
+    unsupported = {
+        "topology.name": ("p2p", "server (peer hosting needs client-to-client links Flower does not give)"),
+        "ablation.pipeline": ("centralized", "a federated ablation (centralized has no clients to send to)"),
+        "trainer.batched_clients": (True, "false (each ClientApp trains its own client)"),
+        "resume": (True, "false (a Flower job keeps each client's state on its node; README, Flower)"),
+    }
+    for key, (bad, valid) in unsupported.items():
+        if c.get(key) == bad:
+            c.fail(key, bad, f"{valid} with engine=flower")
+    if (c.get("faults.drop") or 0) > 0 or (c.get("faults.straggle") or 0) > 0 or c.get("faults.deadline"):
+        c.fail("faults", "absences, stragglers or a deadline", "faults=none with engine=flower")
 
 
 def _check_topology(c: _Checker, spec: Any) -> None:

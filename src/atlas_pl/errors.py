@@ -74,3 +74,7 @@ def user_errors(prog: str = "atlas_pl") -> Iterator[None]:
         report(err, prog)
         sys.stderr.flush()
         raise SystemExit(EXIT_USER_ERROR) from None
+
+
+class EngineError(AtlasError, RuntimeError):
+    """A party the engine could not reach or that failed where it ran (engine=flower: a ClientApp)."""

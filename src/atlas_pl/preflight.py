@@ -144,6 +144,10 @@ def check_inputs(settings: Settings) -> None:
     Reading the TSVs twice (here and when tokenizing) costs well under a second for GLUE; finding a bad
     row after the model has loaded costs the user the load and a traceback."""
     check_accelerator(settings.trainer.accelerator)
+    if settings.engine.flower:
+        from atlas_pl.engines.flower.env import require_flower
+
+        require_flower()
     d = settings.data
     check_writable(d.cache_dir, "the tokenization cache", "data.cache_dir (or paths.cache_dir)")
     check_writable(settings.cache_dir, "the cache directory", "paths.cache_dir (or ATLAS_CACHE_DIR)")

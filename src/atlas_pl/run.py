@@ -142,6 +142,10 @@ def _run(
         ablation = settings.ablation.name
         build_seconds = time.perf_counter() - started
         engine = run_centralized if settings.ablation.centralized else run_inprocess
+        if settings.engine.flower:
+            from atlas_pl.engines.flower.simulation import run_flower
+
+            engine = run_flower
         result = engine(settings, fed, tracker, checkpointer)
         final = result.records[-1]
         summary = {
@@ -193,7 +197,7 @@ def _run(
                 for a in result.allocations
             ],
             "clustering": result.clustering_summaries,
-            "peak_memory": peak_memory(),
+            "peak_memory": {**peak_memory(), **result.memory},
             "versions": versions(),
         }
         write_json(out_dir / "summary.json", summary)

@@ -136,6 +136,20 @@ class AllocationSettings:
 
 
 @dataclass(frozen=True)
+class EngineSettings:
+    """Where the parties run (DESIGN.md §12): `inprocess`, or `flower` (ClientApps on Ray or SuperNodes)."""
+
+    name: str = "inprocess"
+    client_cpus: float = 1.0
+    client_gpus: float = 0.0
+    reply_timeout: float = 3600.0
+
+    @property
+    def flower(self) -> bool:
+        return self.name == "flower"
+
+
+@dataclass(frozen=True)
 class TopologySettings:
     """Where server halves run: `server` (one host, also the coordinator) or `p2p` (routes of peers)."""
 
@@ -274,6 +288,7 @@ class Settings:
     cache_dir: Path
     privacy: DefenseSettings = DefenseSettings()
     custom_tasks: dict[str, CustomTask] = field(default_factory=dict)  # task.custom, for tasks in `tasks`
+    engine: EngineSettings = EngineSettings()
     config: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -372,6 +387,16 @@ def _topology(c: dict[str, Any] | None, pairing: dict[str, Any] | None) -> Topol
         pairing=str((pairing or {}).get("name", "cluster")),
         server_flops=_opt_float(server.get("flops")),
         server_bandwidth=_opt_float(server.get("bandwidth")),
+    )
+
+
+def _engine(c: dict[str, Any] | None) -> EngineSettings:
+    c = c or {}
+    return EngineSettings(
+        name=str(c.get("name", "inprocess")),
+        client_cpus=float(c.get("client_cpus", 1.0)),
+        client_gpus=float(c.get("client_gpus", 0.0)),
+        reply_timeout=float(c.get("reply_timeout", 3600.0)),
     )
 
 
@@ -511,6 +536,7 @@ def settings_from_dict(c: dict[str, Any]) -> Settings:
             activation_noise=float((c.get("privacy") or {}).get("activation_noise") or 0.0)
         ),
         custom_tasks=_custom_tasks(c["task"]),
+        engine=_engine(c.get("engine")),
         config=c,
     )
 

@@ -171,6 +171,7 @@ class FederationResult:
     host: Any = None  # its ServerHost
     trainers: list[Any] = field(default_factory=list)  # the Lightning Trainers the engine ran
     orchestrator: Any = None  # its FederatedOrchestrator
+    memory: dict[str, float] = field(default_factory=dict)  # peaks of the processes beside this one (Flower)
 
     @property
     def records(self) -> list[dict[str, Any]]:

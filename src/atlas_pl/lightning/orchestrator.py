@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from atlas_pl.lightning.modules import ClientModule
+from atlas_pl.parties.aggregation import RoundAggregation
 from atlas_pl.parties.client import ClientParty
 from atlas_pl.parties.coordinator import Coordinator
 from atlas_pl.parties.discovery import (
@@ -135,9 +136,10 @@ class FederatedOrchestrator(pl.Callback):
             party.send("importance", [torch.as_tensor(g.importance, dtype=torch.float32)])
         return np.stack([g.importance for g in grads])
 
-    def phase1(self, round_index: int) -> Discovery:
-        """Every client fingerprints itself; the coordinator clusters; the outcome is recorded."""
-        started = time.perf_counter()
+    def fingerprints(self, round_index: int) -> list[Fingerprint]:
+        """What every client sends in Phase 1 (its privatized sketch and its importance), counted as sent.
+
+        An engine whose clients run elsewhere (Flower) asks them for these instead."""
         s = self.settings
         fp = s.fingerprint
         grads = self._gradients(round_index)
@@ -145,14 +147,25 @@ class FederatedOrchestrator(pl.Callback):
         fingerprints = []
         for party, g, vector in zip(self.parties, grads, vectors):
             sent = privatize(vector, fp, s.seed, party.data.client_id, round_index)
-            party.send("fingerprint", [sent])
-            party.send("importance", [torch.as_tensor(g.importance, dtype=torch.float32)])
             fingerprints.append(Fingerprint(party.index, sent, g.importance))
+        self.count_fingerprints(fingerprints)
+        return fingerprints
+
+    def count_fingerprints(self, fingerprints: Sequence[Fingerprint]) -> None:
+        for party, f in zip(self.parties, fingerprints):
+            party.send("fingerprint", [f.vector])
+            party.send("importance", [torch.as_tensor(f.importance, dtype=torch.float32)])
+
+    def phase1(self, round_index: int) -> Discovery:
+        """Every client fingerprints itself; the coordinator clusters; the outcome is recorded."""
+        started = time.perf_counter()
+        fp = self.settings.fingerprint
+        fingerprints = self.fingerprints(round_index)
         discovery = self.coordinator.cluster(
             round_index,
             fingerprints,
             [p.task for p in self.parties],
-            sent_dim=int(vectors[0].numel()) if vectors else 0,
+            sent_dim=int(fingerprints[0].vector.numel()) if fingerprints else 0,
             layers_used=min(fp.layers, len(self.parties[0].model.ranks)),
             include_head=self._include_head(),
             epsilon=dp_epsilon(fp),
@@ -320,13 +333,13 @@ class FederatedOrchestrator(pl.Callback):
             self.aggregation_seconds = time.perf_counter() - started
             self.seconds[self.round] += self.aggregation_seconds
 
-    def between_rounds(self) -> None:
+    def between_rounds(self) -> RoundAggregation | None:
         """Phase 4: every participant's adapter to the coordinator, each update back to its owner."""
         participants = self.coordinator.participants if self.members is None else self.members
         uploads = {k: self._upload(k) for k in participants}
         result = self.coordinator.aggregate(self.round, uploads)
         if result is None:
-            return
+            return None
         for k in result.senders:
             self.parties[k].upload_adapter()
             self._count_server_half(k, to_coordinator=True)
@@ -339,6 +352,7 @@ class FederatedOrchestrator(pl.Callback):
         self.uploaded = sorted(set(result.senders))
         self.excluded = set(result.excluded)
         self.truncation_errors = dict(result.truncation_errors)
+        return result
 
     def _count_server_half(self, k: int, *, to_coordinator: bool) -> None:
         """topology=p2p: each host of k's route sends its blocks' adapter (and the head) to the

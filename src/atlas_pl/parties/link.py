@@ -111,8 +111,12 @@ class TrafficLedger:
 
     def load_json(self, rows: list[list]) -> None:
         self._bytes.clear()
+        self.merge(rows)
+
+    def merge(self, rows: list[list]) -> None:
+        """Add another ledger's entries (`to_json` rows): what a client counted where it ran (Flower)."""
         for r, src, dst, kind, size in rows:
-            self._bytes[(int(r), str(src), str(dst), str(kind))] = int(size)
+            self._bytes[(int(r), str(src), str(dst), str(kind))] += int(size)
 
 
 def _device(party: str) -> str:

@@ -1,0 +1,264 @@
+"""The ServerApp's side of engine=flower: the coordinator, its records, and clients behind a Grid.
+
+It keeps a shadow of every client: the client's model as the coordinator last knew it (built at its
+allocation on the shared base; the server's copy of the job's data gives ids, tasks and sizes). Each
+reply's tensors are written into the shadow, so Phase 4, the ledger's byte counts and the choice of
+which identical models to score run on exactly what the in-process engine reads. The coordinator's
+updates wait in `pending` and go to each client with its next message, where the client writes them
+as the in-process party does (rewritten factors lose their AdamW state).
+
+What the in-process engine does per client, this one asks for in one exchange per phase: fingerprints
+(Phase 1), a round's local training (Phase 3, both halves on the client), evaluation.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import RecordDict
+from flwr.serverapp import Grid
+
+from atlas_pl.engines.flower.codec import get_tensors, json_record, put_updates, read_json
+from atlas_pl.engines.flower.nodes import ASK, REPORT, FlowerClients
+from atlas_pl.engines.inprocess import InProcessEngine
+from atlas_pl.engines.records import (
+    FederationResult,
+    check_not_diverged,
+    log_round,
+    round_record,
+)
+from atlas_pl.engines.setup import Federation
+from atlas_pl.errors import EngineError
+from atlas_pl.lightning.orchestrator import FederatedOrchestrator
+from atlas_pl.models.split import ServerHalf
+from atlas_pl.parties.aggregation import RoundAggregation
+from atlas_pl.parties.client import ClientParty
+from atlas_pl.parties.evaluation import model_digest
+from atlas_pl.parties.messages import AdapterUpdate, Fingerprint
+from atlas_pl.settings import Settings
+from atlas_pl.tracking.checkpoint import restore_module
+from atlas_pl.tracking.tracker import Tracker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ShadowHalf:
+    """A hosted half as the coordinator sees it: tensors to read and update, no optimizer here."""
+
+    server_half: ServerHalf
+    optimizer: Any = None
+    scaler: Any = None
+
+
+class FlowerOrchestrator(FederatedOrchestrator):
+    """Phases 1, 2 and 4 as in-process, with the fingerprints asked of the ClientApps."""
+
+    engine: FlowerEngine
+
+    def _answers(self, round_index: int) -> list[Fingerprint]:
+        include_head = self._include_head()
+        replies = self.engine.ask(
+            "query.fingerprint",
+            range(len(self.parties)),
+            lambda k: {"round": round_index, "include_head": include_head},
+        )
+        fingerprints = []
+        for k in range(len(self.parties)):
+            tensors = get_tensors(replies[k], "fingerprint")
+            importance = tensors["importance"].numpy().astype(np.float64)
+            fingerprints.append(Fingerprint(k, tensors["vector"], importance))
+            self.fingerprint_seconds[round_index] += float(read_json(replies[k], REPORT)["seconds"])
+        return fingerprints
+
+    def fingerprints(self, round_index: int) -> list[Fingerprint]:
+        fingerprints = self._answers(round_index)
+        self.count_fingerprints(fingerprints)
+        return fingerprints
+
+    def measure_importance(self, round_index: int) -> np.ndarray:
+        fingerprints = self._answers(round_index)
+        for party, f in zip(self.parties, fingerprints):
+            party.send("importance", [torch.as_tensor(f.importance, dtype=torch.float32)])
+        return np.stack([f.importance for f in fingerprints])
+
+    def between_rounds(self) -> RoundAggregation | None:
+        result = super().between_rounds()
+        for k, update in (result.updates if result is not None else {}).items():
+            self.engine.pending[k].append(update)
+        return result
+
+
+class FlowerEngine(InProcessEngine):
+    """The in-process engine's rounds and records, with the clients' work done by their ClientApps."""
+
+    def __init__(self, settings: Settings, fed: Federation, tracker: Tracker, grid: Grid) -> None:
+        super().__init__(settings, fed, tracker, None)
+        self.pending: dict[int, list[AdapterUpdate]] = defaultdict(list)
+        self.clients = FlowerClients(grid, len(self.parties), settings.engine.reply_timeout)
+        self.orchestrator = FlowerOrchestrator(
+            settings, self.coordinator, self.parties, self.host, tracker, fed.device
+        )
+        self.orchestrator.engine = self
+        self.client_step_seconds = 0.0
+        self.scores: dict[int, dict[str, float]] = {}
+        self.steps: dict[int, int] = {}
+
+    # -- messages -------------------------------------------------------------------------------------
+    def ask(self, kind: str, clients: Any, fields: Any) -> dict[int, RecordDict]:
+        """One message to each client: `fields(k)` as JSON, with the updates it has not received yet."""
+        contents = {}
+        for k in clients:
+            content = RecordDict({ASK: json_record(fields(k))})
+            if self.pending[k]:
+                put_updates(content, self.pending[k])
+            contents[k] = content
+        replies = self.clients.exchange(kind, contents)
+        for k in contents:
+            self.pending[k] = []
+        return replies
+
+    def _connect(self) -> None:
+        """Each node gets the job's config; each client must hold the data the server expects of it."""
+        config = self.settings.config
+        answers = self.clients.connect(lambda node: RecordDict({"job": json_record(config)}))
+        for k, party in enumerate(self.parties):
+            got = answers[k]
+            expected = {"client_id": party.data.client_id, "task": party.task, "train": len(party.data.train)}
+            mismatch = {key: got.get(key) for key, value in expected.items() if got.get(key) != value}
+            if mismatch:
+                raise EngineError(
+                    f"client {k}'s node built other data than the server: {mismatch}, expected {expected} "
+                    "(same data files and config on every machine?)"
+                )
+
+    # -- the engine's steps ---------------------------------------------------------------------------
+    def _attach_lightning(self) -> None:
+        """No Lightning here: the shadows' server halves stand in the host, for Phase 4 to read."""
+        for p in self.parties:
+            self.host.host(p.index, ShadowHalf(p.model.server))  # type: ignore[arg-type]
+
+    def _train(self, round_index: int, progress: Any, training: list[int]) -> dict[int, tuple[float, float]]:
+        def fields(k: int) -> dict[str, Any]:
+            alloc = self.coordinator.allocations[k]
+            ranks = {str(b): r for b, r in self.parties[k].model.ranks.items()}
+            return {"round": round_index, "allocation": {"split": alloc.split, "ranks": ranks}}
+
+        replies = self.ask("train", training, fields)
+        reports: dict[int, tuple[float, float]] = {}
+        for k in training:
+            report = read_json(replies[k], REPORT)
+            restore_module("model", self.parties[k].model, get_tensors(replies[k], "model"))
+            self.ledger.merge(report["ledger"])
+            reports[k] = (float(report["loss"]), float(report["seconds"]))
+            self.steps[k] = int(report["steps"])
+            self.client_step_seconds += float(report["step_seconds"])
+        progress.update(len(training))
+        self.fit_seconds += sum(seconds for _, seconds in reports.values())
+        self.orchestrator.finished_training(list(reports))
+        return reports
+
+    def _evaluate(self) -> None:
+        """One client per distinct model (task, digest, and split under activation noise) is scored."""
+        groups: dict[tuple[str, str, int | None], list[int]] = defaultdict(list)
+        noise = self.settings.privacy.activation_noise
+        for k in self.coordinator.participants:
+            p = self.parties[k]
+            groups[(p.task, model_digest(p.model), p.model.split if noise else None)].append(k)
+        first = [members[0] for members in groups.values()]
+        replies = self.ask("evaluate", first, lambda k: {})
+        self.scores = {
+            k: dict(read_json(replies[members[0]], REPORT)["metrics"])
+            for members in groups.values()
+            for k in members
+        }
+
+    def _score(self, party: ClientParty, scored: dict[Any, dict[str, float]]) -> dict[str, float]:
+        return dict(self.scores[party.index])
+
+    @property
+    def step_seconds(self) -> float:
+        return self.client_step_seconds
+
+    def run(self) -> FederationResult:
+        s = self.settings
+        prepared = time.perf_counter()
+        self._connect()
+        self._phases_1_and_2()
+        self._attach_lightning()
+        self._build_faults()
+        assert self.planner is not None
+        participants = self.coordinator.participants
+        flower_total = 0.0
+
+        class _Progress:
+            def update(self, n: int) -> None: ...
+
+        for round_index in range(1, s.fed.rounds + 1):
+            round_start = prepared if round_index == 1 else time.perf_counter()
+            self.ledger.start_round(round_index)
+            plan = self.planner.plan(round_index, participants)
+            self.orchestrator.start_round(round_index, plan.training, plan.aggregated)
+            reports = self._train(round_index, _Progress(), plan.training)
+            evaluated = time.perf_counter()
+            if s.fed.evaluates(round_index):
+                self._evaluate()
+            rows = self._record(round_index, reports, plan)
+            evaluation = time.perf_counter() - evaluated
+            record = round_record(round_index, rows, list(self.fed.data.specs), self.ledger)
+            flower = self.clients.take_flower_seconds()
+            flower_total += flower
+            timing = {
+                "round_seconds": time.perf_counter() - round_start,
+                "orchestration_seconds": self.orchestrator.seconds.get(round_index, 0.0),
+                "evaluation_seconds": evaluation,
+                "fingerprint_seconds": self.orchestrator.fingerprint_seconds.get(round_index, 0.0),
+                "flower_seconds": flower,
+            }
+            self._add_simulated_time(round_index, record, timing, plan)
+            self.tracker.log_round(self.log.add(record, timing))
+            log_round(record, s.fed.rounds)
+            check_not_diverged(round_index, rows, s.fed.lr)
+        return self._result(flower_total)
+
+    def _result(self, flower_total: float) -> FederationResult:
+        step = self.step_seconds
+        rounds = sum(r["round_seconds"] for r in self.log.records)
+        overhead = {
+            "fit_seconds": self.fit_seconds,
+            "step_seconds": step,
+            "lightning_overhead_seconds": self.fit_seconds - step,
+            "overhead_fraction": (self.fit_seconds - step) / step if step else 0.0,
+            "fit_calls": sum(
+                sum(c.get("train_seconds", 0.0) > 0 for c in r["clients"].values()) for r in self.log.records
+            ),
+            "orchestration_seconds": sum(r.get("orchestration_seconds", 0.0) for r in self.log.records),
+            "flower_seconds": flower_total,  # exchanges' wall time with no ClientApp handler running
+            "flower_fraction": flower_total / rounds if rounds else 0.0,
+        }
+        return FederationResult(
+            log=self.log,
+            ledger=self.ledger,
+            overhead=overhead,
+            allocations=self.coordinator.allocations,
+            clustering_summaries=self.orchestrator.clustering_summaries,
+            parties=self.parties,
+            host=self.host,
+            orchestrator=self.orchestrator,
+            memory=self._client_memory(),
+        )
+
+    def _client_memory(self) -> dict[str, float]:
+        """The ClientApp processes' peaks: in a simulation, Ray's workers (several clients each)."""
+        peaks = self.clients.peak_rss_mib
+        return {
+            "client_processes": float(len(peaks)),
+            "client_max_rss_mib_sum": sum(peaks.values()),
+            "client_max_rss_mib": max(peaks.values(), default=0.0),
+        }

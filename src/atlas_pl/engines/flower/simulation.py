@@ -1,0 +1,98 @@
+"""engine=flower from the CLI: a Ray simulation of one SuperNode per client, started and ended by the job.
+
+Under `flwr run` the job's ServerApp is given a Grid (deployment.py sets it here), and the same engine
+runs on it instead.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from atlas_pl.engines.flower.env import quiet_flower
+from atlas_pl.engines.records import FederationResult
+from atlas_pl.engines.setup import Federation
+from atlas_pl.errors import EngineError
+from atlas_pl.settings import Settings
+from atlas_pl.tracking.tracker import Tracker
+
+log = logging.getLogger(__name__)
+
+_grid: contextvars.ContextVar[Any] = contextvars.ContextVar("atlas_pl_flower_grid", default=None)
+
+
+@contextmanager
+def deployed_on(grid: Any) -> Iterator[None]:
+    """Jobs run inside this block use `grid` (a deployment's) instead of starting a simulation."""
+    token = _grid.set(grid)
+    try:
+        yield
+    finally:
+        _grid.reset(token)
+
+
+def run_flower(
+    settings: Settings, fed: Federation, tracker: Tracker, checkpointer: Any = None
+) -> FederationResult:
+    """The job's rounds through Flower: on the deployment's Grid, else in a Ray simulation."""
+    from atlas_pl.engines.flower.server import FlowerEngine
+
+    grid = _grid.get()
+    if grid is not None:
+        return FlowerEngine(settings, fed, tracker, grid).run()
+    return simulate(settings, fed, tracker)
+
+
+def backend_config(settings: Settings) -> dict[str, Any]:
+    """Ray's resources per ClientApp from engine.*; no dashboard, workers' output kept off the console."""
+    e = settings.engine
+    return {
+        "client_resources": {"num_cpus": e.client_cpus, "num_gpus": e.client_gpus},
+        "init_args": {
+            "include_dashboard": False,
+            "log_to_driver": False,
+            "logging_level": logging.ERROR,
+            "num_cpus": os.cpu_count() or 1,
+        },
+    }
+
+
+def simulate(settings: Settings, fed: Federation, tracker: Tracker) -> FederationResult:
+    quiet_flower()
+    from flwr.serverapp import Grid, ServerApp
+    from flwr.simulation import run_simulation
+
+    from atlas_pl.engines.flower.app import client_app
+    from atlas_pl.engines.flower.server import FlowerEngine
+
+    outcome: dict[str, Any] = {}
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Any) -> None:
+        try:
+            outcome["result"] = FlowerEngine(settings, fed, tracker, grid).run()
+        except BaseException as err:  # re-raised in the job's thread, with its own traceback
+            outcome["error"] = err
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run_simulation(
+            server_app,
+            client_app,
+            num_supernodes=len(fed.data.clients),
+            backend_name="ray",
+            backend_config=backend_config(settings),
+        )
+    if "error" in outcome:
+        raise outcome["error"]
+    if "result" not in outcome:
+        raise EngineError(
+            "the Flower simulation ended without running the job's ServerApp (see atlas_pl.log)"
+        )
+    return outcome["result"]
