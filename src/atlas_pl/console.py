@@ -90,9 +90,13 @@ def route_library_logs(*, imported_only: bool = False) -> None:
         hf_logging.enable_propagation()
         if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "").upper() in ("1", "ON", "YES", "TRUE"):
             hf_logging.disable_progress_bar()  # transformers read the variable already if imported before
-    if "datasets" in sys.modules:
-        logger = logging.getLogger("datasets")
-        for handler in list(logger.handlers):
-            if type(handler) is logging.StreamHandler:  # theirs: Hydra's handlers sit on the root logger
-                logger.removeHandler(handler)
-        logger.propagate = True
+    # datasets; Flower and Ray (engine=flower) print through console handlers of their own
+    for name in ("datasets", "flwr", "ray"):
+        if name in sys.modules:
+            logger = logging.getLogger(name)
+            for handler in list(logger.handlers):
+                if isinstance(handler, logging.StreamHandler) and not isinstance(
+                    handler, logging.FileHandler
+                ):
+                    logger.removeHandler(handler)  # theirs: Hydra's handlers sit on the root logger
+            logger.propagate = True

@@ -29,6 +29,7 @@ from flwr.app import RecordDict
 from atlas_pl.data import shuffled_loader
 from atlas_pl.engines.flower.codec import get_tensors, json_record, put_tensors, read_json
 from atlas_pl.engines.setup import Federation, build_client_model, build_federation
+from atlas_pl.errors import EngineError
 from atlas_pl.lightning.modules import ClientModule, ServerModule, task_class_weights
 from atlas_pl.lightning.trainers import make_trainer, server_grad_scaler
 from atlas_pl.lightning.training import ClientTraining
@@ -95,6 +96,11 @@ class ClientNode:
         self.index = index
         self.settings = settings_from_dict(read_json(state, JOB))
         self.fed = federation_for(self.settings)
+        if not 0 <= index < len(self.fed.data.clients):
+            raise EngineError(
+                f"partition-id={index}, but the job has {len(self.fed.data.clients)} clients: "
+                f"give each node one of 0..{len(self.fed.data.clients) - 1}"
+            )
         self.data = self.fed.data.clients[index]
         self.ledger = TrafficLedger()
         saved = read_json(state, CLIENT) if CLIENT in state else {}

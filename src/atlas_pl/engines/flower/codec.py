@@ -1,7 +1,8 @@
 """What atlas_pl's messages become on Flower's wire: tensors in ArrayRecords, the rest as JSON text.
 
 ArrayRecord carries numpy arrays, which have no bfloat16: bf16 (and fp16) tensors travel as float32,
-with their dtype written beside them so the receiver casts back exactly (fp32 holds every bf16 value).
+with their dtype written beside them so the receiver casts back exactly (fp32 holds every bf16 value);
+0-d tensors (AdamW's step) are marked too, as an Array comes back at least 1-d.
 Structured values (an update's module keys, ledger rows, the job's config) go as one JSON string in a
 ConfigRecord, which keeps nested lists and mixed types that records cannot hold directly.
 """
@@ -23,25 +24,33 @@ NARROW = {name: dtype for dtype, name in WIDENED.items()}
 JSON_KEY = "json"
 
 
-def to_arrays(tensors: Mapping[str, torch.Tensor]) -> tuple[ArrayRecord, dict[str, str]]:
-    """The tensors as an ArrayRecord, and the original dtype of each one widened to float32."""
+def to_arrays(tensors: Mapping[str, torch.Tensor]) -> tuple[ArrayRecord, dict[str, dict[str, Any]]]:
+    """The tensors as an ArrayRecord, and how to restore those the wire changes: the original dtype of
+    each one widened to float32, and `scalar` for 0-d tensors (an Array comes back at least 1-d)."""
     record = ArrayRecord()
-    widened: dict[str, str] = {}
+    restore: dict[str, dict[str, Any]] = {}
     for name, tensor in tensors.items():
         value = tensor.detach().cpu()
         if value.dtype in WIDENED:
-            widened[name] = WIDENED[value.dtype]
+            restore.setdefault(name, {})["dtype"] = WIDENED[value.dtype]
             value = value.float()
+        if value.dim() == 0:
+            restore.setdefault(name, {})["scalar"] = True
         record[name] = Array(np.ascontiguousarray(value.numpy()))
-    return record, widened
+    return record, restore
 
 
-def from_arrays(record: ArrayRecord, widened: Mapping[str, str] | None = None) -> dict[str, torch.Tensor]:
-    widened = widened or {}
+def from_arrays(
+    record: ArrayRecord, restore: Mapping[str, Mapping[str, Any]] | None = None
+) -> dict[str, torch.Tensor]:
+    restore = restore or {}
     out = {}
     for name in record:
         tensor = torch.from_numpy(record[name].numpy().copy())
-        out[name] = tensor.to(NARROW[widened[name]]) if name in widened else tensor
+        how = restore.get(name, {})
+        if "dtype" in how:
+            tensor = tensor.to(NARROW[how["dtype"]])
+        out[name] = tensor.reshape(()) if how.get("scalar") else tensor
     return out
 
 
@@ -54,7 +63,7 @@ def read_json(content: RecordDict, key: str) -> Any:
 
 
 def put_tensors(content: RecordDict, key: str, tensors: Mapping[str, torch.Tensor]) -> None:
-    """Tensors under `key`, their widened dtypes under `key.dtypes`."""
+    """Tensors under `key`, how to restore them exactly under `key.dtypes`."""
     record, widened = to_arrays(tensors)
     content[key] = record
     content[f"{key}.dtypes"] = json_record(widened)

@@ -55,7 +55,9 @@ class FlowerClients:
     def connect(self, setup: Callable[[int], RecordDict]) -> dict[int, dict[str, Any]]:
         """Send every node the job (`setup(node)`), map clients to nodes; returns each client's answer."""
         ids = self._wait_for_nodes()
-        replies = self._send("query.setup", {node: setup(node) for node in ids}, {node: node for node in ids})
+        replies = self._send(
+            "query.setup", {node: setup(node) for node in ids}, {node: node for node in ids}, "SuperNodes"
+        )
         by_client: dict[int, dict[str, Any]] = {}
         nodes: dict[int, int] = {}
         for node, reply in replies.items():
@@ -72,11 +74,13 @@ class FlowerClients:
 
     def exchange(self, kind: str, contents: dict[int, RecordDict]) -> dict[int, RecordDict]:
         """Client index -> reply content for one message to each of these clients."""
-        return self._send(kind, {self.nodes[k]: c for k, c in contents.items()}, dict(enumerate(self.nodes)))
+        by_node = {self.nodes[k]: c for k, c in contents.items()}
+        return self._send(kind, by_node, dict(enumerate(self.nodes)), "clients")
 
     def _send(
-        self, kind: str, by_node: dict[int, RecordDict], names: dict[int, int]
+        self, kind: str, by_node: dict[int, RecordDict], names: dict[int, int], who: str
     ) -> dict[int, RecordDict]:
+        """`names`: our name for each node (a client index; at setup, the node id)."""
         client_of = {node: k for k, node in names.items()}
         messages = [
             Message(content, dst_node_id=node, message_type=kind) for node, content in by_node.items()
@@ -88,12 +92,12 @@ class FlowerClients:
         for reply in replies:
             k = client_of[reply.metadata.src_node_id]
             if reply.has_error():
-                raise EngineError(f"client {k} failed in {kind}: {_reason(reply.error.reason or '')}")
+                raise EngineError(f"{who[:-1]} {k} failed in {kind}: {_reason(reply.error.reason or '')}")
             out[k] = reply.content
         missing = sorted(client_of[n] for n in by_node if client_of[n] not in out)
         if missing:
             raise EngineError(
-                f"clients {missing} did not answer {kind} within engine.reply_timeout={self.timeout:g} s"
+                f"{who} {missing} did not answer {kind} within engine.reply_timeout={self.timeout:g} s"
             )
         reports = {k: read_json(c, REPORT) for k, c in out.items()}
         for report in reports.values():

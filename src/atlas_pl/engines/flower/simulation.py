@@ -67,8 +67,11 @@ def simulate(settings: Settings, fed: Federation, tracker: Tracker) -> Federatio
     from flwr.serverapp import Grid, ServerApp
     from flwr.simulation import run_simulation
 
+    from atlas_pl.console import route_library_logs
     from atlas_pl.engines.flower.app import client_app
     from atlas_pl.engines.flower.server import FlowerEngine
+
+    route_library_logs(imported_only=True)  # Flower's and Ray's console lines to the job's log file
 
     outcome: dict[str, Any] = {}
     server_app = ServerApp()

@@ -1,0 +1,65 @@
+"""engine=flower end to end: the Ray simulation a CLI job starts gives the in-process engine's job.
+
+Equality is exact at equal thread counts (trainer.num_threads=1 here; a ClientApp gets one CPU by
+default): at 2 threads in-process against 1 per ClientApp, fp32 reductions add in another order and the
+metrics differ in the 7th significant digit (README, Flower).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ..conftest import REPO_ROOT, cli_env
+from .compare import assert_same_job
+
+pytest.importorskip("flwr")
+
+pytestmark = pytest.mark.integration
+
+SMOKE = ["+experiment=smoke", "trainer.num_threads=1"]
+
+
+def run_cli(job, *overrides: str, ok: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, "-m", "atlas_pl", *overrides, f"paths.output_dir={job}", f"hydra.run.dir={job}"],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        cwd=REPO_ROOT,
+        timeout=900,
+    )
+    if ok:
+        assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+@pytest.mark.parametrize("ablation", ["fedavg_cluster", "atlas"])
+def test_flower_simulation_writes_the_in_process_jobs_metrics(tmp_path, ablation) -> None:
+    run_cli(tmp_path / "inprocess", *SMOKE, f"ablation={ablation}")
+    result = run_cli(tmp_path / "flower", *SMOKE, f"ablation={ablation}", "engine=flower")
+    assert_same_job(tmp_path / "inprocess", tmp_path / "flower")
+    summary = json.loads((tmp_path / "flower" / "summary.json").read_text())
+    assert summary["config"]["engine"]["name"] == "flower"
+    # Flower's own time is measured per round and in all; the ClientApps' processes are counted
+    records = [json.loads(line) for line in (tmp_path / "flower" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["flower_seconds"] >= 0 for r in records)
+    assert 0 < summary["overhead"]["flower_fraction"] < 1
+    assert summary["peak_memory"]["client_processes"] >= 1
+    assert summary["peak_memory"]["client_max_rss_mib"] > 50
+    assert "DEPRECATED" not in result.stderr + result.stdout  # Flower's console lines go to the log file
+    assert "DEPRECATED" in (tmp_path / "flower" / "atlas_pl.log").read_text()
+
+
+def test_a_client_that_does_not_answer_fails_the_job_by_name(tmp_path) -> None:
+    started = time.monotonic()
+    result = run_cli(tmp_path, *SMOKE, "engine=flower", "engine.reply_timeout=0.5", ok=False)
+    assert result.returncode != 0
+    assert time.monotonic() - started < 120
+    failed = json.loads((tmp_path / "failed.json").read_text())
+    assert "did not answer query.setup within engine.reply_timeout=0.5 s" in failed["error"]
+    assert "did not answer query.setup" in result.stderr

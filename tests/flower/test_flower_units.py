@@ -1,0 +1,109 @@
+"""engine=flower's pure parts: the wire format, Flower's share of an exchange, the refused settings."""
+
+from __future__ import annotations
+
+import builtins
+
+import pytest
+import torch
+
+from atlas_pl.config_validation import ConfigError, validate_config
+from atlas_pl.errors import RunEnvironmentError
+from atlas_pl.parties.link import TrafficLedger
+from atlas_pl.parties.messages import AdapterUpdate
+
+from ..test_config import _compose
+
+flwr = pytest.importorskip("flwr")  # make test installs the extra (make install-flower)
+
+from atlas_pl.engines.flower.codec import get_tensors, get_updates, put_tensors, put_updates  # noqa: E402
+from atlas_pl.engines.flower.nodes import covered_seconds  # noqa: E402
+
+
+def test_bf16_and_fp16_tensors_cross_as_fp32_and_come_back_exactly() -> None:
+    """ArrayRecord has no bfloat16; the receiver must get the same dtype and bits the sender had."""
+    gen = torch.Generator().manual_seed(0)
+    sent = {
+        "a": torch.randn(3, 5, generator=gen).to(torch.bfloat16),
+        "b": torch.randn(4, generator=gen).to(torch.float16),
+        "c": torch.randn(2, 2, generator=gen, dtype=torch.float64),
+        "step": torch.tensor(7.0),
+        "gen": torch.Generator().manual_seed(3).get_state(),
+    }
+    content = flwr.app.RecordDict()
+    put_tensors(content, "t", sent)
+    got = get_tensors(content, "t")
+    assert set(got) == set(sent)
+    for name, tensor in sent.items():
+        assert got[name].dtype == tensor.dtype, name
+        assert torch.equal(got[name], tensor), name
+
+
+def test_updates_cross_with_their_modules_heads_and_resets() -> None:
+    a, b = torch.randn(2, 6), torch.randn(6, 2)
+    updates = [
+        AdapterUpdate(3, {(0, "attention.self.query"): (a, b)}, head=[torch.ones(2, 6), torch.zeros(2)]),
+        AdapterUpdate(3, {(1, "output.dense"): (b.T.contiguous(), a.T.contiguous())}, reset_optimizer=True),
+    ]
+    content = flwr.app.RecordDict()
+    put_updates(content, updates)
+    got = get_updates(content)
+    assert [u.client for u in got] == [3, 3]
+    assert list(got[0].factors) == [(0, "attention.self.query")]
+    assert torch.equal(got[0].factors[(0, "attention.self.query")][0], a)
+    assert got[0].head is not None and torch.equal(got[0].head[0], torch.ones(2, 6))
+    assert got[1].head is None and got[1].reset_optimizer and not got[0].reset_optimizer
+    assert get_updates(flwr.app.RecordDict()) == []
+
+
+def test_flowers_share_is_the_time_no_client_was_working() -> None:
+    assert covered_seconds([], 0.0, 10.0) == 0.0
+    # overlapping handlers count once; parts outside the exchange do not count
+    assert covered_seconds([[1.0, 4.0], [2.0, 5.0], [8.0, 12.0]], 0.0, 10.0) == pytest.approx(6.0)
+    assert covered_seconds([[-5.0, 20.0]], 0.0, 10.0) == pytest.approx(10.0)
+
+
+def test_a_clients_ledger_adds_into_the_coordinators() -> None:
+    server, client = TrafficLedger(), TrafficLedger()
+    server.start_round(1)
+    client.start_round(1)
+    server.send("client/0", "coordinator", "fingerprint", [torch.zeros(4)])
+    client.send("client/0", "server", "activations", [torch.zeros(8)])
+    client.send("client/0", "server", "activations", [torch.zeros(8)])
+    server.merge(client.to_json())
+    assert server.by_kind(1, 0)["upload"] == {"fingerprint": 16, "activations": 64}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["topology=p2p"], r"topology.name='p2p' is invalid; valid: server .*with engine=flower"),
+        (["faults.drop=0.3"], r"faults=.* is invalid; valid: faults=none with engine=flower"),
+        (["ablation=centralized"], r"ablation.pipeline='centralized' is invalid.*engine=flower"),
+        (["resume=true"], r"resume=True is invalid; valid: false \(a Flower job keeps"),
+        (["engine.client_gpus=2"], r"engine.client_gpus=2.0 is invalid; valid: a number .* <= 1.0"),
+    ],
+)
+def test_what_flower_cannot_carry_is_refused_before_the_job(overrides, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        validate_config(_compose("+experiment=smoke", "engine=flower", *overrides))
+
+
+def test_an_unknown_engine_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"engine.name='ray' is invalid; valid: inprocess, flower"):
+        validate_config(_compose("+experiment=smoke", "engine.name=ray"))
+
+
+def test_engine_flower_without_the_extra_says_how_to_install_it(monkeypatch) -> None:
+    from atlas_pl.engines.flower.env import require_flower
+
+    real_import = builtins.__import__
+
+    def no_flower(name, *args, **kwargs):
+        if name == "flwr" or name.startswith("flwr."):
+            raise ImportError("No module named 'flwr'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_flower)
+    with pytest.raises(RunEnvironmentError, match=r'pip install -e "\.\[flower\]"'):
+        require_flower()
