@@ -9,7 +9,12 @@ supported: resume (each client's state lives on its node and ends with the run) 
 
 from __future__ import annotations
 
+import logging
 import shlex
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +43,36 @@ def deployment_config(run_config: dict[str, Any]) -> Any:
     return cfg
 
 
+def app_dir() -> Path:
+    """The Flower app to give `flwr run`: one pyproject.toml naming the apps in this package."""
+    return Path(str(resources.files("atlas_pl").joinpath("engines", "flower", "flower_app")))
+
+
+@contextmanager
+def job_log(job_dir: str) -> Iterator[None]:
+    """The job's records into <job-dir>/atlas_pl.log, as a CLI job's Hydra logging writes them."""
+    Path(job_dir).mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(Path(job_dir) / "atlas_pl.log")
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(min(level, logging.INFO) if level else logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+        handler.close()
+
+
 def run_deployed(grid: Any, run_config: dict[str, Any]) -> float:
     from atlas_pl.run import run_job
 
     cfg = deployment_config(run_config)
-    with deployed_on(grid):
+    with job_log(str(cfg.paths.output_dir)), deployed_on(grid):
         return run_job(cfg)
+
+
+if __name__ == "__main__":  # python -m atlas_pl.engines.flower.deployment: where the app is
+    sys.stdout.write(f"{app_dir()}\n")
