@@ -56,7 +56,7 @@ lint: $(STAMP) ## Ruff lint and format check
 	$(PY) -m ruff check src tests benchmarks notebooks
 	$(PY) -m ruff format --check src tests benchmarks notebooks
 
-types: $(STAMP) ## mypy on src/ (settings in pyproject.toml)
+types: $(FLOWER_STAMP) ## mypy on src/ (settings in pyproject.toml)
 	$(PY) -m mypy
 
 check: lint types test ## Before a commit: lint, types and the fast tests

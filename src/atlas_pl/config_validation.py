@@ -398,7 +398,7 @@ def _check_engine(c: _Checker) -> None:
         return
     c.number("engine.client_cpus", low=0, strict_low=True)
     c.number("engine.client_gpus", low=0.0, high=1.0)
-    c.number("engine.reply_timeout", low=0, strict_low=True)
+    c.number("engine.reply_timeout", low=0, strict_low=True, high=43200)  # Flower's message lifetime
     unsupported = {
         "topology.name": ("p2p", "server (peer hosting needs client-to-client links Flower does not give)"),
         "ablation.pipeline": ("centralized", "a federated ablation (centralized has no clients to send to)"),

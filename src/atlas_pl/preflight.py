@@ -145,9 +145,11 @@ def check_inputs(settings: Settings) -> None:
     row after the model has loaded costs the user the load and a traceback."""
     check_accelerator(settings.trainer.accelerator)
     if settings.engine.flower:
-        from atlas_pl.engines.flower.env import require_flower
+        from atlas_pl.engines.flower.env import check_simulation_resources, require_flower
 
         require_flower()
+        e = settings.engine
+        check_simulation_resources(e.client_cpus, e.client_gpus, settings.trainer.accelerator)
     d = settings.data
     check_writable(d.cache_dir, "the tokenization cache", "data.cache_dir (or paths.cache_dir)")
     check_writable(settings.cache_dir, "the cache directory", "paths.cache_dir (or ATLAS_CACHE_DIR)")

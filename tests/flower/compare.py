@@ -6,13 +6,19 @@ import json
 from pathlib import Path
 from typing import Any
 
-TIMING = ("seconds", "_seconds")
+# simulated device time (phases/simtime.py) is a function of the job, not of the machine: it is compared
+SIMULATED = ("sim_seconds", "cumulative_sim_seconds")
+
+
+def is_timing(key: str) -> bool:
+    """A wall-clock measurement (`seconds`, `*_seconds`): machines and engines differ in these."""
+    return (key == "seconds" or key.endswith("_seconds")) and key not in SIMULATED
 
 
 def without_timings(value: Any) -> Any:
-    """The value with every timing key (`seconds`, `*_seconds`) removed, at any depth."""
+    """The value with every wall-clock key removed, at any depth."""
     if isinstance(value, dict):
-        return {k: without_timings(v) for k, v in value.items() if not k.endswith(TIMING)}
+        return {k: without_timings(v) for k, v in value.items() if not is_timing(k)}
     if isinstance(value, list):
         return [without_timings(v) for v in value]
     return value

@@ -61,6 +61,7 @@ def local_deployment(tmp_path: Path, node_configs: list[str]) -> Iterator[dict[s
     env = cli_env(
         FLWR_HOME=str(home),
         FLWR_TELEMETRY_ENABLED="0",
+        FLWR_DISABLE_UPDATE_CHECK="1",
         PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}",  # the SuperLink starts flower-superexec from PATH
     )
     commands = [
@@ -75,9 +76,16 @@ def local_deployment(tmp_path: Path, node_configs: list[str]) -> Iterator[dict[s
     try:
         for i, command in enumerate(commands):
             log = (tmp_path / f"flower_{i}.log").open("w")
+            # a FLWR_HOME per process: Flower installs the app into it, and two installs into one can race
+            own = tmp_path / f"flwr_home_{i}"
+            own.mkdir()
             processes.append(
                 subprocess.Popen(
-                    command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                    command,
+                    env={**env, "FLWR_HOME": str(own)},
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
                 )
             )
         wait_for_port(port)
@@ -97,6 +105,8 @@ def local_deployment(tmp_path: Path, node_configs: list[str]) -> Iterator[dict[s
 
 
 def flwr_run(env: dict[str, str], job: Path, overrides: str) -> subprocess.CompletedProcess:
+    """`flwr run --stream` blocks until the run ends; it exits 0 even when the ServerApp failed, so the
+    job's own files (done / failed.json) say how it went."""
     run_config = f'job-dir="{job}" overrides="{overrides}"'
     return subprocess.run(
         [str(BIN / "flwr"), "run", str(app_dir()), "local", "--run-config", run_config, "--stream"],

@@ -38,11 +38,24 @@ def run_cli(job, *overrides: str, ok: bool = True) -> subprocess.CompletedProces
     return result
 
 
-@pytest.mark.parametrize("ablation", ["fedavg_cluster", "atlas"])
-def test_flower_simulation_writes_the_in_process_jobs_metrics(tmp_path, ablation) -> None:
-    run_cli(tmp_path / "inprocess", *SMOKE, f"ablation={ablation}")
-    result = run_cli(tmp_path / "flower", *SMOKE, f"ablation={ablation}", "engine=flower")
+@pytest.mark.parametrize(
+    "job",
+    [
+        ["ablation=fedavg_cluster"],
+        # atlas re-clustering in round 3 (the client fingerprints its trained model, after the updates it
+        # was sent) and scoring only rounds 2 and 3 (updates wait for the next train message)
+        ["ablation=atlas", "fingerprint.recluster_every=2", "fed.eval_every=2"],
+    ],
+    ids=["fedavg_cluster", "atlas"],
+)
+def test_flower_simulation_writes_the_in_process_jobs_metrics(tmp_path, job) -> None:
+    run_cli(tmp_path / "inprocess", *SMOKE, *job)
+    result = run_cli(tmp_path / "flower", *SMOKE, *job, "engine=flower")
     assert_same_job(tmp_path / "inprocess", tmp_path / "flower")
+    flower_records = [json.loads(x) for x in (tmp_path / "flower" / "metrics.jsonl").read_text().splitlines()]
+    if "fed.eval_every=2" in job:
+        assert [r["evaluated"] for r in flower_records] == [False, True, True]
+        assert len(json.loads((tmp_path / "flower" / "clustering.json").read_text())["history"]) == 2
     summary = json.loads((tmp_path / "flower" / "summary.json").read_text())
     assert summary["config"]["engine"]["name"] == "flower"
     # Flower's own time is measured per round and in all; the ClientApps' processes are counted
@@ -63,3 +76,22 @@ def test_a_client_that_does_not_answer_fails_the_job_by_name(tmp_path) -> None:
     failed = json.loads((tmp_path / "failed.json").read_text())
     assert "did not answer query.setup within engine.reply_timeout=0.5 s" in failed["error"]
     assert "did not answer query.setup" in result.stderr
+
+
+def test_a_flower_job_exports_and_its_dropout_does_not_depend_on_ray(tmp_path) -> None:
+    """Each client carries its own RNG stream: dropout draws are the same whichever worker runs it."""
+    dropout = [*SMOKE, "ablation=fedavg", "fed.rounds=2", "lora.dropout=0.1", "engine=flower"]
+    dropout.append("devices.scale=0.002")  # dropout's masks need memory smoke's budgets do not leave
+    run_cli(tmp_path / "a", *dropout)
+    run_cli(tmp_path / "b", *dropout, "engine.client_cpus=2")  # one worker instead of two
+    assert_same_job(tmp_path / "a", tmp_path / "b")
+    exported = subprocess.run(
+        [sys.executable, "-m", "atlas_pl.export", str(tmp_path / "a"), "--out", str(tmp_path / "peft")],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        cwd=REPO_ROOT,
+        timeout=600,
+    )
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    assert len(list((tmp_path / "peft").glob("*/adapter_model.safetensors"))) == 9

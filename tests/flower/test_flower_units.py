@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import builtins
-
 import pytest
 import torch
 
-from atlas_pl.config_validation import ConfigError, validate_config
-from atlas_pl.errors import RunEnvironmentError
 from atlas_pl.parties.link import TrafficLedger
 from atlas_pl.parties.messages import AdapterUpdate
-
-from ..test_config import _compose
 
 flwr = pytest.importorskip("flwr")  # make test installs the extra (make install-flower)
 
@@ -72,38 +66,3 @@ def test_a_clients_ledger_adds_into_the_coordinators() -> None:
     client.send("client/0", "server", "activations", [torch.zeros(8)])
     server.merge(client.to_json())
     assert server.by_kind(1, 0)["upload"] == {"fingerprint": 16, "activations": 64}
-
-
-@pytest.mark.parametrize(
-    ("overrides", "message"),
-    [
-        (["topology=p2p"], r"topology.name='p2p' is invalid; valid: server .*with engine=flower"),
-        (["faults.drop=0.3"], r"faults=.* is invalid; valid: faults=none with engine=flower"),
-        (["ablation=centralized"], r"ablation.pipeline='centralized' is invalid.*engine=flower"),
-        (["resume=true"], r"resume=True is invalid; valid: false \(a Flower job keeps"),
-        (["engine.client_gpus=2"], r"engine.client_gpus=2.0 is invalid; valid: a number .* <= 1.0"),
-    ],
-)
-def test_what_flower_cannot_carry_is_refused_before_the_job(overrides, message) -> None:
-    with pytest.raises(ConfigError, match=message):
-        validate_config(_compose("+experiment=smoke", "engine=flower", *overrides))
-
-
-def test_an_unknown_engine_is_refused() -> None:
-    with pytest.raises(ConfigError, match=r"engine.name='ray' is invalid; valid: inprocess, flower"):
-        validate_config(_compose("+experiment=smoke", "engine.name=ray"))
-
-
-def test_engine_flower_without_the_extra_says_how_to_install_it(monkeypatch) -> None:
-    from atlas_pl.engines.flower.env import require_flower
-
-    real_import = builtins.__import__
-
-    def no_flower(name, *args, **kwargs):
-        if name == "flwr" or name.startswith("flwr."):
-            raise ImportError("No module named 'flwr'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_flower)
-    with pytest.raises(RunEnvironmentError, match=r'pip install -e "\.\[flower\]"'):
-        require_flower()

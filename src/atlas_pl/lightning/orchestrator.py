@@ -152,7 +152,8 @@ class FederatedOrchestrator(pl.Callback):
         return fingerprints
 
     def count_fingerprints(self, fingerprints: Sequence[Fingerprint]) -> None:
-        for party, f in zip(self.parties, fingerprints):
+        for f in fingerprints:
+            party = self.parties[f.client]
             party.send("fingerprint", [f.vector])
             party.send("importance", [torch.as_tensor(f.importance, dtype=torch.float32)])
 

@@ -11,17 +11,28 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from flwr.app import Context, Message, RecordDict
-from flwr.clientapp import ClientApp
-from flwr.serverapp import Grid, ServerApp
-
-from atlas_pl.engines.flower.client import JOB, Allocation, ClientNode, handler_report, node_config_paths
-from atlas_pl.engines.flower.codec import get_updates, json_record, put_tensors, read_json
 from atlas_pl.engines.flower.env import quiet_flower
-from atlas_pl.engines.flower.nodes import ASK, REPORT
-from atlas_pl.errors import EngineError
 
+# before Flower is imported (it reads FLWR_TELEMETRY_ENABLED once, at import): this covers the simulation
+# a CLI job starts; a SuperLink's or SuperNode's processes have imported Flower already, so a deployment
+# sets the variables in their environment (README, Flower)
 quiet_flower()
+
+from flwr.app import Context, Message, RecordDict  # noqa: E402
+from flwr.clientapp import ClientApp  # noqa: E402
+from flwr.serverapp import Grid, ServerApp  # noqa: E402
+
+from atlas_pl.engines.flower.client import (  # noqa: E402
+    JOB,
+    Allocation,
+    ClientNode,
+    handler_report,
+    node_config_paths,
+)
+from atlas_pl.engines.flower.codec import get_updates, json_record, put_tensors, read_json  # noqa: E402
+from atlas_pl.engines.flower.nodes import ASK, REPORT  # noqa: E402
+from atlas_pl.errors import EngineError  # noqa: E402
+
 client_app = ClientApp()
 server_app = ServerApp()
 

@@ -1,11 +1,16 @@
 """One client party inside a ClientApp: built from its node's state for each message, saved back after.
 
 A ClientApp may run in any worker process, so nothing of a client lives in the process between messages
-except what every client shares: the frozen base and the federation's data, built once per process for a
-job (`federation_for`). The client's own state goes in `Context.state` (Flower keeps it per node): its
-allocation, its trainable tensors (both halves' LoRA factors and the head), both AdamW states and its
-loader's generator. Rebuilding a client from that state is what a resumed in-process job does for every
-client, so a round here trains what the in-process engine's round trains.
+except what every client shares: the frozen base and the federation's data (`federation_for`; in a Ray
+simulation built once per worker; under `flwr run`, Flower 1.42 starts a process per message, so every
+message builds them again). The client's own state goes in `Context.state` (Flower keeps it per node):
+its allocation, its trainable tensors (both halves' LoRA factors and the head), both AdamW states, its
+loader's generator and its own stream of torch's global RNG (LoRA dropout and activation noise draw from
+it). Rebuilding a client from that state is what a resumed in-process job does for every client, so a
+round here trains what the in-process engine's round trains. One difference is by construction: the
+in-process engine's clients draw dropout and noise from one global stream in turn, a Flower client from
+its own; jobs with `lora.dropout` or `privacy.activation_noise` are reproducible on either engine, equal
+across them only without those draws.
 
 The client runs both halves of its split locally: split learning per step over Flower would cost a
 message round trip (>= 100 ms) per step. Its LocalLink counts every activation exchange in a ledger of
@@ -27,6 +32,7 @@ import torch
 from flwr.app import RecordDict
 
 from atlas_pl.data import shuffled_loader
+from atlas_pl.data.federated import derive_seed
 from atlas_pl.engines.flower.codec import get_tensors, json_record, put_tensors, read_json
 from atlas_pl.engines.setup import Federation, build_client_model, build_federation
 from atlas_pl.errors import EngineError
@@ -47,7 +53,7 @@ from atlas_pl.tracking.checkpoint import (
     restore_optimizer,
 )
 
-JOB, CLIENT, MODEL, OPTIM = "atlas.job", "atlas.client", "atlas.model", "atlas.optim"
+JOB, CLIENT, MODEL, OPTIM, RNG = "atlas.job", "atlas.client", "atlas.model", "atlas.optim", "atlas.rng"
 
 # node_config keys a SuperNode may set for where its own files are (flower-supernode --node-config)
 NODE_PATHS = {"glue-dir": ("data", "glue_dir"), "cache-dir": ("paths", "cache_dir")}
@@ -102,6 +108,7 @@ class ClientNode:
                 f"give each node one of 0..{len(self.fed.data.clients) - 1}"
             )
         self.data = self.fed.data.clients[index]
+        self._resume_rng()
         self.ledger = TrafficLedger()
         saved = read_json(state, CLIENT) if CLIENT in state else {}
         self.allocation = Allocation.from_json(saved["allocation"]) if saved.get("allocation") else None
@@ -114,6 +121,14 @@ class ClientNode:
             self._attach()
 
     # -- building -------------------------------------------------------------------------------------
+    def _resume_rng(self) -> None:
+        """torch's global generator where this client left it (first: seeded by the job and the client),
+        so its dropout and noise neither depend on which process ran it nor repeat between messages."""
+        if RNG in self.state:
+            torch.set_rng_state(get_tensors(self.state, RNG)["torch"])
+        else:
+            torch.manual_seed(derive_seed(self.settings.seed, "flower_client", self.data.client_id))
+
     def _build_model(self) -> SplitClientModel:
         """At its allocation with its saved tensors, or (before Phase 2) the provisional seeded model."""
         s = self.settings
@@ -225,7 +240,8 @@ class ClientNode:
         return module_tensors("model", self.model)
 
     def save(self) -> None:
-        """Its allocation, tensors, optimizer moments, loader generator and loss scales into the state."""
+        """Allocation, tensors, optimizer moments, loader generator, loss scales and RNG into the state."""
+        put_tensors(self.state, RNG, {"torch": torch.get_rng_state()})
         self.state[CLIENT] = json_record(
             {"index": self.index, "allocation": self.allocation.to_json() if self.allocation else None}
         )

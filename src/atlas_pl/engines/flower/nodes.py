@@ -1,9 +1,10 @@
 """The federation's clients as Flower nodes: one node per client, found by its `partition-id`.
 
-Every exchange sends one message to each client it names and waits for all the replies; a client that
-fails is reported with the error its ClientApp raised, one that does not answer within
-`engine.reply_timeout` by name. Each reply says when its handler ran, so the time an exchange took with
-no client working is Flower's own (messages, scheduling, serialization of the node state).
+Every exchange sends one message to each client it names and waits for all the replies; the clients
+that fail are reported with the errors their ClientApps raised, those that do not answer within
+`engine.reply_timeout` by name. Each reply says when its handler ran (wall clock), so the time an
+exchange took with no client working is Flower's own (messages, scheduling, serialization of the node
+state); across machines that figure is only as good as their clocks' agreement.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
-from atlas_pl.engines.flower.codec import json_record, read_json
+from atlas_pl.engines.flower.codec import read_json
 from atlas_pl.errors import EngineError
 
 ASK, REPORT = "ask", "report"
@@ -39,7 +40,7 @@ class FlowerClients:
         self.grid, self.n, self.timeout = grid, n_clients, timeout
         self.nodes: list[int] = []
         self.flower_seconds = 0.0  # since the last `take_flower_seconds`
-        self.peak_rss_mib: dict[str, float] = {}  # per ClientApp process (host and pid): its peak
+        self.peak_rss_mib: dict[tuple[str, int, int], float] = {}  # (host, pid, node) -> its peak
 
     def _wait_for_nodes(self) -> list[int]:
         deadline = time.monotonic() + self.timeout
@@ -89,19 +90,23 @@ class FlowerClients:
         replies = list(self.grid.send_and_receive(messages, timeout=self.timeout))
         ended = time.time()
         out: dict[int, RecordDict] = {}
+        failures = []
         for reply in replies:
             k = client_of[reply.metadata.src_node_id]
             if reply.has_error():
-                raise EngineError(f"{who[:-1]} {k} failed in {kind}: {_reason(reply.error.reason or '')}")
-            out[k] = reply.content
+                failures.append(f"{who[:-1]} {k} failed in {kind}: {_reason(reply.error.reason or '')}")
+            else:
+                out[k] = reply.content
+        if failures:
+            raise EngineError("; ".join(failures))
         missing = sorted(client_of[n] for n in by_node if client_of[n] not in out)
         if missing:
             raise EngineError(
                 f"{who} {missing} did not answer {kind} within engine.reply_timeout={self.timeout:g} s"
             )
         reports = {k: read_json(c, REPORT) for k, c in out.items()}
-        for report in reports.values():
-            process = f"{report.get('host')}/{report.get('pid')}"  # Ray runs several clients per worker
+        for k, report in reports.items():
+            process = (str(report.get("host")), int(report.get("pid", 0)), names[k])
             self.peak_rss_mib[process] = max(
                 self.peak_rss_mib.get(process, 0.0), float(report.get("rss_mib", 0))
             )
@@ -121,7 +126,3 @@ def _reason(reason: str) -> str:
         if "Error" in line or "Exception" in line:
             return line[-600:]
     return (lines[-1] if lines else reason)[-600:]
-
-
-def ask(fields: dict[str, Any]) -> RecordDict:
-    return RecordDict({ASK: json_record(fields)})

@@ -43,6 +43,7 @@ from atlas_pl.parties.evaluation import model_digest
 from atlas_pl.parties.messages import AdapterUpdate, Fingerprint
 from atlas_pl.settings import Settings
 from atlas_pl.tracking.checkpoint import restore_module
+from atlas_pl.tracking.resume import RoundCheckpointer
 from atlas_pl.tracking.tracker import Tracker
 
 log = logging.getLogger(__name__)
@@ -98,8 +99,19 @@ class FlowerOrchestrator(FederatedOrchestrator):
 class FlowerEngine(InProcessEngine):
     """The in-process engine's rounds and records, with the clients' work done by their ClientApps."""
 
-    def __init__(self, settings: Settings, fed: Federation, tracker: Tracker, grid: Grid) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        fed: Federation,
+        tracker: Tracker,
+        grid: Grid,
+        checkpointer: RoundCheckpointer | None = None,
+        *,
+        simulated: bool = True,
+    ) -> None:
         super().__init__(settings, fed, tracker, None)
+        self.round_checkpoints = checkpointer  # written each round; a Flower job does not resume from them
+        self.simulated = simulated
         self.pending: dict[int, list[AdapterUpdate]] = defaultdict(list)
         self.clients = FlowerClients(grid, len(self.parties), settings.engine.reply_timeout)
         self.orchestrator = FlowerOrchestrator(
@@ -108,7 +120,6 @@ class FlowerEngine(InProcessEngine):
         self.orchestrator.engine = self
         self.client_step_seconds = 0.0
         self.scores: dict[int, dict[str, float]] = {}
-        self.steps: dict[int, int] = {}
 
     # -- messages -------------------------------------------------------------------------------------
     def ask(self, kind: str, clients: Any, fields: Any) -> dict[int, RecordDict]:
@@ -157,7 +168,6 @@ class FlowerEngine(InProcessEngine):
             restore_module("model", self.parties[k].model, get_tensors(replies[k], "model"))
             self.ledger.merge(report["ledger"])
             reports[k] = (float(report["loss"]), float(report["seconds"]))
-            self.steps[k] = int(report["steps"])
             self.client_step_seconds += float(report["step_seconds"])
         progress.update(len(training))
         self.fit_seconds += sum(seconds for _, seconds in reports.values())
@@ -225,7 +235,23 @@ class FlowerEngine(InProcessEngine):
             self.tracker.log_round(self.log.add(record, timing))
             log_round(record, s.fed.rounds)
             check_not_diverged(round_index, rows, s.fed.lr)
+            self._checkpoint(round_index)
         return self._result(flower_total)
+
+    def _checkpoint(self, round_index: int) -> None:
+        """The round's checkpoint: every kept client's tensors as the coordinator holds them (what
+        `python -m atlas_pl.export` and the privacy tools read), and the records. Optimizer moments and
+        loaders stay on the nodes, so a Flower job is not resumed from it."""
+        if self.round_checkpoints is None:
+            return
+        kept = [self.parties[k] for k in self.coordinator.participants]
+        self.round_checkpoints.save(
+            round_index,
+            json_state=self._json_state(),
+            modules={f"model/{p.index}": p.model for p in kept},
+            optimizers={},
+            generators=[],
+        )
 
     def _result(self, flower_total: float) -> FederationResult:
         step = self.step_seconds
@@ -255,10 +281,16 @@ class FlowerEngine(InProcessEngine):
         )
 
     def _client_memory(self) -> dict[str, float]:
-        """The ClientApp processes' peaks: in a simulation, Ray's workers (several clients each)."""
+        """The ClientApps' peak memory. Simulated: Ray's workers, each serving several clients at once,
+        summed. Deployed: Flower 1.42 starts a process per message, one after another on a node, so the
+        largest per node, summed over nodes (as if every node peaked at once)."""
         peaks = self.clients.peak_rss_mib
+        groups: dict[str, float] = {}
+        for (host, pid, node), rss in peaks.items():
+            key = f"{host}/{pid}" if self.simulated else str(node)
+            groups[key] = max(groups.get(key, 0.0), rss)
         return {
-            "client_processes": float(len(peaks)),
-            "client_max_rss_mib_sum": sum(peaks.values()),
-            "client_max_rss_mib": max(peaks.values(), default=0.0),
+            "client_processes": float(len({(h, p) for h, p, _ in peaks})),
+            "client_max_rss_mib_sum": sum(groups.values()),
+            "client_max_rss_mib": max(groups.values(), default=0.0),
         }

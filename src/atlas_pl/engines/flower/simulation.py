@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import math
 import os
 import warnings
 from collections.abc import Iterator
@@ -36,6 +37,11 @@ def deployed_on(grid: Any) -> Iterator[None]:
         _grid.reset(token)
 
 
+def deployed() -> bool:
+    """Whether jobs started here run on a deployment's Grid (under `flwr run`)."""
+    return _grid.get() is not None
+
+
 def run_flower(
     settings: Settings, fed: Federation, tracker: Tracker, checkpointer: Any = None
 ) -> FederationResult:
@@ -44,25 +50,38 @@ def run_flower(
 
     grid = _grid.get()
     if grid is not None:
-        return FlowerEngine(settings, fed, tracker, grid).run()
-    return simulate(settings, fed, tracker)
+        return FlowerEngine(settings, fed, tracker, grid, checkpointer, simulated=False).run()
+    return simulate(settings, fed, tracker, checkpointer)
 
 
-def backend_config(settings: Settings) -> dict[str, Any]:
-    """Ray's resources per ClientApp from engine.*; no dashboard, workers' output kept off the console."""
+def usable_cpus() -> int:
+    """The cores this process may use (its affinity: a SLURM allocation, taskset), not the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def backend_config(settings: Settings, n_clients: int) -> dict[str, Any]:
+    """Ray's resources per ClientApp from engine.*; no dashboard, workers' output kept off the console.
+
+    Ray gets no more CPUs than the clients can use at once: every worker builds the job's base and data."""
     e = settings.engine
+    cpus = min(usable_cpus(), max(1, math.ceil(n_clients * e.client_cpus)))
     return {
         "client_resources": {"num_cpus": e.client_cpus, "num_gpus": e.client_gpus},
         "init_args": {
             "include_dashboard": False,
             "log_to_driver": False,
             "logging_level": logging.ERROR,
-            "num_cpus": os.cpu_count() or 1,
+            "num_cpus": cpus,
         },
     }
 
 
-def simulate(settings: Settings, fed: Federation, tracker: Tracker) -> FederationResult:
+def simulate(
+    settings: Settings, fed: Federation, tracker: Tracker, checkpointer: Any = None
+) -> FederationResult:
     quiet_flower()
     from flwr.serverapp import Grid, ServerApp
     from flwr.simulation import run_simulation
@@ -79,18 +98,19 @@ def simulate(settings: Settings, fed: Federation, tracker: Tracker) -> Federatio
     @server_app.main()
     def main(grid: Grid, context: Any) -> None:
         try:
-            outcome["result"] = FlowerEngine(settings, fed, tracker, grid).run()
+            outcome["result"] = FlowerEngine(settings, fed, tracker, grid, checkpointer).run()
         except BaseException as err:  # re-raised in the job's thread, with its own traceback
             outcome["error"] = err
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with warnings.catch_warnings():  # the job's own warnings still reach the log file
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"flwr(\.|$)")
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"ray(\.|$)")
         run_simulation(
             server_app,
             client_app,
             num_supernodes=len(fed.data.clients),
             backend_name="ray",
-            backend_config=backend_config(settings),
+            backend_config=backend_config(settings, len(fed.data.clients)),
         )
     if "error" in outcome:
         raise outcome["error"]
