@@ -371,6 +371,20 @@ class InProcessEngine:
             rows.append(row)
         return rows
 
+    def _overhead(self) -> dict[str, float]:
+        """The job's training time against its bare steps, and the orchestration's (summary.json)."""
+        step = self.step_seconds
+        return {
+            "fit_seconds": self.fit_seconds,
+            "step_seconds": step,
+            "lightning_overhead_seconds": self.fit_seconds - step,
+            "overhead_fraction": (self.fit_seconds - step) / step if step else 0.0,
+            "fit_calls": sum(  # who trained in each round (fewer than every participant under faults)
+                sum(c.get("train_seconds", 0.0) > 0 for c in r["clients"].values()) for r in self.log.records
+            ),
+            "orchestration_seconds": sum(r.get("orchestration_seconds", 0.0) for r in self.log.records),
+        }
+
     def run(self) -> FederationResult:
         s = self.settings
         prepared = time.perf_counter()  # round 1's clock includes Phases 1 and 2, as its orchestration does
@@ -417,21 +431,10 @@ class InProcessEngine:
             if self.checkpointer is not None:
                 self.checkpointer.save(round_index, json_state=self._json_state(), **stateful)
         progress.close()
-        step = self.step_seconds
-        overhead = {
-            "fit_seconds": self.fit_seconds,
-            "step_seconds": step,
-            "lightning_overhead_seconds": self.fit_seconds - step,
-            "overhead_fraction": (self.fit_seconds - step) / step if step else 0.0,
-            "fit_calls": sum(  # who trained in each round (fewer than every participant under faults)
-                sum(c.get("train_seconds", 0.0) > 0 for c in r["clients"].values()) for r in self.log.records
-            ),
-            "orchestration_seconds": sum(r.get("orchestration_seconds", 0.0) for r in self.log.records),
-        }
         return FederationResult(
             log=self.log,
             ledger=self.ledger,
-            overhead=overhead,
+            overhead=self._overhead(),
             allocations=self.coordinator.allocations,
             clustering_summaries=self.orchestrator.clustering_summaries,
             elapsed_before=self.checkpointer.elapsed_before if self.checkpointer is not None else 0.0,

@@ -254,17 +254,9 @@ class FlowerEngine(InProcessEngine):
         )
 
     def _result(self, flower_total: float) -> FederationResult:
-        step = self.step_seconds
         rounds = sum(r["round_seconds"] for r in self.log.records)
         overhead = {
-            "fit_seconds": self.fit_seconds,
-            "step_seconds": step,
-            "lightning_overhead_seconds": self.fit_seconds - step,
-            "overhead_fraction": (self.fit_seconds - step) / step if step else 0.0,
-            "fit_calls": sum(
-                sum(c.get("train_seconds", 0.0) > 0 for c in r["clients"].values()) for r in self.log.records
-            ),
-            "orchestration_seconds": sum(r.get("orchestration_seconds", 0.0) for r in self.log.records),
+            **self._overhead(),
             "flower_seconds": flower_total,  # exchanges' wall time with no ClientApp handler running
             "flower_fraction": flower_total / rounds if rounds else 0.0,
         }
