@@ -125,7 +125,10 @@ class ClientNode:
         """torch's global generator where this client left it (first: seeded by the job and the client),
         so its dropout and noise neither depend on which process ran it nor repeat between messages."""
         if RNG in self.state:
-            torch.set_rng_state(get_tensors(self.state, RNG)["torch"])
+            saved = get_tensors(self.state, RNG)
+            torch.set_rng_state(saved["torch"])
+            if "cuda" in saved and torch.cuda.is_available():  # dropout on a GPU draws from CUDA's
+                torch.cuda.set_rng_state(saved["cuda"])
         else:
             torch.manual_seed(derive_seed(self.settings.seed, "flower_client", self.data.client_id))
 
@@ -241,7 +244,10 @@ class ClientNode:
 
     def save(self) -> None:
         """Allocation, tensors, optimizer moments, loader generator, loss scales and RNG into the state."""
-        put_tensors(self.state, RNG, {"torch": torch.get_rng_state()})
+        rng = {"torch": torch.get_rng_state()}
+        if self.fed.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state()
+        put_tensors(self.state, RNG, rng)
         self.state[CLIENT] = json_record(
             {"index": self.index, "allocation": self.allocation.to_json() if self.allocation else None}
         )

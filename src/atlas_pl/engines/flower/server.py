@@ -273,9 +273,9 @@ class FlowerEngine(InProcessEngine):
         )
 
     def _client_memory(self) -> dict[str, float]:
-        """The ClientApps' peak memory. Simulated: Ray's workers, each serving several clients at once,
-        summed. Deployed: Flower 1.42 starts a process per message, one after another on a node, so the
-        largest per node, summed over nodes (as if every node peaked at once)."""
+        """The ClientApps' peak memory. Simulated: Ray's workers (each runs several clients, one after
+        another), summed. Deployed: Flower 1.42 starts a process per message, one after another on a
+        node, so the largest per node, summed over nodes (as if every node peaked at once)."""
         peaks = self.clients.peak_rss_mib
         groups: dict[str, float] = {}
         for (host, pid, node), rss in peaks.items():
