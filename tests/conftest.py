@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +29,18 @@ def cli_env(**extra: str) -> dict[str, str]:
         "ATLAS_CACHE_DIR": os.environ["ATLAS_CACHE_DIR"],
         **extra,
     }
+
+
+def run_module(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    """`python -m ARGS` from the checkout in `cli_env()`, output captured (the caller checks it)."""
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        cwd=REPO_ROOT,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="session", autouse=True)

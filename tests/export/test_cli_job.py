@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,28 +15,17 @@ from atlas_pl.models.loading import load_base
 from atlas_pl.models.split import SharedBackbone
 from atlas_pl.tracking.checkpoint import latest_checkpoint
 
-from ..conftest import REPO_ROOT, cli_env
+from ..conftest import run_module
 
 pytestmark = pytest.mark.integration
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", *args],
-        capture_output=True,
-        text=True,
-        env=cli_env(),
-        cwd=REPO_ROOT,
-        timeout=900,
-    )
-
-
 def test_smoke_job_exports_every_client_as_a_peft_adapter(tmp_path: Path) -> None:
     job = tmp_path / "job"
-    ran = _cli("atlas_pl", "+experiment=smoke", "fed.rounds=2", f"hydra.run.dir={job}")
+    ran = run_module("atlas_pl", "+experiment=smoke", "fed.rounds=2", f"hydra.run.dir={job}")
     assert ran.returncode == 0, ran.stderr[-3000:]
     out = tmp_path / "export"
-    exported = _cli("atlas_pl.export", str(job), "--out", str(out))
+    exported = run_module("atlas_pl.export", str(job), "--out", str(out))
     assert exported.returncode == 0, exported.stderr[-3000:]
     lines = exported.stdout.strip().splitlines()
     assert len(lines) == 10 and lines[-1].startswith("9 adapter(s) in"), exported.stdout
@@ -68,5 +55,5 @@ def test_smoke_job_exports_every_client_as_a_peft_adapter(tmp_path: Path) -> Non
                 rtol=0,
             )
 
-    again = _cli("atlas_pl.export", str(job), "--out", str(out), "--client", "3")
+    again = run_module("atlas_pl.export", str(job), "--out", str(out), "--client", "3")
     assert again.returncode == 2 and "--overwrite" in again.stderr

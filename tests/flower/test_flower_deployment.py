@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from ..conftest import GLUE_DIR, REPO_ROOT, cli_env
+from ..conftest import GLUE_DIR, REPO_ROOT, cli_env, run_module
 from .compare import assert_same_job
 
 pytest.importorskip("flwr")
@@ -125,14 +125,8 @@ def test_local_deployment_runs_the_in_process_jobs_smoke(tmp_path) -> None:
     job = tmp_path / "flower"
     assert (job / "done").exists(), run.stdout[-3000:] + run.stderr[-3000:]
     assert "round 2/2" in (job / "atlas_pl.log").read_text()
-    subprocess.run(
-        [sys.executable, "-m", "atlas_pl", *SMOKE_3.split(), f"hydra.run.dir={tmp_path / 'inprocess'}"],
-        check=True,
-        env=cli_env(),
-        cwd=REPO_ROOT,
-        capture_output=True,
-        timeout=600,
-    )
+    inprocess = run_module("atlas_pl", *SMOKE_3.split(), f"hydra.run.dir={tmp_path / 'inprocess'}")
+    assert inprocess.returncode == 0, inprocess.stderr[-3000:]
     assert_same_job(tmp_path / "inprocess", job)
     summary = json.loads((job / "summary.json").read_text())
     assert summary["config"]["engine"]["name"] == "flower"

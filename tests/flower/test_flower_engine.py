@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 
 import pytest
 
-from ..conftest import REPO_ROOT, cli_env
+from ..conftest import run_module
 from .compare import assert_same_job
 
 pytest.importorskip("flwr")
@@ -25,14 +24,7 @@ SMOKE = ["+experiment=smoke", "trainer.num_threads=1"]
 
 
 def run_cli(job, *overrides: str, ok: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [sys.executable, "-m", "atlas_pl", *overrides, f"paths.output_dir={job}", f"hydra.run.dir={job}"],
-        capture_output=True,
-        text=True,
-        env=cli_env(),
-        cwd=REPO_ROOT,
-        timeout=900,
-    )
+    result = run_module("atlas_pl", *overrides, f"paths.output_dir={job}", f"hydra.run.dir={job}")
     if ok:
         assert result.returncode == 0, result.stderr[-4000:]
     return result
@@ -85,13 +77,6 @@ def test_a_flower_job_exports_and_its_dropout_does_not_depend_on_ray(tmp_path) -
     run_cli(tmp_path / "a", *dropout)
     run_cli(tmp_path / "b", *dropout, "engine.client_cpus=2")  # one worker instead of two
     assert_same_job(tmp_path / "a", tmp_path / "b")
-    exported = subprocess.run(
-        [sys.executable, "-m", "atlas_pl.export", str(tmp_path / "a"), "--out", str(tmp_path / "peft")],
-        capture_output=True,
-        text=True,
-        env=cli_env(),
-        cwd=REPO_ROOT,
-        timeout=600,
-    )
+    exported = run_module("atlas_pl.export", str(tmp_path / "a"), "--out", str(tmp_path / "peft"))
     assert exported.returncode == 0, exported.stderr[-3000:]
     assert len(list((tmp_path / "peft").glob("*/adapter_model.safetensors"))) == 9

@@ -423,6 +423,7 @@ class InProcessEngine:
                 "orchestration_seconds": self.orchestrator.seconds.get(round_index, 0.0),
                 "evaluation_seconds": evaluation,
                 "fingerprint_seconds": self.orchestrator.fingerprint_seconds.get(round_index, 0.0),
+                **self._engine_timing(),
             }
             self._add_simulated_time(round_index, record, timing, plan)
             self.tracker.log_round(self.log.add(record, timing))
@@ -431,6 +432,13 @@ class InProcessEngine:
             if self.checkpointer is not None:
                 self.checkpointer.save(round_index, json_state=self._json_state(), **stateful)
         progress.close()
+        return self._result()
+
+    def _engine_timing(self) -> dict[str, float]:
+        """Timing keys an engine adds to each round's record (Flower: its own share)."""
+        return {}
+
+    def _result(self) -> FederationResult:
         return FederationResult(
             log=self.log,
             ledger=self.ledger,

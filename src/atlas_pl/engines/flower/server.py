@@ -14,7 +14,6 @@ What the in-process engine does per client, this one asks for in one exchange pe
 from __future__ import annotations
 
 import logging
-import time
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -27,12 +26,7 @@ from flwr.serverapp import Grid
 from atlas_pl.engines.flower.codec import get_tensors, json_record, put_updates, read_json
 from atlas_pl.engines.flower.nodes import ASK, REPORT, FlowerClients
 from atlas_pl.engines.inprocess import InProcessEngine
-from atlas_pl.engines.records import (
-    FederationResult,
-    check_not_diverged,
-    log_round,
-    round_record,
-)
+from atlas_pl.engines.records import ClientRound, FederationResult
 from atlas_pl.engines.setup import Federation
 from atlas_pl.errors import EngineError
 from atlas_pl.lightning.orchestrator import FederatedOrchestrator
@@ -40,6 +34,7 @@ from atlas_pl.models.split import ServerHalf
 from atlas_pl.parties.aggregation import RoundAggregation
 from atlas_pl.parties.client import ClientParty
 from atlas_pl.parties.evaluation import model_digest
+from atlas_pl.parties.faults import RoundPlan
 from atlas_pl.parties.messages import AdapterUpdate, Fingerprint
 from atlas_pl.settings import Settings
 from atlas_pl.tracking.checkpoint import restore_module
@@ -109,8 +104,7 @@ class FlowerEngine(InProcessEngine):
         *,
         simulated: bool = True,
     ) -> None:
-        super().__init__(settings, fed, tracker, None)
-        self.round_checkpoints = checkpointer  # written each round; a Flower job does not resume from them
+        super().__init__(settings, fed, tracker, checkpointer)  # saved each round; never resumed (refused)
         self.simulated = simulated
         self.pending: dict[int, list[AdapterUpdate]] = defaultdict(list)
         self.clients = FlowerClients(grid, len(self.parties), settings.engine.reply_timeout)
@@ -120,6 +114,7 @@ class FlowerEngine(InProcessEngine):
         self.orchestrator.engine = self
         self.client_step_seconds = 0.0
         self.scores: dict[int, dict[str, float]] = {}
+        self.flower_total = 0.0
 
     # -- messages -------------------------------------------------------------------------------------
     def ask(self, kind: str, clients: Any, fields: Any) -> dict[int, RecordDict]:
@@ -169,6 +164,7 @@ class FlowerEngine(InProcessEngine):
             self.ledger.merge(report["ledger"])
             reports[k] = (float(report["loss"]), float(report["seconds"]))
             self.client_step_seconds += float(report["step_seconds"])
+            self.trained_steps[k] += int(report["steps"])
         progress.update(len(training))
         self.fit_seconds += sum(seconds for _, seconds in reports.values())
         self.orchestrator.finished_training(list(reports))
@@ -196,81 +192,43 @@ class FlowerEngine(InProcessEngine):
     def step_seconds(self) -> float:
         return self.client_step_seconds
 
-    def run(self) -> FederationResult:
-        s = self.settings
-        prepared = time.perf_counter()
+    # -- the in-process engine's hooks ---------------------------------------------------------------
+    def _phases_1_and_2(self) -> None:
         self._connect()
-        self._phases_1_and_2()
-        self._attach_lightning()
-        self._build_faults()
-        assert self.planner is not None
-        participants = self.coordinator.participants
-        flower_total = 0.0
+        super()._phases_1_and_2()
 
-        class _Progress:
-            def update(self, n: int) -> None: ...
-
-        for round_index in range(1, s.fed.rounds + 1):
-            round_start = prepared if round_index == 1 else time.perf_counter()
-            self.ledger.start_round(round_index)
-            plan = self.planner.plan(round_index, participants)
-            self.orchestrator.start_round(round_index, plan.training, plan.aggregated)
-            reports = self._train(round_index, _Progress(), plan.training)
-            evaluated = time.perf_counter()
-            if s.fed.evaluates(round_index):
-                self._evaluate()
-            rows = self._record(round_index, reports, plan)
-            evaluation = time.perf_counter() - evaluated
-            record = round_record(round_index, rows, list(self.fed.data.specs), self.ledger)
-            flower = self.clients.take_flower_seconds()
-            flower_total += flower
-            timing = {
-                "round_seconds": time.perf_counter() - round_start,
-                "orchestration_seconds": self.orchestrator.seconds.get(round_index, 0.0),
-                "evaluation_seconds": evaluation,
-                "fingerprint_seconds": self.orchestrator.fingerprint_seconds.get(round_index, 0.0),
-                "flower_seconds": flower,
-            }
-            self._add_simulated_time(round_index, record, timing, plan)
-            self.tracker.log_round(self.log.add(record, timing))
-            log_round(record, s.fed.rounds)
-            check_not_diverged(round_index, rows, s.fed.lr)
-            self._checkpoint(round_index)
-        return self._result(flower_total)
-
-    def _checkpoint(self, round_index: int) -> None:
-        """The round's checkpoint: every kept client's tensors as the coordinator holds them (what
-        `python -m atlas_pl.export` and the privacy tools read), and the records. Optimizer moments and
-        loaders stay on the nodes, so a Flower job is not resumed from it."""
-        if self.round_checkpoints is None:
-            return
+    def _stateful(self) -> dict[str, Any]:
+        """What a round checkpoint saves: every kept client's tensors as the coordinator holds them (what
+        `python -m atlas_pl.export` and the privacy tools read). Optimizer moments and loaders stay on
+        the nodes, so a Flower job is not resumed from it."""
         kept = [self.parties[k] for k in self.coordinator.participants]
-        self.round_checkpoints.save(
-            round_index,
-            json_state=self._json_state(),
-            modules={f"model/{p.index}": p.model for p in kept},
-            optimizers={},
-            generators=[],
-        )
+        return {"modules": {f"model/{p.index}": p.model for p in kept}, "optimizers": {}, "generators": []}
 
-    def _result(self, flower_total: float) -> FederationResult:
+    def _carry_out(self, plan: RoundPlan) -> dict[int, int]:
+        return {}  # one server host and no faults (engine=flower refuses both): nothing moves
+
+    def _after_training(self, plan: RoundPlan) -> None:
+        """Steps were counted from the replies (`_train`)."""
+
+    def _record(
+        self, round_index: int, reports: dict[int, tuple[float, float]], plan: RoundPlan
+    ) -> list[ClientRound]:
+        if self.settings.fed.evaluates(round_index):
+            self._evaluate()  # on the round's evaluation clock, as the in-process scoring
+        return super()._record(round_index, reports, plan)
+
+    def _engine_timing(self) -> dict[str, float]:
+        seconds = self.clients.take_flower_seconds()
+        self.flower_total += seconds
+        return {"flower_seconds": seconds}
+
+    def _result(self) -> FederationResult:
+        result = super()._result()
         rounds = sum(r["round_seconds"] for r in self.log.records)
-        overhead = {
-            **self._overhead(),
-            "flower_seconds": flower_total,  # exchanges' wall time with no ClientApp handler running
-            "flower_fraction": flower_total / rounds if rounds else 0.0,
-        }
-        return FederationResult(
-            log=self.log,
-            ledger=self.ledger,
-            overhead=overhead,
-            allocations=self.coordinator.allocations,
-            clustering_summaries=self.orchestrator.clustering_summaries,
-            parties=self.parties,
-            host=self.host,
-            orchestrator=self.orchestrator,
-            memory=self._client_memory(),
-        )
+        result.overhead["flower_seconds"] = self.flower_total  # exchanges' time with no handler running
+        result.overhead["flower_fraction"] = self.flower_total / rounds if rounds else 0.0
+        result.memory = self._client_memory()
+        return result
 
     def _client_memory(self) -> dict[str, float]:
         """The ClientApps' peak memory. Simulated: Ray's workers (each runs several clients, one after
