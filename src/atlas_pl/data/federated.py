@@ -15,7 +15,7 @@ from atlas_pl.data.custom import CustomTask
 from atlas_pl.data.custom_reader import load_custom_split
 from atlas_pl.data.errors import DataError
 from atlas_pl.data.glue import load_glue_split
-from atlas_pl.data.partition import partition_indices
+from atlas_pl.data.partition import partition_indices, personal_split
 from atlas_pl.data.synthetic import make_synthetic_split
 from atlas_pl.data.tasks import (
     TaskSpec,
@@ -40,6 +40,8 @@ class ClientData:
     train: TokenizedExamples
     num_samples: int
     indices: np.ndarray | None = None  # rows of the task's full training split, for audits and tests
+    personal: TokenizedExamples | None = None  # its own held-out rows (data.personal_share), same mix
+    personal_indices: np.ndarray | None = None
 
 
 @dataclass
@@ -101,11 +103,14 @@ def build_federated_data(
     synthetic_eval_size: int = 400,
     custom_tasks: Mapping[str, CustomTask] | None = None,
     datasets_cache: Path | None = None,
+    personal_share: float = 0.0,
 ) -> FederatedData:
     """Load, tokenize and partition each task; clients are numbered task by task (task 0's first).
 
     `custom_tasks` defines the tasks of `tasks` that come from the user's files (task.custom);
-    `datasets_cache` is where `datasets` keeps its parsed copies of those files."""
+    `datasets_cache` is where `datasets` keeps its parsed copies of those files. `personal_share` > 0
+    holds that share of each client's rows out as its personal test set (partition.personal_split);
+    0 leaves every client's rows exactly as before personal sets existed."""
     custom = dict(custom_tasks or {})
     register_custom_tasks(t.spec for t in custom.values())
     check_task_names(tasks)
@@ -135,16 +140,30 @@ def build_federated_data(
                 _glue(task, split, tokenizer, model_key, max_len, glue_dir, source, cache_dir)
                 for split in ("train", "validation")
             )
+        labels = train.labels.numpy()
         parts = partition_indices(
-            train.labels.numpy(),
+            labels,
             clients_per_task,
             scheme=partition,
             alpha=dirichlet_alpha,
-            cap=samples_per_client,
+            cap=None if personal_share else samples_per_client,
             seed=derive_seed(seed, task, "partition"),
         )
         for part in parts:
-            clients.append(ClientData(len(clients), task, train.subset(part), int(len(part)), part))
+            k = len(clients)
+            if not personal_share:
+                clients.append(ClientData(k, task, train.subset(part), int(len(part)), part))
+                continue
+            rows, held = personal_split(
+                part,
+                labels,
+                share=personal_share,
+                cap=samples_per_client,
+                seed=derive_seed(seed, "personal", k),
+            )
+            clients.append(
+                ClientData(k, task, train.subset(rows), int(len(rows)), rows, train.subset(held), held)
+            )
         evals[task] = _eval_subset(valid, eval_samples, derive_seed(seed, task, "eval"))
         log.info(
             "data %s: %d train -> %d clients x <=%s, eval %d",

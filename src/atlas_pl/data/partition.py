@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from atlas_pl.data.errors import DataError
@@ -84,3 +86,40 @@ def _dirichlet(
         f"dirichlet partition with alpha={alpha} could not give each of {n_clients} clients >= {minimum} "
         f"samples out of {n} in {MAX_DIRICHLET_TRIES} draws; use a larger alpha or fewer clients"
     )
+
+
+def personal_split(
+    part: np.ndarray, labels: np.ndarray, *, share: float, cap: int | None, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A client's training rows and its personal test rows, both drawn from its own partition.
+
+    Personalization can only be judged on data like the client's own (DESIGN.md §13): the personal set
+    is `share` of what the client keeps, taken class by class (largest remainders) so it carries the
+    client's label mix, including a Dirichlet skew. A client with enough rows keeps `cap` for training,
+    so adding personal sets does not shrink the training sets runs are compared on; a smaller client
+    splits what it has. Both arrays are sorted and disjoint.
+    """
+    if not 0.0 < share < 1.0:
+        raise DataError(f"personal share must be in (0, 1), got {share}")
+    labels = np.asarray(labels).reshape(-1)
+    rng = np.random.default_rng(seed)
+    rows = rng.permutation(np.asarray(part, dtype=np.int64))
+    keep = len(rows) if cap is None else min(len(rows), math.ceil(cap / (1.0 - share)))
+    kept = rows[:keep]
+    n_personal = min(keep - 1, max(1, round(share * keep))) if keep >= 2 else 0
+    personal = _stratified(kept, labels[kept], n_personal)
+    train = np.setdiff1d(kept, personal)
+    return np.sort(train), np.sort(personal)
+
+
+def _stratified(rows: np.ndarray, row_labels: np.ndarray, n: int) -> np.ndarray:
+    """`n` of `rows` (already shuffled) with each class in proportion, by largest remainders."""
+    if n == 0:
+        return np.empty(0, dtype=np.int64)
+    classes, counts = np.unique(row_labels, return_counts=True)
+    exact = counts * n / len(rows)
+    quota = np.floor(exact).astype(np.int64)
+    for i in np.argsort(-(exact - quota), kind="stable")[: n - int(quota.sum())]:
+        quota[i] += 1
+    chosen = [rows[row_labels == c][:q] for c, q in zip(classes, quota)]
+    return np.concatenate(chosen).astype(np.int64)

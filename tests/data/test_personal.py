@@ -1,0 +1,69 @@
+"""Personal test sets (DESIGN.md §13): from the client's own rows, disjoint from its training rows,
+with its label mix."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from atlas_pl.data.errors import DataError
+from atlas_pl.data.partition import partition_indices, personal_split
+
+from .test_federated import _build
+
+
+def _skewed_labels(n: int = 3000, classes: int = 3, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, classes, size=n)
+
+
+def test_personal_rows_are_the_clients_own_and_never_trained_on() -> None:
+    labels = _skewed_labels()
+    parts = partition_indices(labels, 5, scheme="dirichlet", alpha=0.3, seed=1)
+    for k, part in enumerate(parts):
+        train, personal = personal_split(part, labels, share=0.2, cap=None, seed=k)
+        assert len(np.intersect1d(train, personal)) == 0
+        assert set(train) | set(personal) <= set(part)
+        assert len(personal) == round(0.2 * len(part))
+
+
+def test_personal_sets_follow_the_clients_label_skew() -> None:
+    """Under a strong Dirichlet skew the clients' mixes differ widely; each personal set has its own
+    client's mix (to within one row per class), not the task's."""
+    labels = _skewed_labels()
+    parts = partition_indices(labels, 4, scheme="dirichlet", alpha=0.1, seed=3)
+    spread = []
+    for k, part in enumerate(parts):
+        train, personal = personal_split(part, labels, share=0.25, cap=None, seed=k)
+        kept = np.concatenate([train, personal])
+        for c in range(3):
+            expected = np.mean(labels[kept] == c) * len(personal)
+            assert abs(np.sum(labels[personal] == c) - expected) <= 1.0
+        spread.append(np.mean(labels[part] == 0))
+    assert max(spread) - min(spread) > 0.3  # the constructed partition really is skewed
+
+
+def test_a_large_client_keeps_its_training_cap() -> None:
+    labels = _skewed_labels()
+    (part,) = partition_indices(labels, 1, seed=0)
+    train, personal = personal_split(part, labels, share=0.2, cap=200, seed=0)
+    assert len(train) == 200 and len(personal) == 50
+    small = part[:40]
+    train, personal = personal_split(small, labels, share=0.2, cap=200, seed=0)
+    assert (len(train), len(personal)) == (32, 8)
+
+
+@pytest.mark.parametrize("share", [0.0, 1.0, -0.1])
+def test_a_share_outside_zero_one_is_refused(share) -> None:
+    with pytest.raises(DataError, match=r"personal share must be in \(0, 1\)"):
+        personal_split(np.arange(10), np.zeros(10), share=share, cap=None, seed=0)
+
+
+def test_every_client_gets_a_personal_set_beside_its_training_rows(tmp_path) -> None:
+    plain = _build(tmp_path)
+    held = _build(tmp_path, personal_share=0.2, partition="dirichlet", dirichlet_alpha=0.3)
+    assert all(c.personal is None for c in plain.clients)
+    for c in held.clients:
+        assert c.personal is not None and c.personal_indices is not None and c.indices is not None
+        assert len(np.intersect1d(c.indices, c.personal_indices)) == 0
+        assert len(c.personal) == len(c.personal_indices) > 0
+        assert c.num_samples == len(c.train) <= 100
