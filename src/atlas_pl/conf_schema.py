@@ -112,7 +112,8 @@ class AblationConf:
     aggregation: str = MISSING  # stack | fedavg | zeropad | none
     personalization: str = MISSING  # laplacian | none
     head_aggregation: str = MISSING  # local | group
-    pipeline: str = "split"  # split | centralized (only `centralized` sets it)
+    pipeline: str = "split"  # split | centralized (only the centralized ablations set it)
+    adapters: str = "shared"  # shared | per_task: the centralized pipeline's adapter(s)
     importance: str = "global"  # cluster | global | client; read only with ranks=allocated
 
 
@@ -164,8 +165,9 @@ class DataConf:
     source: str = MISSING  # auto | local | hub
     samples_per_client: int | None = MISSING  # null = all
     eval_samples: int | None = MISSING  # null = all
-    partition: str = MISSING  # iid | dirichlet
+    partition: str = MISSING  # iid | dirichlet | quantity
     dirichlet_alpha: float = MISSING
+    personal_share: float = MISSING  # 0 = no personal test sets
     max_len: int = MISSING
     cache_dir: str = MISSING
     synthetic_train_size: int = MISSING

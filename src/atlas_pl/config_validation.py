@@ -32,6 +32,7 @@ ABLATIONS = (
     "hsplitlora",
     "hetlora",
     "centralized",
+    "centralized_per_task",
 )
 LOGGERS = ("wandb", "csv", "none")
 INT64_MAX = 2**63 - 1
@@ -177,6 +178,8 @@ def validate_config(cfg: DictConfig) -> None:
     c.one_of("ablation.personalization", ("laplacian", "none"))
     if c.get("ablation.pipeline") is not None:
         c.one_of("ablation.pipeline", ("split", "centralized"))
+    if c.get("ablation.adapters") is not None:
+        c.one_of("ablation.adapters", ("shared", "per_task"))
     if c.get("ablation.personalization") == "laplacian" and c.get("ablation.clustering") is not True:
         c.fail(
             "ablation.clustering",
@@ -286,8 +289,11 @@ def validate_config(cfg: DictConfig) -> None:
 
     # data
     c.one_of("data.source", ("auto", "local", "hub"))
-    c.one_of("data.partition", ("iid", "dirichlet"))
+    c.one_of("data.partition", ("iid", "dirichlet", "quantity"))
     c.number("data.dirichlet_alpha", low=0, strict_low=True)
+    share = c.get("data.personal_share")
+    if not isinstance(share, (int, float)) or isinstance(share, bool) or not 0.0 <= share < 1.0:
+        c.fail("data.personal_share", share, "a number >= 0 and < 1 (0 = no personal test sets, e.g. 0.2)")
     c.number("data.samples_per_client", low=1, integer=True, optional=True)
     c.number("data.eval_samples", low=1, integer=True, optional=True)
     c.number("data.max_len", low=8, integer=True)

@@ -46,6 +46,7 @@ class DataSettings:
     eval_samples: int | None
     partition: str
     dirichlet_alpha: float
+    personal_share: float
     max_len: int
     cache_dir: Path
     synthetic_train_size: int
@@ -217,6 +218,7 @@ class AblationSettings:
     aggregation: str  # none | stack | fedavg | zeropad
     personalization: str  # none | laplacian
     head_aggregation: str  # local | group
+    adapters: str = "shared"  # shared | per_task (the centralized pipeline)
 
     @property
     def mode(self) -> str:
@@ -319,6 +321,7 @@ def _data(c: dict[str, Any]) -> DataSettings:
         eval_samples=_opt_int(c.get("eval_samples")),
         partition=str(c["partition"]),
         dirichlet_alpha=float(c["dirichlet_alpha"]),
+        personal_share=float(c["personal_share"]),
         max_len=int(c["max_len"]),
         cache_dir=Path(str(c["cache_dir"])),
         synthetic_train_size=int(c["synthetic_train_size"]),
@@ -447,6 +450,7 @@ def _ablation(c: dict[str, Any]) -> AblationSettings:
         aggregation=str(c.get("aggregation", "none")),
         personalization=str(c.get("personalization", "none")),
         head_aggregation=str(c.get("head_aggregation", "local")),
+        adapters=str(c.get("adapters", "shared")),
     )
 
 

@@ -67,3 +67,20 @@ def test_every_client_gets_a_personal_set_beside_its_training_rows(tmp_path) -> 
         assert len(np.intersect1d(c.indices, c.personal_indices)) == 0
         assert len(c.personal) == len(c.personal_indices) > 0
         assert c.num_samples == len(c.train) <= 100
+
+
+def test_quantity_clients_hold_out_a_share_of_all_their_rows(tmp_path) -> None:
+    """Under quantity skew personal_split trims no client: each holds out ~share of its whole partition,
+    and the partition's mean is raised so the mean training size stays samples_per_client."""
+    fed = _build(tmp_path, personal_share=0.2, partition="quantity", dirichlet_alpha=0.3)
+    for task in fed.tasks:
+        clients = fed.clients_of(task)
+        for c in clients:
+            assert c.personal_indices is not None and c.indices is not None and c.personal is not None
+            assert len(np.intersect1d(c.indices, c.personal_indices)) == 0
+            total = len(c.indices) + len(c.personal_indices)
+            assert len(c.personal_indices) == max(1, round(0.2 * total))
+        sizes = [c.num_samples for c in clients]
+        total = sum(len(c.indices) + len(c.personal_indices) for c in clients)
+        assert total == 3 * 125  # 3 clients x kept_rows(100, 0.2)
+        assert abs(np.mean(sizes) - 100) <= 1 and max(sizes) > 125  # not capped at kept_rows

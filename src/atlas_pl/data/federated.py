@@ -15,7 +15,7 @@ from atlas_pl.data.custom import CustomTask
 from atlas_pl.data.custom_reader import load_custom_split
 from atlas_pl.data.errors import DataError
 from atlas_pl.data.glue import load_glue_split
-from atlas_pl.data.partition import partition_indices, personal_split
+from atlas_pl.data.partition import kept_rows, partition_indices, personal_split
 from atlas_pl.data.synthetic import make_synthetic_split
 from atlas_pl.data.tasks import (
     TaskSpec,
@@ -110,7 +110,11 @@ def build_federated_data(
     `custom_tasks` defines the tasks of `tasks` that come from the user's files (task.custom);
     `datasets_cache` is where `datasets` keeps its parsed copies of those files. `personal_share` > 0
     holds that share of each client's rows out as its personal test set (partition.personal_split);
-    0 leaves every client's rows exactly as before personal sets existed."""
+    0 leaves every client's rows exactly as before personal sets existed.
+
+    Under `partition="quantity"` `samples_per_client` is the MEAN training size, not a cap (clients'
+    sizes are skewed around it, the task's total matching "iid" at the same value); see `_partition_cap`.
+    """
     custom = dict(custom_tasks or {})
     register_custom_tasks(t.spec for t in custom.values())
     check_task_names(tasks)
@@ -146,7 +150,7 @@ def build_federated_data(
             clients_per_task,
             scheme=partition,
             alpha=dirichlet_alpha,
-            cap=None if personal_share else samples_per_client,
+            cap=_partition_cap(partition, samples_per_client, personal_share),
             seed=derive_seed(seed, task, "partition"),
         )
         for part in parts:
@@ -158,7 +162,7 @@ def build_federated_data(
                 part,
                 labels,
                 share=personal_share,
-                cap=samples_per_client,
+                cap=None if partition == "quantity" else samples_per_client,
                 seed=derive_seed(seed, "personal", k),
             )
             clients.append(
@@ -166,14 +170,31 @@ def build_federated_data(
             )
         evals[task] = _eval_subset(valid, eval_samples, derive_seed(seed, task, "eval"))
         log.info(
-            "data %s: %d train -> %d clients x <=%s, eval %d",
+            "data %s: %d train -> %d clients x %s%s, eval %d",
             task,
             len(train),
             clients_per_task,
+            "mean " if partition == "quantity" else "<=",
             samples_per_client,
             len(evals[task]),
         )
     return FederatedData(clients, evals, specs)
+
+
+def _partition_cap(partition: str, samples_per_client: int | None, personal_share: float) -> int | None:
+    """The `cap` partition_indices gets: a per-client cap for iid/dirichlet, the mean size for quantity.
+
+    iid/dirichlet with personal sets are split uncapped and personal_split then keeps
+    `kept_rows(samples_per_client, share)` rows of each client, so each still trains on
+    `samples_per_client`. A quantity client's whole partition is its data (personal_split must not trim
+    it, or the size skew would be cut off at the top), so the analogous budget is set here instead: a
+    mean of `kept_rows(...)` rows, leaving a mean training size of ~`samples_per_client` and the same
+    total training data as iid, with or without personal sets."""
+    if partition == "quantity":
+        if samples_per_client is None or not personal_share:
+            return samples_per_client
+        return kept_rows(samples_per_client, personal_share)
+    return None if personal_share else samples_per_client
 
 
 def _synthetic(

@@ -1,4 +1,13 @@
-"""Split one task's training set across its clients, IID or label-skewed (Dirichlet)."""
+"""Split one task's training set across its clients: IID, label-skewed or size-skewed.
+
+- "iid": a seeded permutation cut into equal parts.
+- "dirichlet" (label skew): each class is spread over the clients by Dir(alpha) proportions.
+- "quantity" (size skew): labels stay IID but client k holds
+  ``MIN_PER_CLIENT + (B - K * MIN_PER_CLIENT) * p_k`` rows (rounded by largest remainders), with
+  ``p ~ Dir(alpha * 1_K)`` over the K clients and B the task's budget (``K * cap``, or every sample).
+
+In both skewed schemes a smaller alpha means more skew; alpha -> infinity approaches "iid".
+"""
 
 from __future__ import annotations
 
@@ -8,7 +17,7 @@ import numpy as np
 
 from atlas_pl.data.errors import DataError
 
-SCHEMES = ("iid", "dirichlet")
+SCHEMES = ("iid", "dirichlet", "quantity")
 MIN_PER_CLIENT = 2
 MAX_DIRICHLET_TRIES = 1000
 
@@ -22,12 +31,16 @@ def partition_indices(
     cap: int | None = None,
     seed: int = 0,
 ) -> list[np.ndarray]:
-    """Disjoint, sorted int64 index arrays, one per client, each at most `cap` long.
+    """Disjoint, sorted int64 index arrays, one per client; under "iid"/"dirichlet" each at most `cap` long.
 
     "dirichlet" draws each class's share of clients from Dir(alpha) (small alpha = strong label skew, the
     standard non-IID benchmark setting) and redraws until every client has at least 2 samples, so no client
     is left with nothing to train on. Capping happens after the split, by a seeded random subset, so a
     capped client keeps its label mix.
+
+    "quantity" keeps labels IID and skews sizes instead: `cap` is then the MEAN client size, not a
+    per-client cap (see `quantity_sizes`), so the task's total ``n_clients * cap`` rows equal those of
+    "iid" at the same `cap` and runs compare at equal total data; `cap=None` shares out every sample.
     """
     labels = np.asarray(labels).reshape(-1)
     n = int(labels.shape[0])
@@ -41,19 +54,21 @@ def partition_indices(
         )
     if cap is not None and cap < 1:
         raise DataError(f"cap (samples per client) must be >= 1 or None, got {cap}")
-    if scheme == "dirichlet" and not alpha > 0:
-        raise DataError(f"dirichlet alpha must be > 0, got {alpha}")
+    if scheme in ("dirichlet", "quantity") and not alpha > 0:
+        raise DataError(f"{scheme} alpha must be > 0, got {alpha}")
 
     rng = np.random.default_rng(seed)
     if scheme == "iid":
         parts = np.array_split(rng.permutation(n), n_clients)
-    else:
+    elif scheme == "dirichlet":
         parts = _dirichlet(labels, n_clients, float(alpha), rng)
+    else:
+        parts = _quantity(n, n_clients, float(alpha), cap, rng)
 
     out = []
     for part in parts:
         part = np.asarray(part, dtype=np.int64)
-        if cap is not None and len(part) > cap:
+        if scheme != "quantity" and cap is not None and len(part) > cap:
             part = rng.permutation(part)[:cap]
         out.append(np.sort(part))
     return out
@@ -88,6 +103,58 @@ def _dirichlet(
     )
 
 
+def quantity_sizes(budget: int, n_clients: int, alpha: float, rng: np.random.Generator) -> np.ndarray:
+    """Client sizes for quantity skew: ``MIN_PER_CLIENT + (budget - n_clients * MIN_PER_CLIENT) * p_k``.
+
+    ``p ~ Dir(alpha * 1_K)``; every client first gets MIN_PER_CLIENT rows (so none is left with nothing to
+    train on) and the rest of the budget is shared by `p`, rounded by largest remainders so the sizes sum
+    to `budget` exactly. The expected size is ``budget / n_clients`` whatever alpha; small alpha puts most
+    of the rest on a few clients (alpha=0.3 over 10 clients typically spans two orders of magnitude),
+    large alpha makes the sizes nearly equal.
+    """
+    if n_clients * MIN_PER_CLIENT > budget:
+        raise DataError(
+            f"quantity partition needs {n_clients} clients x {MIN_PER_CLIENT} = {n_clients * MIN_PER_CLIENT} "
+            f"samples, but its budget is {budget}; valid: budget >= {MIN_PER_CLIENT} x n_clients"
+        )
+    rest = budget - n_clients * MIN_PER_CLIENT
+    exact = rng.dirichlet(np.full(n_clients, alpha)) * rest
+    extra = np.floor(exact).astype(np.int64)
+    short = rest - int(extra.sum())
+    extra[np.argsort(-(exact - extra), kind="stable")[:short]] += 1
+    return extra + MIN_PER_CLIENT
+
+
+def quantity_budget(n: int, n_clients: int, cap: int | None) -> int:
+    """Rows shared out under quantity skew: `cap` per client on average, at most the `n` available."""
+    return n if cap is None else min(n, n_clients * cap)
+
+
+def kept_rows(cap: int, share: float) -> int:
+    """Rows a client keeps so that, after `share` of them go to its personal set, `cap` remain to train on.
+
+    personal_split keeps this many of an iid/dirichlet client's rows; under quantity skew it is the mean
+    client size handed to partition_indices instead, so the mean TRAINING size stays `cap` and the total
+    training data matches "iid" at the same `cap`, with or without personal sets."""
+    return math.ceil(cap / (1.0 - share))
+
+
+def _quantity(
+    n: int, n_clients: int, alpha: float, cap: int | None, rng: np.random.Generator
+) -> list[np.ndarray]:
+    budget = quantity_budget(n, n_clients, cap)
+    if n_clients * MIN_PER_CLIENT > budget:
+        where = f"{n} samples" if cap is None else f"min({n_clients} clients x cap {cap}, {n} samples)"
+        raise DataError(
+            f"quantity partition gives every client >= {MIN_PER_CLIENT} samples, so {n_clients} clients "
+            f"need {n_clients * MIN_PER_CLIENT}, but the budget is {budget} = {where}; valid: "
+            f"cap (samples per client) >= {MIN_PER_CLIENT} and n_clients <= {n // MIN_PER_CLIENT}"
+        )
+    sizes = quantity_sizes(budget, n_clients, alpha, rng)
+    rows = rng.permutation(n)[: int(sizes.sum())]
+    return np.split(rows, np.cumsum(sizes)[:-1])
+
+
 def personal_split(
     part: np.ndarray, labels: np.ndarray, *, share: float, cap: int | None, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -97,14 +164,15 @@ def personal_split(
     is `share` of what the client keeps, taken class by class (largest remainders) so it carries the
     client's label mix, including a Dirichlet skew. A client with enough rows keeps `cap` for training,
     so adding personal sets does not shrink the training sets runs are compared on; a smaller client
-    splits what it has. Both arrays are sorted and disjoint.
+    splits what it has. `cap=None` splits the whole partition (quantity skew: the sizes are the point).
+    Both arrays are sorted and disjoint.
     """
     if not 0.0 < share < 1.0:
         raise DataError(f"personal share must be in (0, 1), got {share}")
     labels = np.asarray(labels).reshape(-1)
     rng = np.random.default_rng(seed)
     rows = rng.permutation(np.asarray(part, dtype=np.int64))
-    keep = len(rows) if cap is None else min(len(rows), math.ceil(cap / (1.0 - share)))
+    keep = len(rows) if cap is None else min(len(rows), kept_rows(cap, share))
     kept = rows[:keep]
     n_personal = min(keep - 1, max(1, round(share * keep))) if keep >= 2 else 0
     personal = _stratified(kept, labels[kept], n_personal)

@@ -1,11 +1,14 @@
-"""The centralized upper bound: one LoRA model trained on the union of every client's data, no split.
+"""The centralized upper bounds: LoRA trained on the pooled data of the clients, no split.
 
-One adapter over all blocks is shared by every task; each task keeps its own head (label sets differ).
-Every training step sees one batch of every task (Lightning's CombinedLoader, `max_size_cycle`) and
-averages their losses, so no task is visited in long runs of its own. There is no split, so no
-activation traffic; what a real deployment would have to move is the clients' raw data, counted once
-in round 1 as `raw_data` (the real, unpadded token ids as int32, and the labels). Evaluation and
-records use the per-client format of the federated ablations: a task's clients hold the task's model.
+`ablation=centralized`: one adapter over all blocks is shared by every task (the multi-task bound); each
+task keeps its own head (label sets differ). `ablation=centralized_per_task` (`ablation.adapters=per_task`):
+one adapter per task on the union of that task's clients (the per-task bound: pooling without the other
+tasks' interference). Every training step sees one batch of every task (Lightning's CombinedLoader,
+`max_size_cycle`), so no task is visited in long runs of its own; a shared adapter takes the mean of the
+tasks' losses, separate adapters their sum, so each one gets exactly its own task's gradient. There is
+no split, so no activation traffic; what a real deployment would have to move is the clients' raw data,
+counted once in round 1 as `raw_data` (the real, unpadded token ids as int32, and the labels). Evaluation
+and records use the per-client format of the federated ablations: a task's clients hold the task's model.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from atlas_pl.data import shuffled_loader
+from atlas_pl.data.federated import ClientData
 from atlas_pl.data.tokenized import TokenizedExamples
 from atlas_pl.engines.records import (
     ClientRound,
@@ -77,13 +81,15 @@ class CentralModule(pl.LightningModule):
         head_lr: float,
         weight_decay: float,
         class_weights: dict[str, Tensor | None],
+        shared: bool = True,
     ) -> None:
         super().__init__()
         self.task_models = nn.ModuleDict(models)
         self.class_weights = class_weights
+        self.shared = shared
         self.losses: dict[str, list[float]] = {t: [] for t in models}
-        first = next(iter(models.values()))
-        adapters = [*first.client.adapter.parameters(), *first.server.adapter.parameters()]
+        owners = [next(iter(models.values()))] if shared else list(models.values())
+        adapters = [p for m in owners for a in (m.client.adapter, m.server.adapter) for p in a.parameters()]
         heads = [p for m in models.values() for p in m.server.head.parameters()]
         # created once: every round's `fit` continues with the same AdamW moments, as one long
         # centralized run would (a fresh optimizer per round would restart its bias correction)
@@ -100,7 +106,8 @@ class CentralModule(pl.LightningModule):
             loss = F.cross_entropy(logits, tb["labels"], weight=None if weight is None else weight.to(logits))
             self.losses[task].append(float(loss.detach()))
             losses.append(loss)
-        return torch.stack(losses).mean()
+        total = torch.stack(losses)
+        return total.mean() if self.shared else total.sum()
 
 
 def _evaluate_unsplit(
@@ -118,6 +125,15 @@ def _evaluate_unsplit(
         )
     finally:
         model.train(was_training)
+
+
+def _personal(
+    model: SplitClientModel, client: ClientData, settings: Settings, device: torch.device
+) -> dict[str, float] | None:
+    """The task's model on this client's own held-out rows (data.personal_share), if it has any."""
+    if client.personal is None:
+        return None
+    return _evaluate_unsplit(model, client.task, client.personal, settings, device)
 
 
 def _send_raw_data(fed: Federation, ledger: TrafficLedger) -> None:
@@ -149,7 +165,9 @@ def run_centralized(
         ).to(fed.device)
         for t in tasks
     }
-    share_adapters(models)
+    shared = settings.ablation.adapters != "per_task"
+    if shared:
+        share_adapters(models)
     for k, client in enumerate(fed.data.clients):  # a task's clients all hold the task's model
         fed.models[k] = models[client.task]
     data = {t: union([c.train for c in fed.data.clients if c.task == t]) for t in tasks}
@@ -163,6 +181,7 @@ def run_centralized(
             t: task_class_weights(f.balanced_tasks, t, data[t].labels, fed.data.specs[t].num_labels)
             for t in tasks
         },
+        shared=shared,
     )
     loaders = {
         t: shuffled_loader(data[t], batch_size=f.batch_size, seed=f.loader_seed(i))
@@ -211,11 +230,12 @@ def run_centralized(
                 ClientRound(
                     client.client_id,
                     client.task,
-                    0,
+                    0 if shared else tasks.index(client.task),  # who shares a model
                     fed.devices[k],
                     split=model.split,
                     ranks=[model.ranks[b] for b in range(fed.backbone.num_layers)],
                     metrics=scores.get(client.task),
+                    personal=_personal(model, client, settings, fed.device) if scores else None,
                     train_loss=statistics.fmean(losses) if losses else float("nan"),
                     train_seconds=seconds / n,  # one model: its time, shared out evenly
                 )

@@ -343,6 +343,14 @@ class InProcessEngine:
             )
         return dict(scored[seen])
 
+    def _score_personal(self, party: ClientParty) -> dict[str, float] | None:
+        """A client's metrics on its own held-out rows (data.personal_share); these differ per client, so
+        unlike the task's set they are scored for every client, identical models or not."""
+        personal = party.data.personal
+        if personal is None:
+            return None
+        return party.evaluate(personal, batch_size=self.settings.fed.eval_batch_size, device=self.fed.device)
+
     def _record(
         self, round_index: int, reports: dict[int, tuple[float, float]], plan: RoundPlan
     ) -> list[ClientRound]:
@@ -359,6 +367,7 @@ class InProcessEngine:
                 row.ranks = [p.model.ranks[b] for b in range(fed.backbone.num_layers)]
                 if evaluates:
                     row.metrics = self._score(p, scored)
+                    row.personal = self._score_personal(p)
                 if k in reports:
                     row.train_loss, row.train_seconds = reports[k]
                 row.excluded = k in orch.excluded

@@ -27,6 +27,7 @@ class ClientRound:
     split: int | None = None  # None = dropped by Phase 2: holds no model, is not scored
     ranks: list[int] = field(default_factory=list)
     metrics: dict[str, float] | None = None  # None with a split: not scored this round (fed.eval_every)
+    personal: dict[str, float] | None = None  # on its own held-out rows (data.personal_share > 0)
     train_loss: float | None = None
     train_seconds: float | None = None  # None = did not train this round
     excluded: bool = False
@@ -71,6 +72,9 @@ def client_entry(c: ClientRound, index: int, round_index: int, ledger: TrafficLe
     m = c.metrics or {}
     if c.metrics is not None:
         entry.update(accuracy=m["accuracy"], primary=m["primary"], loss=m["loss"])
+        entry["global"] = _scores(m)
+        if c.personal is not None:
+            entry["personal"] = _scores(c.personal)
     entry.update(
         {
             "split": c.split,
@@ -95,6 +99,33 @@ def client_entry(c: ClientRound, index: int, round_index: int, ledger: TrafficLe
     return entry
 
 
+def _scores(metrics: Mapping[str, float]) -> dict[str, float]:
+    keys = ("accuracy", "primary", "loss", "f1", "mcc")
+    return {k: float(metrics[k]) for k in keys if k in metrics}
+
+
+def _summary(scored: Sequence[Mapping[str, Any]], tasks: Sequence[str]) -> dict[str, Any]:
+    """Means, spread and the worst client over `scored` client entries (one evaluation set's scores)."""
+    accuracies = [c["accuracy"] for c in scored]
+    per_task: dict[str, dict[str, float]] = {}
+    for task in tasks:
+        members = [c for c in scored if c["task"] == task]
+        if not members:
+            continue
+        per_task[task] = {
+            "accuracy": statistics.fmean(c["accuracy"] for c in members),
+            "primary": statistics.fmean(c["primary"] for c in members),
+            "worst_primary": min(c["primary"] for c in members),
+        }
+    return {
+        "mean_accuracy": statistics.fmean(accuracies),
+        "worst_accuracy": min(accuracies),
+        "std_accuracy": statistics.pstdev(accuracies),
+        "mean_primary": statistics.fmean(c["primary"] for c in scored),
+        "per_task": per_task,
+    }
+
+
 def round_record(
     round_index: int, clients: Sequence[ClientRound], tasks: Sequence[str], ledger: TrafficLedger
 ) -> dict[str, Any]:
@@ -110,28 +141,12 @@ def round_record(
     }
     if not scored:
         return {"round": round_index, "evaluated": False, "clients": entries, "per_task": {}, **traffic}
-    accuracies = [c["accuracy"] for c in scored]
-    per_task: dict[str, dict[str, float]] = {}
-    for task in tasks:
-        members = [c for c in scored if c["task"] == task]
-        if not members:
-            continue
-        per_task[task] = {
-            "accuracy": statistics.fmean(c["accuracy"] for c in members),
-            "primary": statistics.fmean(c["primary"] for c in members),
-            "worst_primary": min(c["primary"] for c in members),
-        }
-    return {
-        "round": round_index,
-        "evaluated": True,
-        "clients": entries,
-        "mean_accuracy": statistics.fmean(accuracies),
-        "worst_accuracy": min(accuracies),
-        "std_accuracy": statistics.pstdev(accuracies),
-        "mean_primary": statistics.fmean(c["primary"] for c in scored),
-        "per_task": per_task,
-        **traffic,
-    }
+    record = {"round": round_index, "evaluated": True, "clients": entries, **_summary(scored, tasks)}
+    record.update(traffic)
+    personal = [{"task": c["task"], **c["personal"]} for c in scored if "personal" in c]
+    if personal:  # the same figures on each client's own held-out rows (DESIGN.md §13)
+        record["personal"] = _summary(personal, tasks)
+    return record
 
 
 @dataclass

@@ -111,6 +111,7 @@ def build_federation(settings: Settings) -> Federation:
         synthetic_eval_size=d.synthetic_eval_size,
         custom_tasks=settings.custom_tasks,
         datasets_cache=settings.cache_dir / "datasets",
+        personal_share=d.personal_share,
     )
     # provisional models (model.split_point, lora.rank): Phase 1 fingerprints them, Phase 2 rebuilds them
     ranks = dict.fromkeys(range(backbone.num_layers), settings.lora.rank)

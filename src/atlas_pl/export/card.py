@@ -31,7 +31,7 @@ def _front_matter(info: dict[str, Any]) -> list[str]:
 
 
 def _centralized(info: dict[str, Any]) -> bool:
-    return bool(info["ablation"] == "centralized")
+    return str(info["ablation"]).startswith("centralized")
 
 
 def _summary(info: dict[str, Any]) -> list[str]:

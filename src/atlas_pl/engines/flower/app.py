@@ -107,8 +107,9 @@ def evaluate(message: Message, context: Context) -> Message:
     started = time.time()
     node, _ = _node(message, context)
     metrics = node.evaluate()
+    personal = node.evaluate_personal()
     node.save()
-    return _reply(message, started, {"metrics": metrics})
+    return _reply(message, started, {"metrics": metrics, "personal": personal})
 
 
 @server_app.main()

@@ -239,6 +239,13 @@ class ClientNode:
             self.fed.data.eval[self.data.task], batch_size=s.fed.eval_batch_size, device=self.fed.device
         )
 
+    def evaluate_personal(self) -> dict[str, float] | None:
+        """Its own held-out rows (data.personal_share), which never leave the node."""
+        if self.data.personal is None:
+            return None
+        batch = self.settings.fed.eval_batch_size
+        return self.party.evaluate(self.data.personal, batch_size=batch, device=self.fed.device)
+
     def trainable(self) -> dict[str, torch.Tensor]:
         return module_tensors("model", self.model)
 

@@ -114,6 +114,7 @@ class FlowerEngine(InProcessEngine):
         self.orchestrator.engine = self
         self.client_step_seconds = 0.0
         self.scores: dict[int, dict[str, float]] = {}
+        self.personal_scores: dict[int, dict[str, float]] = {}
         self.flower_total = 0.0
 
     # -- messages -------------------------------------------------------------------------------------
@@ -178,15 +179,21 @@ class FlowerEngine(InProcessEngine):
             p = self.parties[k]
             groups[(p.task, model_digest(p.model), p.model.split if noise else None)].append(k)
         first = [members[0] for members in groups.values()]
-        replies = self.ask("evaluate", first, lambda k: {})
+        # personal sets differ per client: then every participant is asked, each for its own set
+        personal = any(self.parties[k].data.personal is not None for k in self.coordinator.participants)
+        asked = list(self.coordinator.participants) if personal else first
+        replies = {k: read_json(r, REPORT) for k, r in self.ask("evaluate", asked, lambda k: {}).items()}
         self.scores = {
-            k: dict(read_json(replies[members[0]], REPORT)["metrics"])
-            for members in groups.values()
-            for k in members
+            k: dict(replies[members[0]]["metrics"]) for members in groups.values() for k in members
         }
+        self.personal_scores = {k: dict(r["personal"]) for k, r in replies.items() if r.get("personal")}
 
     def _score(self, party: ClientParty, scored: dict[Any, dict[str, float]]) -> dict[str, float]:
         return dict(self.scores[party.index])
+
+    def _score_personal(self, party: ClientParty) -> dict[str, float] | None:
+        scores = self.personal_scores.get(party.index)
+        return dict(scores) if scores is not None else None
 
     @property
     def step_seconds(self) -> float:
