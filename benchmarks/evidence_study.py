@@ -1,0 +1,171 @@
+"""The evidence study (issue 21, DESIGN.md §13): which method wins, when, at what cost.
+
+Every stage is one Hydra multirun of the project's own CLI over seeds 0, 1, 2 with `resume=true`, so the
+study can be stopped at any point (kill, end of a session) and started again: finished jobs (`done`) are
+skipped, a killed one continues from its last round checkpoint. Stages run in the order the issue asks for,
+setting (b) first:
+
+  (b) Dirichlet label skew (alpha=0.3) within each task, every client scored on its own personal test set
+      (data.personal_share=0.2, same label skew as its training data) and on the task's global set;
+  (a) iid partitions, scored on the task's global validation set (the setting of the earlier study);
+  (p2p) setting (b) with the servers' halves on peer devices (topology=p2p) and one client in five absent
+      in each round (faults.drop=0.2).
+
+All on the quick experiment (MiniLM, SST-2 / MRPC / CoLA, 3 clients per task, 400 training rows each) with
+20 rounds, scored every second round (fed.eval_every=2; round 20 is always scored).
+
+    .venv/bin/python benchmarks/evidence_study.py --run            # run (or continue) every stage in order
+    .venv/bin/python benchmarks/evidence_study.py --run --stages b:fedavg_cluster b:atlas_0.5
+    .venv/bin/python benchmarks/evidence_study.py --status         # which stages are complete
+    .venv/bin/python benchmarks/evidence_study.py --collect        # results JSON + report of what is done
+
+`--collect` writes benchmarks/results/evidence_quick.json (per setting, per evaluation set, per group: the
+last round's mean and worst client per task, mean ± std over seeds, bytes, simulated seconds, rounds and
+simulated seconds to target) and runs `python -m atlas_pl.report` on each setting's directory (report.md,
+report.csv, figures/, and personal/ for setting (b)). Multirun directories stay out of git (multirun/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DIR = ROOT / "multirun" / "evidence"
+SEEDS = (0, 1, 2)
+COMMON = ("+experiment=quick", "fed.rounds=20", "fed.eval_every=2", "logger=csv")
+SETTINGS = {
+    "b": (
+        "data.partition=dirichlet",
+        "data.dirichlet_alpha=0.3",
+        "data.personal_share=0.2",
+    ),
+    "a": ("data.partition=iid",),
+    "p2p": (
+        "data.partition=dirichlet",
+        "data.dirichlet_alpha=0.3",
+        "data.personal_share=0.2",
+        "topology=p2p",
+        "faults.drop=0.2",
+    ),
+}
+# the issue's order: what the study most needs first
+METHODS_B = (
+    ("fedavg_cluster", ("ablation=fedavg_cluster",)),
+    ("atlas_0.5", ("ablation=atlas", "fed.eta=0.5")),
+    ("local_only", ("ablation=local_only",)),
+    ("centralized_per_task", ("ablation=centralized_per_task",)),
+    ("centralized", ("ablation=centralized",)),
+    ("fedavg", ("ablation=fedavg",)),
+    ("atlas_0.1", ("ablation=atlas", "fed.eta=0.1")),
+    ("atlas_1.0", ("ablation=atlas", "fed.eta=1.0")),
+    ("atlas_0.01", ("ablation=atlas", "fed.eta=0.01")),
+    ("hsplitlora", ("ablation=hsplitlora",)),
+    ("splitlora", ("ablation=splitlora",)),
+    ("hetlora", ("ablation=hetlora",)),
+)
+METHODS_P2P = (
+    ("atlas_0.5", ("ablation=atlas", "fed.eta=0.5")),
+    ("fedavg_cluster", ("ablation=fedavg_cluster",)),
+)
+
+
+@dataclass(frozen=True)
+class Stage:
+    setting: str
+    method: str
+    overrides: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return f"{self.setting}:{self.method}"
+
+    def directory(self, root: Path) -> Path:
+        return root / self.setting / self.method
+
+    def command(self, root: Path, seeds: Sequence[int]) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "atlas_pl",
+            "-m",
+            *COMMON,
+            *SETTINGS[self.setting],
+            *self.overrides,
+            f"seed={','.join(map(str, seeds))}",
+            f"hydra.sweep.dir={self.directory(root)}",
+            "resume=true",
+        ]
+
+
+def stages() -> list[Stage]:
+    order = [Stage("b", m, o) for m, o in METHODS_B]
+    order += [Stage("a", m, o) for m, o in METHODS_B]
+    order += [Stage("p2p", m, o) for m, o in METHODS_P2P]
+    return order
+
+
+def done_seeds(stage: Stage, root: Path) -> list[int]:
+    """Seeds whose job finished (a `done` marker), read from each job's saved config."""
+    found = []
+    for marker in sorted(stage.directory(root).glob("*/done")):
+        config = marker.parent / "job_config.json"
+        if config.is_file():
+            found.append(int(json.loads(config.read_text())["seed"]))
+    return sorted(found)
+
+
+def status(root: Path, seeds: Sequence[int]) -> list[dict[str, Any]]:
+    rows = []
+    for stage in stages():
+        finished = done_seeds(stage, root)
+        rows.append({"stage": stage.name, "done_seeds": finished, "complete": set(seeds) <= set(finished)})
+    return rows
+
+
+def run(root: Path, seeds: Sequence[int], only: Sequence[str]) -> None:
+    for stage in stages():
+        if only and stage.name not in only:
+            continue
+        if set(seeds) <= set(done_seeds(stage, root)):
+            print(f"{stage.name}: done", flush=True)
+            continue
+        print(f"{stage.name}: running seeds {list(seeds)}", flush=True)
+        subprocess.run(stage.command(root, seeds), cwd=ROOT, check=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--run", action="store_true", help="run the stages that are not done, in order")
+    parser.add_argument("--status", action="store_true", help="print which stages are complete")
+    parser.add_argument("--collect", action="store_true", help="results JSON and reports of what is done")
+    parser.add_argument("--stages", nargs="*", default=[], help="only these stages (e.g. b:fedavg)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    parser.add_argument("--dir", type=Path, default=DEFAULT_DIR)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "evidence_quick.json")
+    args = parser.parse_args()
+    known = {s.name for s in stages()}
+    unknown = [s for s in args.stages if s not in known]
+    if unknown:
+        parser.error(f"unknown stage(s) {unknown}; valid: {sorted(known)}")
+    if args.run:
+        run(args.dir, args.seeds, args.stages)
+    if args.status or not (args.run or args.collect):
+        for row in status(args.dir, args.seeds):
+            print(f"{row['stage']:28s} {'complete' if row['complete'] else 'incomplete'} {row['done_seeds']}")
+    if args.collect:
+        from evidence_collect import collect
+
+        collect(args.dir, args.out)
+
+
+if __name__ == "__main__":
+    main()
