@@ -35,8 +35,9 @@ def run_cli(job, *overrides: str, ok: bool = True) -> subprocess.CompletedProces
     [
         ["ablation=fedavg_cluster"],
         # atlas re-clustering in round 3 (the client fingerprints its trained model, after the updates it
-        # was sent) and scoring only rounds 2 and 3 (updates wait for the next train message)
-        ["ablation=atlas", "fingerprint.recluster_every=2", "fed.eval_every=2"],
+        # was sent) and scoring only rounds 2 and 3 (updates wait for the next train message); every
+        # client also scores its own personal test set, on its node
+        ["ablation=atlas", "fingerprint.recluster_every=2", "fed.eval_every=2", "data.personal_share=0.25"],
     ],
     ids=["fedavg_cluster", "atlas"],
 )
@@ -48,6 +49,7 @@ def test_flower_simulation_writes_the_in_process_jobs_metrics(tmp_path, job) -> 
     if "fed.eval_every=2" in job:
         assert [r["evaluated"] for r in flower_records] == [False, True, True]
         assert len(json.loads((tmp_path / "flower" / "clustering.json").read_text())["history"]) == 2
+        assert all("personal" in c for c in flower_records[-1]["clients"].values())
     summary = json.loads((tmp_path / "flower" / "summary.json").read_text())
     assert summary["config"]["engine"]["name"] == "flower"
     # Flower's own time is measured per round and in all; the ClientApps' processes are counted
