@@ -614,6 +614,20 @@ def draw_all(groups: Sequence[Group]) -> dict[str, Figure]:
     return {name: fig for name, fig in drawn.items() if fig is not None}
 
 
+# The figures that plot a primary metric (the others, bytes, graph and ranks, do not depend on the
+# evaluation set).
+METRIC_FIGURES = ("convergence", "sim_time", "ablations", "eta_sweep")
+
+
+def mark_eval_set(figures: dict[str, Figure], text: str) -> None:
+    """Add `text` as a second line to the title of each figure that plots a metric, so a PNG of the
+    personal-set report says so on its own."""
+    for name, fig in figures.items():
+        if name in METRIC_FIGURES:
+            title = fig.get_suptitle()
+            fig.suptitle(f"{title}\n{text}" if title else text, fontsize=11)
+
+
 def save_all(figures: dict[str, Figure], out_dir: Path) -> list[Path]:
     """Write each figure to out_dir/<name>.png, and remove report figures of an earlier run that this one
     did not draw (an eta sweep from before a job was deleted would otherwise look current)."""

@@ -26,6 +26,7 @@ from typing import Any, cast
 from atlas_pl.errors import AtlasError
 from atlas_pl.reporting.names import GroupKey, Settings, group_key, group_label, natural_key
 from atlas_pl.reporting.split import assign_settings
+from atlas_pl.reporting.views import GLOBAL, check_eval_set, with_eval_set
 
 COMPLETED, PARTIAL, FAILED = "completed", "partial", "failed"
 # Any of these makes a directory a job directory (a Hydra job writes .hydra/ before anything else).
@@ -77,6 +78,15 @@ class Job:
         return group_label(self.key)
 
     @property
+    def in_statistics(self) -> bool:
+        """Completed with its last round scored: a job that enters the statistics. A completed job's last
+        round always is scored; in the personal-set view (`views.with_eval_set`) a job run without personal
+        test sets is not, and stays out."""
+        return (
+            self.status == COMPLETED and bool(self.records) and bool(self.records[-1].get("evaluated", True))
+        )
+
+    @property
     def last_round(self) -> int:
         """The last round whose metrics were written in full (0 before the first one)."""
         return int(self.records[-1]["round"]) if self.records else 0
@@ -126,9 +136,11 @@ def is_job_dir(path: Path) -> bool:
     return any((path / marker).exists() for marker in JOB_MARKERS)
 
 
-def load_jobs(*roots: Path | str) -> list[Job]:
+def load_jobs(*roots: Path | str, eval_set: str = GLOBAL) -> list[Job]:
     """Every job under each root, loaded, with its group settings set from all of them (`settings`);
-    raises ReportError when the roots hold no job directory."""
+    raises ReportError when the roots hold no job directory. `eval_set="personal"`: the jobs' records as
+    seen on the clients' personal test sets (`views.with_eval_set`); the default is the global set."""
+    check_eval_set(eval_set)
     paths: list[Path] = []
     seen: set[Path] = set()
     for root in roots:
@@ -144,7 +156,7 @@ def load_jobs(*roots: Path | str) -> list[Job]:
         )
     jobs = [load_job(p) for p in paths]
     assign_settings(jobs)
-    return jobs
+    return with_eval_set(jobs, eval_set)
 
 
 def load_job(path: Path | str) -> Job:

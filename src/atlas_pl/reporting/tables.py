@@ -134,7 +134,7 @@ def aggregate(jobs: Sequence[Job]) -> list[Group]:
     assign_settings(jobs)
     by_key: dict[GroupKey, list[Job]] = defaultdict(list)
     for job in jobs:
-        if job.status == COMPLETED:
+        if job.in_statistics:  # completed (and, in the personal-set view, scored on personal sets)
             by_key[job.key].append(job)
     return [
         _group(key, sorted(by_key[key], key=lambda j: (j.seed is None, j.seed or 0)))
@@ -234,7 +234,11 @@ class Speed:
 
 def speeds(groups: Sequence[Group]) -> dict[str, dict[str, Speed]]:
     """Per task and group: rounds and simulated seconds to TARGET_SHARE of the best final mean metric
-    of any group (one target per task, so the rows compare)."""
+    of any group (one target per task, so the rows compare). The final mean of a group is its seeds' mean
+    of the last round's per-task mean primary metric (`per_task[task]["primary"]`, the mean over the task's
+    clients); a seed reaches the target at the first scored round at or above it (`convergence.reached`),
+    with that round's `cumulative_sim_seconds`. Rounds and seconds are mean ± population std over the
+    seeds that reach it (seconds: those of them with simulated time); `reached` of `n` seeds do."""
     out: dict[str, dict[str, Speed]] = {}
     for task in all_tasks(groups):
         finals = [g.per_task[task].mean.mean for g in groups if task in g.per_task]
@@ -350,11 +354,13 @@ def incomplete_rows(jobs: Sequence[Job], root: Path | None = None) -> list[dict[
     assign_settings(jobs)
     rows = []
     for j in jobs:
-        if j.status == COMPLETED and not j.problems:
+        if j.in_statistics and not j.problems:
             continue
         planned = j.planned_rounds
         detail = [j.error] if j.error else []
         detail += j.problems
+        if j.status == COMPLETED and not j.in_statistics and not j.problems:
+            detail.append("its last round was not scored: left out of the statistics")
         if j.status == PARTIAL and not detail:
             detail.append("no done marker or completed summary.json: killed or still running")
         if j.status != COMPLETED and (j.path / "checkpoints").is_dir():
@@ -387,16 +393,24 @@ def _relative(path: Path, root: Path | None) -> str:
 
 
 def markdown(
-    jobs: Sequence[Job], groups: Sequence[Group], root: Path, figures: Mapping[str, str] | None = None
+    jobs: Sequence[Job],
+    groups: Sequence[Group],
+    root: Path,
+    figures: Mapping[str, str] | None = None,
+    *,
+    title_suffix: str = "",
+    intro: Sequence[str] = (),
 ) -> str:
     """The report.md text: counts, the metric table, bytes and time, excluded jobs, notes, and the figures
-    (`figures`: file stem under figures/ -> caption)."""
+    (`figures`: file stem under figures/ -> caption). `title_suffix` follows the title, `intro` paragraphs
+    come right under it (which evaluation set the report is on, where the other one is)."""
     counts = {s: sum(j.status == s for j in jobs) for s in ("completed", "partial", "failed")}
     tasks = all_tasks(groups)
     split = split_note(jobs)
     out = [
-        f"# Report: {root}",
+        f"# Report: {root}{title_suffix}",
         "",
+        *(line for paragraph in intro for line in (paragraph, "")),
         f"{len(jobs)} job(s): {counts['completed']} completed, {counts['partial']} partial, "
         f"{counts['failed']} failed. Only completed jobs enter the statistics; the others are listed below.",
         "",
@@ -495,17 +509,26 @@ def _speed_section(groups: Sequence[Group]) -> list[str]:
             for g in groups
         ],
     )
+    out += ["", speed_text(table)]
+    return out
+
+
+def speed_text(table: Mapping[str, Mapping[str, Speed]]) -> str:
+    """What the convergence-speed table counts, with each task's target (`speeds`' table)."""
     targets = ", ".join(
         f"{task_metric_title(t)} {next(iter(v.values())).target:.3f}" for t, v in table.items()
     )
-    out += [
-        "",
-        f"Rounds and simulated seconds until the task's mean metric first reaches {TARGET_SHARE} x the best "
-        f"final mean of any group ({targets}); mean ± std over the seeds that reach it, (k/n) when only k "
-        "of n do. Simulated seconds price every step on the device profiles (phases/simtime.py); – where "
-        "the devices have none.",
-    ]
-    return out
+    return (
+        f"Rounds and simulated seconds to reach {TARGET_SHARE:.0%} of the best final mean primary metric "
+        "of any group, per task: the target is that share of the highest, over the groups, of the "
+        "last-round mean over the task's clients averaged over the group's seeds (for a negative best, "
+        f"such as an MCC, the best minus {1 - TARGET_SHARE:.0%} of its size): {targets}. A seed reaches it "
+        "at the first scored round whose mean over the task's clients is at or above the target; its "
+        "simulated seconds are the cumulative simulated time at that round. Mean ± std over the seeds "
+        "that reach it; (k/n) when only k of the group's n seeds do, never (0/n) when none does. Simulated "
+        "seconds price every step on the device profiles (phases/simtime.py); – where no seed that "
+        "reaches the target has them."
+    )
 
 
 def _faults_section(groups: Sequence[Group]) -> list[str]:

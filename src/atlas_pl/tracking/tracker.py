@@ -18,14 +18,20 @@ from atlas_pl.tracking.results import append_jsonl, write_jsonl
 log = logging.getLogger(__name__)
 
 
+SUMMARY_SCALARS = ("mean_accuracy", "worst_accuracy", "std_accuracy", "mean_primary")
+PERSONAL_PREFIX = "personal/"  # the same names on the clients' personal test sets (data.personal_share)
+
+
 def flatten_round(record: dict[str, Any]) -> dict[str, float]:
-    """One metrics.jsonl record -> flat scalar keys (client/<id>/..., task/<task>/...)."""
+    """One metrics.jsonl record -> flat scalar keys (client/<id>/..., task/<task>/...).
+
+    A record with personal test sets adds the same names for its `personal` block and each client's
+    `personal` scores, prefixed `personal/`: personal/mean_primary, personal/task/<task>/worst_primary,
+    personal/client/<id>/accuracy. A client's `global` scores repeat its top-level ones and are not logged
+    twice."""
     flat: dict[str, float] = {"round": record["round"]}
     for key in (
-        "mean_accuracy",
-        "worst_accuracy",
-        "std_accuracy",
-        "mean_primary",
+        *SUMMARY_SCALARS,
         "round_seconds",
         "upload_bytes",
         "download_bytes",
@@ -34,14 +40,34 @@ def flatten_round(record: dict[str, Any]) -> dict[str, float]:
     ):
         if key in record:
             flat[key] = record[key]
-    for task, values in record.get("per_task", {}).items():
-        for name, value in values.items():
-            flat[f"task/{task}/{name}"] = value
+    flat.update(_summary_scalars(record, prefix=""))
+    personal = record.get("personal")
+    if isinstance(personal, dict):
+        flat.update({PERSONAL_PREFIX + k: personal[k] for k in SUMMARY_SCALARS if k in personal})
+        flat.update(_summary_scalars(personal, prefix=PERSONAL_PREFIX))
     for cid, values in record.get("clients", {}).items():
-        for name, value in values.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                flat[f"client/{cid}/{name}"] = value
+        flat.update(_scalars(values, f"client/{cid}/"))
+        if isinstance(values.get("personal"), dict):
+            flat.update(_scalars(values["personal"], f"{PERSONAL_PREFIX}client/{cid}/"))
     return flat
+
+
+def _summary_scalars(summary: dict[str, Any], prefix: str) -> dict[str, float]:
+    """`<prefix>task/<task>/<name>` for each per-task figure of a record or of its personal block."""
+    return {
+        f"{prefix}task/{task}/{name}": value
+        for task, values in summary.get("per_task", {}).items()
+        for name, value in values.items()
+    }
+
+
+def _scalars(values: dict[str, Any], prefix: str) -> dict[str, float]:
+    """The numbers among `values` (not bools, lists or nested blocks), under `prefix`."""
+    return {
+        f"{prefix}{name}": value
+        for name, value in values.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
+    }
 
 
 def _sweep_tag() -> list[str]:
