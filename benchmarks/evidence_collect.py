@@ -1,0 +1,145 @@
+"""Collect the evidence study (benchmarks/evidence_study.py) into JSON, markdown tables and reports.
+
+Everything is read through atlas_pl.reporting, the reader, statistics and convergence-speed code of
+`python -m atlas_pl.report`, on each evaluation set a setting has (reporting.views): setting (b) and p2p on
+the personal test sets and on the global set, setting (a) on the global set. Only completed jobs count; the
+stages' completeness is recorded next to the numbers, so a partial study says exactly what it holds.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from atlas_pl.report import build_report
+from atlas_pl.reporting import Group, aggregate, load_jobs
+from atlas_pl.reporting.reader import ReportError
+from atlas_pl.reporting.tables import Speed, speeds
+from atlas_pl.reporting.views import GLOBAL, PERSONAL
+
+EVAL_SETS = {"b": (PERSONAL, GLOBAL), "a": (GLOBAL,), "p2p": (PERSONAL, GLOBAL)}
+DESCRIPTION = {
+    "b": "Dirichlet label skew alpha=0.3, personal test sets (data.personal_share=0.2)",
+    "a": "iid partitions, the task's global validation set",
+    "p2p": "setting (b) under topology=p2p with faults.drop=0.2",
+}
+
+
+def _speed(speed: Speed) -> dict[str, Any]:
+    return {
+        "target": speed.target,
+        "rounds": speed.rounds.as_dict() if speed.rounds else None,
+        "sim_seconds": speed.sim_seconds.as_dict() if speed.sim_seconds else None,
+        "reached": speed.reached,
+        "n": speed.n,
+    }
+
+
+def _sim_seconds(group: Group) -> dict[str, float] | None:
+    """The jobs' total simulated seconds (the last record's cumulative figure), mean ± std."""
+    from atlas_pl.reporting.tables import mean_std
+
+    totals = [j.records[-1].get("cumulative_sim_seconds") for j in group.jobs]
+    values = [float(t) for t in totals if t is not None]
+    return mean_std(values).as_dict() if values else None
+
+
+def group_row(group: Group, speed: dict[str, dict[str, Speed]]) -> dict[str, Any]:
+    worst = min(ts.worst.mean for ts in group.per_task.values())
+    return {
+        "seeds": group.seeds,
+        "rounds": group.rounds,
+        "mean_primary": group.mean_primary.as_dict(),
+        "worst_task_worst_client": worst,
+        "per_task": {
+            t: {
+                "mean": ts.mean.as_dict(),
+                "worst": ts.worst.as_dict(),
+                "to_target": _speed(speed[t][group.label]) if group.label in speed.get(t, {}) else None,
+            }
+            for t, ts in group.per_task.items()
+        },
+        "bytes": group.bytes.as_dict(),
+        "wall_seconds": group.seconds.as_dict(),
+        "sim_seconds": _sim_seconds(group),
+    }
+
+
+def setting_table(root: Path, eval_set: str) -> dict[str, Any]:
+    jobs = load_jobs(root, eval_set=eval_set)
+    groups = aggregate(jobs)
+    speed = speeds(groups)
+    return {group.label: group_row(group, speed) for group in groups}
+
+
+def _commit() -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def collect(root: Path, out: Path) -> dict[str, Any]:
+    """Results of every setting found under `root` (JSON to `out`), a report per setting under
+    root/<setting>/report, and markdown tables printed."""
+    from evidence_study import SEEDS, status
+
+    result: dict[str, Any] = {
+        "experiment": "quick, fed.rounds=20, fed.eval_every=2, seeds 0-2",
+        "code": _commit(),
+        "stages": status(root, SEEDS),
+        "settings": {},
+    }
+    for setting, eval_sets in EVAL_SETS.items():
+        where = root / setting
+        if not where.is_dir():
+            continue
+        try:
+            tables = {e: setting_table(where, e) for e in eval_sets}
+        except ReportError as exc:
+            print(f"{setting}: {exc}")
+            continue
+        result["settings"][setting] = {"description": DESCRIPTION[setting], "eval_sets": tables}
+        report = build_report(where, where / "report")
+        print(f"{setting}: report {report.markdown}")
+        for eval_set, table in tables.items():
+            print(f"\n### setting ({setting}), {eval_set} evaluation\n")
+            print(markdown(table))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"\nwrote {out}")
+    return result
+
+
+def _cell(stat: dict[str, float]) -> str:
+    return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
+
+
+def _target_cell(row: dict[str, Any]) -> str:
+    """Rounds to target per task (mean over the seeds that reach it, n/N) and simulated seconds."""
+    parts = []
+    for task, cell in row["per_task"].items():
+        speed = cell["to_target"]
+        if speed is None:
+            continue
+        rounds = "never" if speed["rounds"] is None else f"{speed['rounds']['mean']:.1f}"
+        seconds = "" if speed["sim_seconds"] is None else f" / {speed['sim_seconds']['mean']:.0f} s"
+        parts.append(f"{task} {rounds}{seconds} ({speed['reached']}/{speed['n']})")
+    return "; ".join(parts)
+
+
+def markdown(table: dict[str, Any]) -> str:
+    if not table:
+        return "(no completed jobs)"
+    tasks = list(next(iter(table.values()))["per_task"])
+    head = ["method", "seeds", *[f"{t} mean / worst" for t in tasks], "mean over clients", "GB"]
+    head.append("rounds / sim s to target")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, row in table.items():
+        cells = [label, ",".join(map(str, row["seeds"]))]
+        for t in tasks:
+            task = row["per_task"].get(t)
+            cells.append(f"{_cell(task['mean'])} / {_cell(task['worst'])}" if task else "–")
+        cells += [_cell(row["mean_primary"]), f"{row['bytes']['mean'] / 1e9:.2f}", _target_cell(row)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
