@@ -15,6 +15,8 @@ All on the quick experiment (MiniLM, SST-2 / MRPC / CoLA, 3 clients per task, 40
 20 rounds, scored every second round (fed.eval_every=2; round 20 is always scored).
 
     .venv/bin/python benchmarks/evidence_study.py --run            # run (or continue) every stage in order
+    .venv/bin/python benchmarks/evidence_study.py --run --worker 0 --workers 2 &   # two runners on
+    .venv/bin/python benchmarks/evidence_study.py --run --worker 1 --workers 2 &   # two cores
     .venv/bin/python benchmarks/evidence_study.py --run --stages b:fedavg_cluster b:atlas_0.5
     .venv/bin/python benchmarks/evidence_study.py --status         # which stages are complete
     .venv/bin/python benchmarks/evidence_study.py --collect        # results JSON + report of what is done
@@ -39,7 +41,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DIR = ROOT / "multirun" / "evidence"
 SEEDS = (0, 1, 2)
-COMMON = ("+experiment=quick", "fed.rounds=20", "fed.eval_every=2", "logger=csv")
+# one thread per job: two jobs side by side on the two cores get through the study faster than one job on
+# both (small matmuls scale poorly across threads); every job of the study runs the same way
+COMMON = ("+experiment=quick", "fed.rounds=20", "fed.eval_every=2", "logger=csv", "trainer.num_threads=1")
 SETTINGS = {
     "b": (
         "data.partition=dirichlet",
@@ -129,9 +133,10 @@ def status(root: Path, seeds: Sequence[int]) -> list[dict[str, Any]]:
     return rows
 
 
-def run(root: Path, seeds: Sequence[int], only: Sequence[str]) -> None:
-    for stage in stages():
-        if only and stage.name not in only:
+def run(root: Path, seeds: Sequence[int], only: Sequence[str], worker: int = 0, workers: int = 1) -> None:
+    """Run the stages not done yet, in order; worker `worker` of `workers` takes every `workers`-th one."""
+    for index, stage in enumerate(stages()):
+        if (only and stage.name not in only) or index % workers != worker:
             continue
         if set(seeds) <= set(done_seeds(stage, root)):
             print(f"{stage.name}: done", flush=True)
@@ -150,6 +155,8 @@ def main() -> None:
     parser.add_argument("--stages", nargs="*", default=[], help="only these stages (e.g. b:fedavg)")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR)
+    parser.add_argument("--worker", type=int, default=0, help="this runner's index (0-based)")
+    parser.add_argument("--workers", type=int, default=1, help="runners side by side, each every n-th stage")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "evidence_quick.json")
     args = parser.parse_args()
     known = {s.name for s in stages()}
@@ -157,7 +164,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown stage(s) {unknown}; valid: {sorted(known)}")
     if args.run:
-        run(args.dir, args.seeds, args.stages)
+        run(args.dir, args.seeds, args.stages, args.worker, args.workers)
     if args.status or not (args.run or args.collect):
         for row in status(args.dir, args.seeds):
             print(f"{row['stage']:28s} {'complete' if row['complete'] else 'incomplete'} {row['done_seeds']}")
