@@ -143,6 +143,9 @@ def run(root: Path, seeds: Sequence[int], only: Sequence[str], worker: int = 0, 
             continue
         print(f"{stage.name}: running seeds {list(seeds)}", flush=True)
         subprocess.run(stage.command(root, seeds), cwd=ROOT, check=True)
+        missing = sorted(set(seeds) - set(done_seeds(stage, root)))
+        if missing:  # a job stopped by a signal can exit 0: do not go on as if it had finished
+            raise SystemExit(f"{stage.name}: seeds {missing} did not finish; run --run again to continue")
 
 
 def main() -> None:

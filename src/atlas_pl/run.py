@@ -165,6 +165,7 @@ def _run(
                 "std_accuracy": final["std_accuracy"],
                 "mean_primary": final["mean_primary"],
                 "per_task": final["per_task"],
+                **({"personal": final["personal"]} if "personal" in final else {}),
             },
             "totals": {
                 **result.ledger.totals(),

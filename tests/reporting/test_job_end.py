@@ -95,6 +95,30 @@ def test_one_task_has_no_all_tasks_row_and_old_summaries_still_format() -> None:
     assert "moved   5.50 MB in all" in text  # clients' upload + download
 
 
+def test_personal_sets_get_their_own_columns_and_sweep_line() -> None:
+    """With personal test sets the table shows both sets side by side, the task's set first."""
+    personal = {
+        "mean_primary": 0.75,
+        "per_task": {
+            "cola": {"accuracy": 0.8, "primary": 0.5, "worst_primary": 0.25},
+            "sst2": {"accuracy": 0.95, "primary": 0.95, "worst_primary": 0.9},
+        },
+    }
+    summary = _summary()
+    summary["final"]["personal"] = personal
+    rows = [line.split() for line in final_table(summary, OUT).splitlines()[1:5]]
+    assert rows == [
+        ["task", "metric", "global", "mean", "worst", "personal", "mean", "worst", "client", "traffic"],
+        ["sst2", "accuracy", "0.9120", "0.8875", "0.9500", "0.9000", "3.25", "MB"],
+        ["cola", "MCC", "0.3125", "0.2001", "0.5000", "0.2500", "2.25", "MB"],
+        ["all", "tasks", "0.6123", "0.2001", "0.7500", "0.2500", "5.50", "MB"],
+    ]
+    assert job_line(summary, OUT) == (
+        "job done: primary mean 0.6123, worst client 0.2001 (personal sets 0.7500, worst 0.2500); "
+        "5.50 MB moved; 83.3 s -> /runs/job7"
+    )
+
+
 def test_sweep_job_line_and_sweep_end(tmp_path: Path) -> None:
     assert job_line(_summary(), OUT) == (
         "job done: primary mean 0.6123, worst client 0.2001; 5.50 MB moved; 83.3 s -> /runs/job7"

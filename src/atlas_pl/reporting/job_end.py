@@ -74,25 +74,42 @@ def tracking_line(tracking: Mapping[str, Any] | None) -> tuple[str, str] | None:
     return None
 
 
+def _personal_cells(personal: Mapping[str, Any] | None, task: str | None) -> list[str]:
+    """Mean and worst client on the personal test sets (data.personal_share), for a task or all tasks."""
+    if personal is None:
+        return []
+    if task is None:
+        worst = min(v["worst_primary"] for v in personal["per_task"].values())
+        return [f"{personal['mean_primary']:.4f}", f"{worst:.4f}"]
+    values = personal["per_task"].get(task)
+    return [f"{values['primary']:.4f}", f"{values['worst_primary']:.4f}"] if values else ["–", "–"]
+
+
 def _task_rows(summary: Mapping[str, Any]) -> list[list[str]]:
     per_task = summary["final"]["per_task"]
+    personal = summary["final"].get("personal")
     traffic = summary.get("traffic_by_task") or {}
     rows = [["task", "metric", "mean", "worst", "client traffic"]]
+    if personal is not None:  # the task's set, then each client's own held-out rows
+        rows[0][2:4] = ["global mean", "worst"]
+        rows[0][4:4] = ["personal mean", "worst"]
     for task in sorted(per_task, key=task_sort_key):
         values = per_task[task]
         moved = _mb(traffic[task]) if task in traffic else "–"
         worst = values.get("worst_primary", values["primary"])
-        rows.append([task, metric_name(task), f"{values['primary']:.4f}", f"{worst:.4f}", moved])
+        own = _personal_cells(personal, task)
+        rows.append([task, metric_name(task), f"{values['primary']:.4f}", f"{worst:.4f}", *own, moved])
     if len(per_task) > 1:
         moved = _mb(sum(traffic.values())) if traffic else "–"
         mean = summary["final"]["mean_primary"]
-        rows.append(["all tasks", "", f"{mean:.4f}", f"{worst_primary(summary):.4f}", moved])
+        own = _personal_cells(personal, None)
+        rows.append(["all tasks", "", f"{mean:.4f}", f"{worst_primary(summary):.4f}", *own, moved])
     return rows
 
 
 def _aligned(rows: list[list[str]]) -> list[str]:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    right = {2, 3, 4}  # numbers line up on the right
+    right = set(range(2, len(rows[0])))  # numbers line up on the right
     cells = [
         [cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))]
         for row in rows
@@ -141,8 +158,11 @@ def final_table(summary: Mapping[str, Any], out_dir: Path | str) -> str:
 def job_line(summary: Mapping[str, Any], out_dir: Path | str) -> str:
     """One sweep job in one line: mean / worst primary, bytes, seconds, directory."""
     final, totals = summary["final"], summary.get("totals") or {}
+    personal = _personal_cells(final.get("personal"), None)
+    own = f" (personal sets {personal[0]}, worst {personal[1]})" if personal else ""
     return (
-        f"job done: primary mean {final['mean_primary']:.4f}, worst client {worst_primary(summary):.4f}; "
+        f"job done: primary mean {final['mean_primary']:.4f}, worst client {worst_primary(summary):.4f}"
+        f"{own}; "
         f"{_mb(total_bytes(summary))} moved; {_seconds(totals.get('seconds', 0.0))} -> {out_dir}"
     )
 
