@@ -19,11 +19,17 @@ from atlas_pl.reporting.reader import ReportError
 from atlas_pl.reporting.tables import Speed, speeds
 from atlas_pl.reporting.views import GLOBAL, PERSONAL
 
-EVAL_SETS = {"b": (PERSONAL, GLOBAL), "a": (GLOBAL,), "p2p": (PERSONAL, GLOBAL)}
+EVAL_SETS = {
+    "b": (PERSONAL, GLOBAL),
+    "a": (GLOBAL,),
+    "p2p": (PERSONAL, GLOBAL),
+    "p2p_ref": (PERSONAL, GLOBAL),
+}
 DESCRIPTION = {
     "b": "Dirichlet label skew alpha=0.3, personal test sets (data.personal_share=0.2)",
     "a": "iid partitions, the task's global validation set",
-    "p2p": "setting (b) under topology=p2p with faults.drop=0.2",
+    "p2p": "setting (b) under topology=p2p with faults.drop=0.2 (devices at 2x quick's memory)",
+    "p2p_ref": "setting (b), server hosting, no faults, the allocation p2p implies (reference for p2p)",
 }
 
 

@@ -9,7 +9,8 @@ setting (b) first:
       (data.personal_share=0.2, same label skew as its training data) and on the task's global set;
   (a) iid partitions, scored on the task's global validation set (the setting of the earlier study);
   (p2p) setting (b) with the servers' halves on peer devices (topology=p2p) and one client in five absent
-      in each round (faults.drop=0.2).
+      in each round (faults.drop=0.2), on devices at twice quick's memory (p2p's hosts keep a reserve);
+  (p2p_ref) the same devices and allocation with the server hosting and no faults, to compare against.
 
 All on the quick experiment (MiniLM, SST-2 / MRPC / CoLA, 3 clients per task, 400 training rows each) with
 20 rounds, scored every second round (fed.eval_every=2; round 20 is always scored).
@@ -51,12 +52,24 @@ SETTINGS = {
         "data.personal_share=0.2",
     ),
     "a": ("data.partition=iid",),
+    # p2p's host reserve needs devices at twice quick's budgets (benchmarks/bench_p2p_faults.py); the
+    # server reference runs the allocation p2p implies, so the two differ only in who hosts and the drops
     "p2p": (
         "data.partition=dirichlet",
         "data.dirichlet_alpha=0.3",
         "data.personal_share=0.2",
+        "devices.scale=0.07142857142857142",
         "topology=p2p",
         "faults.drop=0.2",
+    ),
+    "p2p_ref": (
+        "data.partition=dirichlet",
+        "data.dirichlet_alpha=0.3",
+        "data.personal_share=0.2",
+        "devices.scale=0.07142857142857142",
+        "topology=server",
+        "allocation.host_reserve=0.5",
+        "allocation.max_split=4",
     ),
 }
 # the issue's order: what the study most needs first
@@ -112,6 +125,7 @@ def stages() -> list[Stage]:
     order = [Stage("b", m, o) for m, o in METHODS_B]
     order += [Stage("a", m, o) for m, o in METHODS_B]
     order += [Stage("p2p", m, o) for m, o in METHODS_P2P]
+    order += [Stage("p2p_ref", m, o) for m, o in METHODS_P2P]
     return order
 
 
