@@ -52,17 +52,35 @@ def _sim_seconds(group: Group) -> dict[str, float] | None:
     return mean_std(values).as_dict() if values else None
 
 
+def _accuracy(group: Group, task: str) -> dict[str, dict[str, float]]:
+    """The task's last-round accuracy over its clients (mean and worst client), mean ± std over seeds.
+
+    Accuracy is reported beside the primary metric because it stays defined on a personal set that holds
+    a single class, where F1 and MCC are 0 whatever the model predicts (README, Evaluation protocol)."""
+    from atlas_pl.reporting.tables import mean_std
+
+    means, worsts = [], []
+    for job in group.jobs:
+        scores = [c["accuracy"] for c in job.records[-1]["clients"].values() if c.get("task") == task]
+        scores = [float(a) for a in scores if a is not None]
+        if scores:
+            means.append(sum(scores) / len(scores))
+            worsts.append(min(scores))
+    if not means:
+        return {}
+    return {"mean": mean_std(means).as_dict(), "worst": mean_std(worsts).as_dict()}
+
+
 def group_row(group: Group, speed: dict[str, dict[str, Speed]]) -> dict[str, Any]:
-    worst = min(ts.worst.mean for ts in group.per_task.values())
     return {
         "seeds": group.seeds,
         "rounds": group.rounds,
         "mean_primary": group.mean_primary.as_dict(),
-        "worst_task_worst_client": worst,
         "per_task": {
             t: {
                 "mean": ts.mean.as_dict(),
                 "worst": ts.worst.as_dict(),
+                "accuracy": _accuracy(group, t),
                 "to_target": _speed(speed[t][group.label]) if group.label in speed.get(t, {}) else None,
             }
             for t, ts in group.per_task.items()
@@ -110,7 +128,7 @@ def collect(root: Path, out: Path) -> dict[str, Any]:
         print(f"{setting}: report {report.markdown}")
         for eval_set, table in tables.items():
             print(f"\n### setting ({setting}), {eval_set} evaluation\n")
-            print(markdown(table))
+            print(markdown(table, accuracy=eval_set == PERSONAL))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"\nwrote {out}")
@@ -134,11 +152,15 @@ def _target_cell(row: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
-def markdown(table: dict[str, Any]) -> str:
+def markdown(table: dict[str, Any], *, accuracy: bool = False) -> str:
+    """One row per group; `accuracy` adds each task's accuracy (mean / worst client) after its primary."""
     if not table:
         return "(no completed jobs)"
     tasks = list(next(iter(table.values()))["per_task"])
-    head = ["method", "seeds", *[f"{t} mean / worst" for t in tasks], "mean over clients", "GB"]
+    columns = [f"{t} mean / worst" for t in tasks]
+    if accuracy:
+        columns = [c for t in tasks for c in (f"{t} mean / worst", f"{t} accuracy mean / worst")]
+    head = ["method", "seeds", *columns, "mean over clients", "GB"]
     head.append("rounds / sim s to target")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, row in table.items():
@@ -146,6 +168,9 @@ def markdown(table: dict[str, Any]) -> str:
         for t in tasks:
             task = row["per_task"].get(t)
             cells.append(f"{_cell(task['mean'])} / {_cell(task['worst'])}" if task else "–")
+            if accuracy:
+                acc = (task or {}).get("accuracy")
+                cells.append(f"{_cell(acc['mean'])} / {_cell(acc['worst'])}" if acc else "–")
         cells += [_cell(row["mean_primary"]), f"{row['bytes']['mean'] / 1e9:.2f}", _target_cell(row)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

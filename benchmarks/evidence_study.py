@@ -180,6 +180,8 @@ def main() -> None:
     unknown = [s for s in args.stages if s not in known]
     if unknown:
         parser.error(f"unknown stage(s) {unknown}; valid: {sorted(known)}")
+    if not 0 <= args.worker < args.workers:
+        parser.error(f"--worker {args.worker} of --workers {args.workers}: valid: 0 <= worker < workers")
     if args.run:
         run(args.dir, args.seeds, args.stages, args.worker, args.workers)
     if args.status or not (args.run or args.collect):

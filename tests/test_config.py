@@ -63,7 +63,17 @@ def test_every_experiment_composes_and_validates(experiment: str) -> None:
 
 @pytest.mark.parametrize(
     "ablation",
-    ["local_only", "fedavg", "fedavg_cluster", "atlas", "splitlora", "hsplitlora", "hetlora", "centralized"],
+    [
+        "local_only",
+        "fedavg",
+        "fedavg_cluster",
+        "atlas",
+        "splitlora",
+        "hsplitlora",
+        "hetlora",
+        "centralized",
+        "centralized_per_task",
+    ],
 )
 def test_every_ablation_composes(ablation: str) -> None:
     cfg = _compose(f"ablation={ablation}")
@@ -103,6 +113,15 @@ BAD = [
     (["lora.alpha=inf"], "lora.alpha=inf", "(finite) > 0"),
     (["fingerprint.dp.clip=-inf"], "fingerprint.dp.clip=-inf", "(finite) > 0"),
     (["fingerprint.layers=7"], "fingerprint.layers=7", "<= 6"),
+    (["data.personal_share=0.6"], "data.personal_share=0.6", ">= 0 and <= 0.5"),
+    (["data.personal_share=-0.1"], "data.personal_share=-0.1", ">= 0 and <= 0.5"),
+    (["data.partition=feature"], "data.partition='feature'", "iid, dirichlet, quantity"),
+    (
+        ["ablation=fedavg", "ablation.adapters=per_task"],
+        "ablation.adapters='per_task'",
+        "pipeline=centralized",
+    ),
+    (["ablation=centralized", "ablation.adapters=both"], "ablation.adapters='both'", "shared, per_task"),
 ]
 
 
@@ -194,7 +213,7 @@ def test_every_model_passes_the_structural_checks(model: str, monkeypatch) -> No
             ["privacy.activation_noise=0.5", "trainer.batched_clients=true"],
             r"no split exchange to add the noise",
         ),
-        (["privacy.activation_noise=0.5", "ablation=centralized"], r"0 with ablation=centralized"),
+        (["privacy.activation_noise=0.5", "ablation=centralized"], r"0 with a centralized ablation"),
         (
             ["privacy.activation_noise=0.5", "fingerprint.recluster_every=2"],
             r"h it would send carries no noise",

@@ -180,6 +180,13 @@ def validate_config(cfg: DictConfig) -> None:
         c.one_of("ablation.pipeline", ("split", "centralized"))
     if c.get("ablation.adapters") is not None:
         c.one_of("ablation.adapters", ("shared", "per_task"))
+        if c.get("ablation.adapters") == "per_task" and c.get("ablation.pipeline") != "centralized":
+            c.fail(
+                "ablation.adapters",
+                "per_task",
+                "shared unless ablation.pipeline=centralized (ablation=centralized_per_task); a federated "
+                "ablation's adapters are its clients'",
+            )
     if c.get("ablation.personalization") == "laplacian" and c.get("ablation.clustering") is not True:
         c.fail(
             "ablation.clustering",
@@ -292,8 +299,9 @@ def validate_config(cfg: DictConfig) -> None:
     c.one_of("data.partition", ("iid", "dirichlet", "quantity"))
     c.number("data.dirichlet_alpha", low=0, strict_low=True)
     share = c.get("data.personal_share")
-    if not isinstance(share, (int, float)) or isinstance(share, bool) or not 0.0 <= share < 1.0:
-        c.fail("data.personal_share", share, "a number >= 0 and < 1 (0 = no personal test sets, e.g. 0.2)")
+    if not isinstance(share, (int, float)) or isinstance(share, bool) or not 0.0 <= share <= 0.5:
+        # beyond half, a client would hold out more rows than it trains on (and up to cap/(1-share) rows)
+        c.fail("data.personal_share", share, "a number >= 0 and <= 0.5 (0 = no personal test sets, e.g. 0.2)")
     c.number("data.samples_per_client", low=1, integer=True, optional=True)
     c.number("data.eval_samples", low=1, integer=True, optional=True)
     c.number("data.max_len", low=8, integer=True)
@@ -385,7 +393,7 @@ def _check_defense(c: _Checker) -> None:
         c.fail(
             "privacy.activation_noise",
             noise,
-            "0 with ablation=centralized (one unsplit model: nothing is sent)",
+            "0 with a centralized ablation (one unsplit model: nothing is sent)",
         )
     recluster = c.get("fingerprint.recluster_every")
     if isinstance(recluster, int) and recluster > 0:
@@ -436,7 +444,7 @@ def _check_topology(c: _Checker, spec: Any) -> None:
         )
     if c.get("ablation.pipeline") == "centralized":
         c.fail(
-            "topology.name", "p2p", "server with ablation=centralized (one unsplit model: no halves to pair)"
+            "topology.name", "p2p", "server with a centralized ablation (one unsplit model: no halves)"
         )
     if spec is not None and spec.num_layers < 3:
         c.fail("topology.name", "p2p", f"server: {spec.name} has {spec.num_layers} blocks, p2p needs >= 3")
@@ -486,7 +494,7 @@ def _check_faults(c: _Checker) -> None:
     active = timed or bool(drop)
     if active and c.get("ablation.pipeline") == "centralized":
         c.fail(
-            "faults", "on", "none with ablation=centralized (one model on pooled data: no clients to lose)"
+            "faults", "on", "none with a centralized ablation (one model on pooled data: no clients to lose)"
         )
     if active and c.get("trainer.batched_clients") is True:
         c.fail("trainer.batched_clients", True, "false with faults (the batched step trains every client)")

@@ -52,6 +52,17 @@ def test_a_large_client_keeps_its_training_cap() -> None:
     assert (len(train), len(personal)) == (32, 8)
 
 
+def test_a_full_size_client_trains_on_exactly_the_cap_for_any_share() -> None:
+    """No off-by-one from rounding: every share and cap leaves exactly `cap` training rows."""
+    labels = _skewed_labels(n=2000)
+    part = np.arange(2000)
+    for share in (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.33, 0.4, 0.5):
+        for cap in (1, 7, 21, 50, 199, 200, 400):
+            train, personal = personal_split(part, labels, share=share, cap=cap, seed=cap)
+            assert len(train) == cap, (share, cap)
+            assert len(personal) == pytest.approx(share / (1 - share) * cap, abs=1.0), (share, cap)
+
+
 @pytest.mark.parametrize("share", [0.0, 1.0, -0.1])
 def test_a_share_outside_zero_one_is_refused(share) -> None:
     with pytest.raises(DataError, match=r"personal share must be in \(0, 1\)"):

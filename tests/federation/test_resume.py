@@ -219,6 +219,25 @@ def test_settings_check_ignores_paths_and_keys_newer_than_the_checkpoint() -> No
     assert config_differences(saved, current) == ["data.max_len: 32 -> 64"]
 
 
+def test_a_setting_added_since_the_checkpoint_may_not_be_turned_on_when_resuming() -> None:
+    """A checkpoint from before personal test sets trained on all of each client's rows: resuming it with
+    data.personal_share > 0 would continue on other rows, so it is refused; the old value is accepted."""
+    saved = {"data": {"max_len": 32}, "ablation": {"name": "centralized"}}
+    same = {
+        "data": {"max_len": 32, "personal_share": 0.0},
+        "ablation": {"name": "centralized", "adapters": "shared"},
+    }
+    assert config_differences(saved, same) == []
+    other = {
+        "data": {"max_len": 32, "personal_share": 0.2},
+        "ablation": {"name": "centralized", "adapters": "per_task"},
+    }
+    assert config_differences(saved, other) == [
+        "ablation.adapters: 'shared' -> 'per_task'",
+        "data.personal_share: 0.0 -> 0.2",
+    ]
+
+
 def _cut_after_round_1_and_resumed(tmp_path: Path, overrides: list[str]) -> tuple[Path, Path]:
     """A finished 2-round job, and a copy cut back to its round-1 checkpoint and resumed."""
     full = tmp_path / "full"

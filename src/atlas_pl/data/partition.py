@@ -136,7 +136,8 @@ def kept_rows(cap: int, share: float) -> int:
     personal_split keeps this many of an iid/dirichlet client's rows; under quantity skew it is the mean
     client size handed to partition_indices instead, so the mean TRAINING size stays `cap` and the total
     training data matches "iid" at the same `cap`, with or without personal sets."""
-    return math.ceil(cap / (1.0 - share))
+    # the tolerance keeps float error (21 / 0.7 = 30.000000000000004) from adding a row
+    return math.ceil(cap / (1.0 - share) - 1e-9)
 
 
 def _quantity(
@@ -174,7 +175,10 @@ def personal_split(
     rows = rng.permutation(np.asarray(part, dtype=np.int64))
     keep = len(rows) if cap is None else min(len(rows), kept_rows(cap, share))
     kept = rows[:keep]
-    n_personal = min(keep - 1, max(1, round(share * keep))) if keep >= 2 else 0
+    if cap is not None and keep > cap:  # a full-size client: exactly `cap` rows stay for training
+        n_personal = keep - cap
+    else:  # a smaller one splits what it has
+        n_personal = min(keep - 1, max(1, round(share * keep))) if keep >= 2 else 0
     personal = _stratified(kept, labels[kept], n_personal)
     train = np.setdiff1d(kept, personal)
     return np.sort(train), np.sort(personal)

@@ -71,7 +71,8 @@ def share_adapters(models: dict[str, SplitClientModel]) -> None:
 
 
 class CentralModule(pl.LightningModule):
-    """One shared adapter, one head per task; the loss is the mean over the tasks of one combined step."""
+    """One head per task and one shared adapter (the loss: the mean over the tasks of a combined step) or
+    one adapter per task (the sum, so each adapter's gradient is exactly its own task's)."""
 
     def __init__(
         self,

@@ -58,6 +58,8 @@ def _base_model(info: dict[str, Any]) -> str:
 
 def _split(info: dict[str, Any]) -> str:
     if _centralized(info):
+        if info["ablation"] == "centralized_per_task":
+            return "none: trained centrally on the data of this task's clients, one adapter per task"
         return "none: trained centrally on every client's data, one adapter shared by all tasks"
     split, blocks = info["split"], len(info["ranks"])
     return (

@@ -23,6 +23,12 @@ RESUMABLE_DIFFERENCES = (
     "fed.eval_every",  # scoring reads the models and never changes their training
     "checkpoint",
 )
+# settings added since checkpoints were first written, with the value that reproduces the older runs: a
+# checkpoint without the key was written under that value, and resuming under another one would mix two runs
+ADDED_SETTINGS = {
+    "data.personal_share": 0.0,
+    "ablation.adapters": "shared",
+}
 
 
 def comparable_config(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -46,9 +52,13 @@ def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> 
     """'key: saved -> current' for every saved setting that differs (resuming would mix two runs).
 
     Keys the saved config does not have are settings added to atlas_pl since; their defaults keep the
-    old behaviour, so they do not block resuming an older checkpoint.
+    old behaviour, so they do not block resuming an older checkpoint, unless the current run sets one
+    of them (ADDED_SETTINGS) away from the value the older run had in effect.
     """
     a, b = comparable_config(saved), comparable_config(current)
+    for key, old in ADDED_SETTINGS.items():
+        if key not in a and key in b:
+            a[key] = old
     return [f"{k}: {a[k]!r} -> {b.get(k, '<absent>')!r}" for k in sorted(a) if a[k] != b.get(k, "<absent>")]
 
 

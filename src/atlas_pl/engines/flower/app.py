@@ -105,8 +105,9 @@ def train(message: Message, context: Context) -> Message:
 @client_app.evaluate()
 def evaluate(message: Message, context: Context) -> Message:
     started = time.time()
-    node, _ = _node(message, context)
-    metrics = node.evaluate()
+    node, fields = _node(message, context)
+    # the task's set only where the server has no score of an identical model yet
+    metrics = node.evaluate() if fields.get("global", True) else None
     personal = node.evaluate_personal()
     node.save()
     return _reply(message, started, {"metrics": metrics, "personal": personal})

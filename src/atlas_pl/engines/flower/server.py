@@ -172,7 +172,8 @@ class FlowerEngine(InProcessEngine):
         return reports
 
     def _evaluate(self) -> None:
-        """One client per distinct model (task, digest, and split under activation noise) is scored."""
+        """One client per distinct model (task, digest, and split under activation noise) is scored on the
+        task's set; with personal test sets every participant is asked too, for its own set only."""
         groups: dict[tuple[str, str, int | None], list[int]] = defaultdict(list)
         noise = self.settings.privacy.activation_noise
         for k in self.coordinator.participants:
@@ -182,7 +183,9 @@ class FlowerEngine(InProcessEngine):
         # personal sets differ per client: then every participant is asked, each for its own set
         personal = any(self.parties[k].data.personal is not None for k in self.coordinator.participants)
         asked = list(self.coordinator.participants) if personal else first
-        replies = {k: read_json(r, REPORT) for k, r in self.ask("evaluate", asked, lambda k: {}).items()}
+        scored = set(first)
+        answers = self.ask("evaluate", asked, lambda k: {"global": k in scored})
+        replies = {k: read_json(r, REPORT) for k, r in answers.items()}
         self.scores = {
             k: dict(replies[members[0]]["metrics"]) for members in groups.values() for k in members
         }
