@@ -443,9 +443,7 @@ def _check_topology(c: _Checker, spec: Any) -> None:
             "false with topology=p2p (the batched step counts every exchange as the server's)",
         )
     if c.get("ablation.pipeline") == "centralized":
-        c.fail(
-            "topology.name", "p2p", "server with a centralized ablation (one unsplit model: no halves)"
-        )
+        c.fail("topology.name", "p2p", "server with a centralized ablation (one unsplit model: no halves)")
     if spec is not None and spec.num_layers < 3:
         c.fail("topology.name", "p2p", f"server: {spec.name} has {spec.num_layers} blocks, p2p needs >= 3")
     elif spec is not None:  # a fixed split skips Phase 2's p2p cap: the same bound, checked here
