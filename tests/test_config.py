@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import atlas_pl.__main__  # noqa: F401  (registers the atlas_root resolver)
-from atlas_pl.config_validation import ConfigError, validate_config
+from atlas_pl.config_validation import ABLATIONS, ConfigError, validate_config
 from atlas_pl.settings import build_settings
 
 from .conftest import GLUE_DIR, REPO_ROOT
@@ -61,20 +61,12 @@ def test_every_experiment_composes_and_validates(experiment: str) -> None:
         assert OmegaConf.select(cfg, key, default="MISSING") != "MISSING", key
 
 
-@pytest.mark.parametrize(
-    "ablation",
-    [
-        "local_only",
-        "fedavg",
-        "fedavg_cluster",
-        "atlas",
-        "splitlora",
-        "hsplitlora",
-        "hetlora",
-        "centralized",
-        "centralized_per_task",
-    ],
-)
+def test_every_ablation_file_is_a_valid_ablation_name() -> None:
+    files = sorted(p.stem for p in (REPO_ROOT / "conf" / "ablation").glob("*.yaml"))
+    assert files == sorted(ABLATIONS)
+
+
+@pytest.mark.parametrize("ablation", ABLATIONS)
 def test_every_ablation_composes(ablation: str) -> None:
     cfg = _compose(f"ablation={ablation}")
     assert cfg.ablation.name == ablation
