@@ -163,10 +163,10 @@ def personal_split(
 
     Personalization can only be judged on data like the client's own (DESIGN.md §13): the personal set
     is `share` of what the client keeps, taken class by class (largest remainders) so it carries the
-    client's label mix, including a Dirichlet skew. A client with enough rows keeps `cap` for training,
-    so adding personal sets does not shrink the training sets runs are compared on; a smaller client
-    splits what it has. `cap=None` splits the whole partition (quantity skew: the sizes are the point).
-    Both arrays are sorted and disjoint.
+    client's label mix, including a Dirichlet skew. A client with enough rows (kept_rows) trains on
+    exactly `cap`, so adding personal sets does not shrink the training sets runs are compared on; a
+    smaller client splits what it has by `share`. `cap=None` splits the whole partition (quantity skew:
+    the sizes are the point). Both arrays are sorted and disjoint.
     """
     if not 0.0 < share < 1.0:
         raise DataError(f"personal share must be in (0, 1), got {share}")
@@ -175,9 +175,9 @@ def personal_split(
     rows = rng.permutation(np.asarray(part, dtype=np.int64))
     keep = len(rows) if cap is None else min(len(rows), kept_rows(cap, share))
     kept = rows[:keep]
-    if cap is not None and keep > cap:  # a full-size client: exactly `cap` rows stay for training
+    if cap is not None and keep == kept_rows(cap, share):  # full size: exactly `cap` rows stay to train
         n_personal = keep - cap
-    else:  # a smaller one splits what it has
+    else:  # a smaller client splits what it has by `share`
         n_personal = min(keep - 1, max(1, round(share * keep))) if keep >= 2 else 0
     personal = _stratified(kept, labels[kept], n_personal)
     train = np.setdiff1d(kept, personal)
