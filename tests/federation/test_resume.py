@@ -270,11 +270,13 @@ def test_centralized_resumes_exactly_too(tmp_path) -> None:
 @pytest.mark.integration
 def test_a_job_with_activation_noise_resumes_exactly(tmp_path) -> None:
     """The defense's training noise comes from the checkpointed global RNG, its scoring noise from a
-    seeded generator: a job cut after round 1 and resumed draws the same noise as one never stopped."""
+    seeded generator: a job cut after round 1 and resumed draws the same noise as one never stopped.
+    With personal test sets: the resumed job rebuilds the same sets and scores them the same."""
     full, cut = _cut_after_round_1_and_resumed(
-        tmp_path, [*SMOKE, "privacy.activation_noise=0.5", "logger=csv"]
+        tmp_path, [*SMOKE, "privacy.activation_noise=0.5", "data.personal_share=0.25", "logger=csv"]
     )
     assert _metrics(cut) == _metrics(full)
+    assert all("personal" in c for c in _metrics(cut)[-1]["clients"].values())
     assert json.loads((cut / "summary.json").read_text())["defenses"]["activation_noise"] == 0.5
 
 
