@@ -126,6 +126,7 @@ def collect(root: Path, out: Path) -> dict[str, Any]:
         result["settings"][setting] = {"description": DESCRIPTION[setting], "eval_sets": tables}
         report = build_report(where, where / "report")
         print(f"{setting}: report {report.markdown}")
+        _keep_figures(where / "report", setting, out.parent / "evidence_figures")
         for eval_set, table in tables.items():
             print(f"\n### setting ({setting}), {eval_set} evaluation\n")
             print(markdown(table, accuracy=eval_set == PERSONAL))
@@ -133,6 +134,21 @@ def collect(root: Path, out: Path) -> dict[str, Any]:
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"\nwrote {out}")
     return result
+
+
+KEPT_FIGURES = ("convergence.png", "ablations.png")
+
+
+def _keep_figures(report_dir: Path, setting: str, into: Path) -> None:
+    """The report's convergence and comparison figures, copied where git keeps them (multirun/ is not)."""
+    import shutil
+
+    into.mkdir(parents=True, exist_ok=True)
+    for eval_set, folder in ((GLOBAL, report_dir), (PERSONAL, report_dir / "personal")):
+        for name in KEPT_FIGURES:
+            figure = folder / "figures" / name
+            if figure.is_file():
+                shutil.copyfile(figure, into / f"{setting}_{eval_set}_{name}")
 
 
 def _cell(stat: dict[str, float]) -> str:
