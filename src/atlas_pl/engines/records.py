@@ -100,6 +100,7 @@ def client_entry(c: ClientRound, index: int, round_index: int, ledger: TrafficLe
 
 
 def _scores(metrics: Mapping[str, float]) -> dict[str, float]:
+    """One evaluation set's scores of a client, in the same keys for the global and the personal set."""
     keys = ("accuracy", "primary", "loss", "f1", "mcc")
     return {k: float(metrics[k]) for k in keys if k in metrics}
 

@@ -40,6 +40,7 @@ NO_PERSONAL = (
 
 
 def check_eval_set(eval_set: str) -> str:
+    """`eval_set`, or a ValueError naming the valid ones (a typo must not silently mean `global`)."""
     if eval_set not in EVAL_SETS:
         raise ValueError(f"eval_set must be one of {', '.join(EVAL_SETS)}, not {eval_set!r}")
     return eval_set
@@ -84,6 +85,7 @@ def view_record(record: Mapping[str, Any], eval_set: str) -> dict[str, Any]:
 
 
 def view_records(records: Sequence[Mapping[str, Any]], eval_set: str) -> list[dict[str, Any]]:
+    """A job's records on `eval_set`, as new dicts: the job as loaded stays as written."""
     return [view_record(r, eval_set) for r in records]
 
 
