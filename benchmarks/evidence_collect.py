@@ -71,9 +71,25 @@ def _accuracy(group: Group, task: str) -> dict[str, dict[str, float]]:
     return {"mean": mean_std(means).as_dict(), "worst": mean_std(worsts).as_dict()}
 
 
+def _purity(job: Any) -> dict[str, Any] | None:
+    """Phase 1's clusters against the clients' tasks: purity (share of clients in their cluster's majority
+    task) and the number of clusters, from clustering.json's last entry; None without clustering."""
+    from collections import Counter
+
+    history = (job.clustering or {}).get("history") or [job.clustering or {}]
+    labels = history[-1].get("labels")
+    if not labels:
+        return None
+    tasks = [c["task"] for c in job.records[-1]["clients"].values()]
+    members = [Counter(t for t, c in zip(tasks, labels) if c == cluster) for cluster in set(labels)]
+    majority = sum(count.most_common(1)[0][1] for count in members)
+    return {"k": len(set(labels)), "purity": majority / len(labels), "labels": list(labels)}
+
+
 def group_row(group: Group, speed: dict[str, dict[str, Speed]]) -> dict[str, Any]:
     return {
         "seeds": group.seeds,
+        "clusters": [_purity(j) for j in group.jobs],
         "rounds": group.rounds,
         "mean_primary": group.mean_primary.as_dict(),
         "per_task": {
