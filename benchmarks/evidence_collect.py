@@ -86,12 +86,27 @@ def _purity(job: Any) -> dict[str, Any] | None:
     return {"k": len(set(labels)), "purity": majority / len(labels), "labels": list(labels)}
 
 
+def _mean_accuracy(group: Group) -> dict[str, float]:
+    """The last round's accuracy averaged over all clients, mean ± std over seeds."""
+    from atlas_pl.reporting.tables import mean_std
+
+    return mean_std([float(j.records[-1]["mean_accuracy"]) for j in group.jobs]).as_dict()
+
+
 def group_row(group: Group, speed: dict[str, dict[str, Speed]]) -> dict[str, Any]:
     return {
         "seeds": group.seeds,
         "clusters": [_purity(j) for j in group.jobs],
         "rounds": group.rounds,
         "mean_primary": group.mean_primary.as_dict(),
+        "mean_accuracy": _mean_accuracy(group),
+        "by_seed": {
+            str(j.seed): {
+                "mean_primary": j.records[-1]["mean_primary"],
+                "mean_accuracy": j.records[-1]["mean_accuracy"],
+            }
+            for j in group.jobs
+        },
         "per_task": {
             t: {
                 "mean": ts.mean.as_dict(),
@@ -192,7 +207,8 @@ def markdown(table: dict[str, Any], *, accuracy: bool = False) -> str:
     columns = [f"{t} mean / worst" for t in tasks]
     if accuracy:
         columns = [c for t in tasks for c in (f"{t} mean / worst", f"{t} accuracy mean / worst")]
-    head = ["method", "seeds", *columns, "mean over clients", "GB"]
+    head = ["method", "seeds", *columns, "mean over clients"]
+    head += ["accuracy over clients", "GB"] if accuracy else ["GB"]
     head.append("rounds / sim s to target")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, row in table.items():
@@ -203,6 +219,9 @@ def markdown(table: dict[str, Any], *, accuracy: bool = False) -> str:
             if accuracy:
                 acc = (task or {}).get("accuracy")
                 cells.append(f"{_cell(acc['mean'])} / {_cell(acc['worst'])}" if acc else "–")
-        cells += [_cell(row["mean_primary"]), f"{row['bytes']['mean'] / 1e9:.2f}", _target_cell(row)]
+        cells.append(_cell(row["mean_primary"]))
+        if accuracy:
+            cells.append(_cell(row["mean_accuracy"]))
+        cells += [f"{row['bytes']['mean'] / 1e9:.2f}", _target_cell(row)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
