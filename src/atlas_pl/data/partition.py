@@ -118,11 +118,14 @@ def quantity_sizes(budget: int, n_clients: int, alpha: float, rng: np.random.Gen
             f"samples, but its budget is {budget}; valid: budget >= {MIN_PER_CLIENT} x n_clients"
         )
     rest = budget - n_clients * MIN_PER_CLIENT
-    exact = rng.dirichlet(np.full(n_clients, alpha)) * rest
-    extra = np.floor(exact).astype(np.int64)
-    short = rest - int(extra.sum())
-    extra[np.argsort(-(exact - extra), kind="stable")[:short]] += 1
-    return extra + MIN_PER_CLIENT
+    return _largest_remainders(rng.dirichlet(np.full(n_clients, alpha)) * rest, rest) + MIN_PER_CLIENT
+
+
+def _largest_remainders(exact: np.ndarray, total: int) -> np.ndarray:
+    """Whole numbers near `exact` that sum to `total`: floors, plus one for the largest remainders."""
+    counts = np.floor(exact).astype(np.int64)
+    counts[np.argsort(-(exact - counts), kind="stable")[: total - int(counts.sum())]] += 1
+    return counts
 
 
 def quantity_budget(n: int, n_clients: int, cap: int | None) -> int:
@@ -189,9 +192,6 @@ def _stratified(rows: np.ndarray, row_labels: np.ndarray, n: int) -> np.ndarray:
     if n == 0:
         return np.empty(0, dtype=np.int64)
     classes, counts = np.unique(row_labels, return_counts=True)
-    exact = counts * n / len(rows)
-    quota = np.floor(exact).astype(np.int64)
-    for i in np.argsort(-(exact - quota), kind="stable")[: n - int(quota.sum())]:
-        quota[i] += 1
+    quota = _largest_remainders(counts * n / len(rows), n)
     chosen = [rows[row_labels == c][:q] for c, q in zip(classes, quota)]
     return np.concatenate(chosen).astype(np.int64)
