@@ -134,9 +134,9 @@ def _commit() -> str:
     return out.stdout.strip()
 
 
-def collect(root: Path, out: Path) -> dict[str, Any]:
+def collect(root: Path, out: Path, reports: Path | None = None) -> dict[str, Any]:
     """Results of every setting found under `root` (JSON to `out`), a report per setting under
-    root/<setting>/report, and markdown tables printed."""
+    <reports or root>/<setting>/report, and markdown tables printed."""
     from evidence_study import SEEDS, status
 
     result: dict[str, Any] = {
@@ -155,9 +155,10 @@ def collect(root: Path, out: Path) -> dict[str, Any]:
             print(f"{setting}: {exc}")
             continue
         result["settings"][setting] = {"description": DESCRIPTION[setting], "eval_sets": tables}
-        report = build_report(where, where / "report")
+        report_dir = (reports or root) / setting / "report"
+        report = build_report(where, report_dir)
         print(f"{setting}: report {report.markdown}")
-        _keep_figures(where / "report", setting, out.parent / "evidence_figures")
+        _keep_figures(report_dir, setting, out.parent / "evidence_figures")
         for eval_set, table in tables.items():
             print(f"\n### setting ({setting}), {eval_set} evaluation\n")
             print(markdown(table, accuracy=eval_set == PERSONAL))

@@ -41,6 +41,17 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DIR = ROOT / "multirun" / "evidence"
+# each finished job's records (no checkpoints), kept in git: a session's machine does not outlive it, so a
+# study that spans sessions keeps what it finished here and the next session's --run skips those jobs
+ARCHIVE = ROOT / "benchmarks" / "results" / "evidence_jobs"
+KEPT_FILES = (
+    "metrics.jsonl",
+    "summary.json",
+    "job_config.json",
+    "clustering.json",
+    "allocation.json",
+    "done",
+)
 SEEDS = (0, 1, 2)
 # one thread per job: two jobs side by side on the two cores get through the study faster than one job on
 # both (small matmuls scale poorly across threads); every job of the study runs the same way
@@ -106,7 +117,8 @@ class Stage:
     def directory(self, root: Path) -> Path:
         return root / self.setting / self.method
 
-    def command(self, root: Path, seeds: Sequence[int]) -> list[str]:
+    def command(self, root: Path, seed: int) -> list[str]:
+        """One seed per multirun: the driver keeps each job as soon as it finishes (`archive_job`)."""
         return [
             sys.executable,
             "-m",
@@ -115,7 +127,7 @@ class Stage:
             *COMMON,
             *SETTINGS[self.setting],
             *self.overrides,
-            f"seed={','.join(map(str, seeds))}",
+            f"seed={seed}",
             f"hydra.sweep.dir={self.directory(root)}",
             "resume=true",
         ]
@@ -129,14 +141,44 @@ def stages() -> list[Stage]:
     return order
 
 
-def done_seeds(stage: Stage, root: Path) -> list[int]:
-    """Seeds whose job finished (a `done` marker), read from each job's saved config."""
-    found = []
-    for marker in sorted(stage.directory(root).glob("*/done")):
+def _finished_jobs(directory: Path) -> dict[int, Path]:
+    """{seed: job directory} of the jobs under `directory` that finished (a `done` marker)."""
+    found = {}
+    for marker in sorted(directory.glob("*/done")):
         config = marker.parent / "job_config.json"
         if config.is_file():
-            found.append(int(json.loads(config.read_text())["seed"]))
-    return sorted(found)
+            found[int(json.loads(config.read_text())["seed"])] = marker.parent
+    return found
+
+
+def done_seeds(stage: Stage, root: Path, archive: Path = ARCHIVE) -> list[int]:
+    """Seeds whose job finished, in the multirun directory or kept in the archive."""
+    finished = set(_finished_jobs(stage.directory(root))) | set(_finished_jobs(stage.directory(archive)))
+    return sorted(finished)
+
+
+def archive_job(job: Path, stage: Stage, seed: int, archive: Path = ARCHIVE) -> Path:
+    """Copy a finished job's records (KEPT_FILES, a few hundred kB) to archive/<setting>/<method>/seed_<n>;
+    the report reads that directory as it reads the job's own."""
+    import shutil
+
+    into = stage.directory(archive) / f"seed_{seed}"
+    into.mkdir(parents=True, exist_ok=True)
+    for name in KEPT_FILES:
+        if (job / name).is_file():
+            shutil.copyfile(job / name, into / name)
+    return into
+
+
+def archive_finished(root: Path, archive: Path = ARCHIVE) -> list[Path]:
+    """Every finished job under `root` not yet in the archive, copied there."""
+    kept = []
+    for stage in stages():
+        already = _finished_jobs(stage.directory(archive))
+        for seed, job in _finished_jobs(stage.directory(root)).items():
+            if seed not in already:
+                kept.append(archive_job(job, stage, seed, archive))
+    return kept
 
 
 def status(root: Path, seeds: Sequence[int]) -> list[dict[str, Any]]:
@@ -148,18 +190,21 @@ def status(root: Path, seeds: Sequence[int]) -> list[dict[str, Any]]:
 
 
 def run(root: Path, seeds: Sequence[int], only: Sequence[str], worker: int = 0, workers: int = 1) -> None:
-    """Run the stages not done yet, in order; worker `worker` of `workers` takes every `workers`-th one."""
-    for index, stage in enumerate(stages()):
-        if (only and stage.name not in only) or index % workers != worker:
+    """Run the jobs not done yet, stage by stage in order, one seed at a time; worker `worker` of `workers`
+    takes every `workers`-th job, and each finished job goes to the archive at once."""
+    units = [(s, seed) for s in stages() if not only or s.name in only for seed in seeds]
+    for index, (stage, seed) in enumerate(units):
+        if index % workers != worker:
             continue
-        if set(seeds) <= set(done_seeds(stage, root)):
-            print(f"{stage.name}: done", flush=True)
+        if seed in done_seeds(stage, root):
+            print(f"{stage.name} seed {seed}: done", flush=True)
             continue
-        print(f"{stage.name}: running seeds {list(seeds)}", flush=True)
-        subprocess.run(stage.command(root, seeds), cwd=ROOT, check=True)
-        missing = sorted(set(seeds) - set(done_seeds(stage, root)))
-        if missing:  # a job stopped by a signal can exit 0: do not go on as if it had finished
-            raise SystemExit(f"{stage.name}: seeds {missing} did not finish; run --run again to continue")
+        print(f"{stage.name} seed {seed}: running", flush=True)
+        subprocess.run(stage.command(root, seed), cwd=ROOT, check=True)
+        job = _finished_jobs(stage.directory(root)).get(seed)
+        if job is None:  # a job stopped by a signal can exit 0: do not go on as if it had finished
+            raise SystemExit(f"{stage.name}: seed {seed} did not finish; run --run again to continue")
+        print(f"{stage.name} seed {seed}: kept in {archive_job(job, stage, seed)}", flush=True)
 
 
 def main() -> None:
@@ -173,7 +218,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR)
     parser.add_argument("--worker", type=int, default=0, help="this runner's index (0-based)")
-    parser.add_argument("--workers", type=int, default=1, help="runners side by side, each every n-th stage")
+    parser.add_argument("--workers", type=int, default=1, help="runners side by side, each every n-th job")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "evidence_quick.json")
     args = parser.parse_args()
     known = {s.name for s in stages()}
@@ -190,7 +235,9 @@ def main() -> None:
     if args.collect:
         from evidence_collect import collect
 
-        collect(args.dir, args.out)
+        for kept in archive_finished(args.dir):
+            print(f"kept {kept}")
+        collect(ARCHIVE, args.out, reports=args.dir)
 
 
 if __name__ == "__main__":
