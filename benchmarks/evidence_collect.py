@@ -129,6 +129,17 @@ def setting_table(root: Path, eval_set: str) -> dict[str, Any]:
     return {group.label: group_row(group, speed) for group in groups}
 
 
+def with_legacy(table: dict[str, Any], setting: str, eval_set: str, legacy: Path) -> dict[str, Any]:
+    """The table with evidence_legacy.json's rows for the groups it has no kept records of, each marked
+    with the commit it was collected at (`legacy`); a group with kept records always wins."""
+    if not legacy.is_file():
+        return table
+    carried = json.loads(legacy.read_text())
+    rows = carried["rows"].get(setting, {}).get(eval_set, {})
+    extra = {label: {**row, "legacy": carried["code"]} for label, row in rows.items() if label not in table}
+    return {**table, **extra}
+
+
 def _commit() -> str:
     out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     return out.stdout.strip()
@@ -137,7 +148,7 @@ def _commit() -> str:
 def collect(root: Path, out: Path, reports: Path | None = None) -> dict[str, Any]:
     """Results of every setting found under `root` (JSON to `out`), a report per setting under
     <reports or root>/<setting>/report, and markdown tables printed."""
-    from evidence_study import SEEDS, status
+    from evidence_study import LEGACY, SEEDS, status
 
     result: dict[str, Any] = {
         "experiment": "quick, fed.rounds=20, fed.eval_every=2, seeds 0-2",
@@ -150,7 +161,7 @@ def collect(root: Path, out: Path, reports: Path | None = None) -> dict[str, Any
         if not where.is_dir():
             continue
         try:
-            tables = {e: setting_table(where, e) for e in eval_sets}
+            tables = {e: with_legacy(setting_table(where, e), setting, e, LEGACY) for e in eval_sets}
         except ReportError as exc:
             print(f"{setting}: {exc}")
             continue
@@ -213,7 +224,8 @@ def markdown(table: dict[str, Any], *, accuracy: bool = False) -> str:
     head.append("rounds / sim s to target")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, row in table.items():
-        cells = [label, ",".join(map(str, row["seeds"]))]
+        mark = " †" if row.get("legacy") else ""  # collected earlier, records not kept (evidence_legacy.json)
+        cells = [label + mark, ",".join(map(str, row["seeds"]))]
         for t in tasks:
             task = row["per_task"].get(t)
             cells.append(f"{_cell(task['mean'])} / {_cell(task['worst'])}" if task else "–")

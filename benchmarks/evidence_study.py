@@ -1,9 +1,12 @@
 """The evidence study (issue 21, DESIGN.md §13): which method wins, when, at what cost.
 
-Every stage is one Hydra multirun of the project's own CLI over seeds 0, 1, 2 with `resume=true`, so the
-study can be stopped at any point (kill, end of a session) and started again: finished jobs (`done`) are
-skipped, a killed one continues from its last round checkpoint. Stages run in the order the issue asks for,
-setting (b) first:
+Every job is one Hydra run of the project's own CLI (a one-job multirun, one seed of one stage) with
+`resume=true`, so the study can be stopped at any point (kill, end of a session) and started again: a killed
+job continues from its last round checkpoint. A finished job's records (metrics.jsonl, summary.json,
+job_config.json, clustering.json, allocation.json; no checkpoints) are copied at once to
+benchmarks/results/evidence_jobs/<setting>/<method>/seed_<n>/, which git keeps: a session's machine and its
+multirun directory do not outlive the session, and the next session's --run skips what is kept there.
+Stages run in the order the issue asks for, setting (b) first:
 
   (b) Dirichlet label skew (alpha=0.3) within each task, every client scored on its own personal test set
       (data.personal_share=0.2, same label skew as its training data) and on the task's global set;
@@ -15,6 +18,10 @@ setting (b) first:
 All on the quick experiment (MiniLM, SST-2 / MRPC / CoLA, 3 clients per task, 400 training rows each) with
 20 rounds, scored every second round (fed.eval_every=2; round 20 is always scored).
 
+Two stages finished before records were kept (b:fedavg_cluster and b:atlas_0.5, seeds 0-2): their rows as
+collected then are in benchmarks/results/evidence_legacy.json, count as done, and are carried into the
+results marked with the commit they were collected at; --rerun-legacy runs them again to keep records.
+
     .venv/bin/python benchmarks/evidence_study.py --run            # run (or continue) every stage in order
     .venv/bin/python benchmarks/evidence_study.py --run --worker 0 --workers 2 &   # two runners on
     .venv/bin/python benchmarks/evidence_study.py --run --worker 1 --workers 2 &   # two cores
@@ -22,10 +29,12 @@ All on the quick experiment (MiniLM, SST-2 / MRPC / CoLA, 3 clients per task, 40
     .venv/bin/python benchmarks/evidence_study.py --status         # which stages are complete
     .venv/bin/python benchmarks/evidence_study.py --collect        # results JSON + report of what is done
 
-`--collect` writes benchmarks/results/evidence_quick.json (per setting, per evaluation set, per group: the
-last round's mean and worst client per task, mean ± std over seeds, bytes, simulated seconds, rounds and
-simulated seconds to target) and runs `python -m atlas_pl.report` on each setting's directory (report.md,
-report.csv, figures/, and personal/ for setting (b)). Multirun directories stay out of git (multirun/).
+`--collect` keeps any finished job not kept yet, then writes benchmarks/results/evidence_quick.json from the
+kept records (per setting, per evaluation set, per group: the last round's mean and worst client per task,
+mean ± std over seeds, bytes, simulated seconds, rounds and simulated seconds to target) and runs
+`python -m atlas_pl.report` on each setting (report.md, report.csv, figures/, and personal/ for setting (b))
+into the multirun directory, which stays out of git; the figures are copied to
+benchmarks/results/evidence_figures/.
 """
 
 from __future__ import annotations
@@ -52,6 +61,8 @@ KEPT_FILES = (
     "allocation.json",
     "done",
 )
+# stages collected before their records were kept (evidence_legacy.json says which, and how they are used)
+LEGACY = ROOT / "benchmarks" / "results" / "evidence_legacy.json"
 SEEDS = (0, 1, 2)
 # one thread per job: two jobs side by side on the two cores get through the study faster than one job on
 # both (small matmuls scale poorly across threads); every job of the study runs the same way
@@ -151,9 +162,19 @@ def _finished_jobs(directory: Path) -> dict[int, Path]:
     return found
 
 
-def done_seeds(stage: Stage, root: Path, archive: Path = ARCHIVE) -> list[int]:
-    """Seeds whose job finished, in the multirun directory or kept in the archive."""
+def legacy_seeds(stage: Stage, legacy: Path = LEGACY) -> list[int]:
+    """Seeds of `stage` whose results survive only as collected rows (evidence_legacy.json)."""
+    if not legacy.is_file():
+        return []
+    return sorted(json.loads(legacy.read_text())["stages"].get(stage.name, []))
+
+
+def done_seeds(stage: Stage, root: Path, archive: Path = ARCHIVE, *, with_legacy: bool = True) -> list[int]:
+    """Seeds whose job finished, in the multirun directory or kept in the archive, or (`with_legacy`) whose
+    collected rows are carried from evidence_legacy.json."""
     finished = set(_finished_jobs(stage.directory(root))) | set(_finished_jobs(stage.directory(archive)))
+    if with_legacy:
+        finished |= set(legacy_seeds(stage))
     return sorted(finished)
 
 
@@ -189,14 +210,22 @@ def status(root: Path, seeds: Sequence[int]) -> list[dict[str, Any]]:
     return rows
 
 
-def run(root: Path, seeds: Sequence[int], only: Sequence[str], worker: int = 0, workers: int = 1) -> None:
+def run(
+    root: Path,
+    seeds: Sequence[int],
+    only: Sequence[str],
+    worker: int = 0,
+    workers: int = 1,
+    rerun_legacy: bool = False,
+) -> None:
     """Run the jobs not done yet, stage by stage in order, one seed at a time; worker `worker` of `workers`
-    takes every `workers`-th job, and each finished job goes to the archive at once."""
+    takes every `workers`-th job, and each finished job goes to the archive at once. `rerun_legacy`: run
+    the stages carried as collected rows too, so that their records are kept."""
     units = [(s, seed) for s in stages() if not only or s.name in only for seed in seeds]
     for index, (stage, seed) in enumerate(units):
         if index % workers != worker:
             continue
-        if seed in done_seeds(stage, root):
+        if seed in done_seeds(stage, root, with_legacy=not rerun_legacy):
             print(f"{stage.name} seed {seed}: done", flush=True)
             continue
         print(f"{stage.name} seed {seed}: running", flush=True)
@@ -214,6 +243,9 @@ def main() -> None:
     parser.add_argument("--run", action="store_true", help="run the stages that are not done, in order")
     parser.add_argument("--status", action="store_true", help="print which stages are complete")
     parser.add_argument("--collect", action="store_true", help="results JSON and reports of what is done")
+    parser.add_argument(
+        "--rerun-legacy", action="store_true", help="also run the stages evidence_legacy.json carries"
+    )
     parser.add_argument("--stages", nargs="*", default=[], help="only these stages (e.g. b:fedavg)")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR)
@@ -228,7 +260,7 @@ def main() -> None:
     if not 0 <= args.worker < args.workers:
         parser.error(f"--worker {args.worker} of --workers {args.workers}: valid: 0 <= worker < workers")
     if args.run:
-        run(args.dir, args.seeds, args.stages, args.worker, args.workers)
+        run(args.dir, args.seeds, args.stages, args.worker, args.workers, args.rerun_legacy)
     if args.status or not (args.run or args.collect):
         for row in status(args.dir, args.seeds):
             print(f"{row['stage']:28s} {'complete' if row['complete'] else 'incomplete'} {row['done_seeds']}")
