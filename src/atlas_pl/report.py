@@ -19,6 +19,7 @@ A group is an ablation (with its eta for atlas) and any other config settings th
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -73,7 +74,30 @@ def build_report(run_dir: Path | str, out_dir: Path | str | None = None, *, eval
     report = _write(jobs, run_dir, out, GLOBAL, intro=intro)
     if both:
         report.personal = _personal_report(jobs, run_dir, out / PERSONAL_DIR, beside_global=True)
+    elif eval_set == BOTH:
+        _remove_stale_personal(out / PERSONAL_DIR)
     return report
+
+
+def _remove_stale_personal(folder: Path) -> None:
+    """An earlier report's personal/ beside a report that has no personal view any more (its jobs were
+    rerun or removed) would describe jobs that are gone: remove it, but only when it holds nothing
+    except what a report writes there (report.md, report.csv, figures/*.png); otherwise say why it stays."""
+    if not folder.is_dir():
+        return
+    entries = {e.name for e in folder.iterdir()}
+    figures = folder / "figures"
+    ours = entries <= {"report.md", "report.csv", "figures"} and (
+        not figures.exists() or (figures.is_dir() and all(f.suffix == ".png" for f in figures.iterdir()))
+    )
+    if ours:
+        shutil.rmtree(folder)
+    else:
+        print(
+            f"note: {folder} is from an earlier report (these jobs have no personal test sets) and holds "
+            "files a report does not write, so it was left as it is",
+            file=sys.stderr,
+        )
 
 
 GLOBAL_INTRO = (

@@ -265,3 +265,22 @@ def test_a_job_without_personal_sets_is_listed_not_counted_in_the_personal_view(
         "1 completed job(s) have no personal test sets (data.personal_share = 0) and are left out of these "
         "statistics; they are listed under *Jobs excluded from the statistics*."
     ) in ptext
+
+
+def test_a_stale_personal_report_is_removed_when_the_jobs_no_longer_have_personal_sets(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _no_figures(monkeypatch)
+    out, with_sets = tmp_path / "report", _tree(tmp_path / "with")
+    without_sets = _tree(tmp_path / "without", personal=False)
+    build_report(with_sets, out)
+    assert (out / "personal" / "report.md").is_file()
+
+    build_report(without_sets, out)
+
+    assert not (out / "personal").exists()  # it described jobs that are not in this report
+    build_report(with_sets, out)
+    (out / "personal" / "my_notes.txt").write_text("mine")
+    build_report(without_sets, out)
+    assert (out / "personal" / "my_notes.txt").read_text() == "mine"  # a user's file is never removed
+    assert "holds files a report does not write" in capsys.readouterr().err
