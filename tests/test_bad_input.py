@@ -262,6 +262,12 @@ CASES = [
         on_finished_job=False,
     ),
     Case(
+        "quantity_skew_below_two_rows_per_client",
+        _overrides("fed.clients_per_task=21", "data.partition=quantity"),
+        ["sst2 has 40 training examples", "x 2 rows each (data.partition=quantity)", "<= 20"],
+        on_finished_job=False,
+    ),
+    Case(
         "rank_above_hidden_size",
         _overrides("allocation.rank_candidates=[4,64]"),
         ["allocation.rank_candidates=[4, 64] is invalid", "ranks <= 32"],

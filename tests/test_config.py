@@ -109,6 +109,11 @@ BAD = [
     (["data.personal_share=-0.1"], "data.personal_share=-0.1", ">= 0 and <= 0.5"),
     (["data.partition=feature"], "data.partition='feature'", "iid, dirichlet, quantity"),
     (
+        ["data.partition=quantity", "data.samples_per_client=1"],
+        "data.samples_per_client=1",
+        ">= 2 with data.partition=quantity",
+    ),
+    (
         ["ablation=fedavg", "ablation.adapters=per_task"],
         "ablation.adapters='per_task'",
         "pipeline=centralized",

@@ -16,6 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from atlas_pl.data.partition import MIN_PER_CLIENT
 from atlas_pl.errors import AtlasError
 from atlas_pl.models.catalog import ModelNotFound, known_models, resolve_model_spec
 from atlas_pl.phases.availability import parse_deadline
@@ -303,6 +304,10 @@ def validate_config(cfg: DictConfig) -> None:
         # beyond half, a client would hold out more rows than it trains on (and up to cap/(1-share) rows)
         c.fail("data.personal_share", share, "a number >= 0 and <= 0.5 (0 = no personal test sets, e.g. 0.2)")
     c.number("data.samples_per_client", low=1, integer=True, optional=True)
+    cap = c.get("data.samples_per_client")
+    if c.get("data.partition") == "quantity" and isinstance(cap, int) and 0 < cap < MIN_PER_CLIENT:
+        # quantity skew gives every client MIN_PER_CLIENT rows before sharing out the rest by size
+        c.fail("data.samples_per_client", cap, f"an integer >= {MIN_PER_CLIENT} with data.partition=quantity")
     c.number("data.eval_samples", low=1, integer=True, optional=True)
     c.number("data.max_len", low=8, integer=True)
     c.number("data.synthetic_train_size", low=1, integer=True)

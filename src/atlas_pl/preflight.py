@@ -18,6 +18,7 @@ from atlas_pl.config_validation import ConfigError
 from atlas_pl.data.custom_reader import check_custom_task
 from atlas_pl.data.errors import DataError
 from atlas_pl.data.glue import SPLITS, glue_file, read_glue_tsv
+from atlas_pl.data.partition import MIN_PER_CLIENT
 from atlas_pl.data.tasks import is_synthetic, task_spec
 from atlas_pl.errors import RunEnvironmentError
 from atlas_pl.jobdir import check_writable
@@ -153,29 +154,36 @@ def check_inputs(settings: Settings) -> None:
     d = settings.data
     check_writable(d.cache_dir, "the tokenization cache", "data.cache_dir (or paths.cache_dir)")
     check_writable(settings.cache_dir, "the cache directory", "paths.cache_dir (or ATLAS_CACHE_DIR)")
+    per_client = MIN_PER_CLIENT if d.partition == "quantity" else 1
+    clients = settings.fed.clients_per_task
     for task in settings.tasks:
         if is_synthetic(task):
-            check_enough_examples(task, "generated", d.synthetic_train_size, settings.fed.clients_per_task)
+            check_enough_examples(task, "generated", d.synthetic_train_size, clients, per_client)
             continue
         if task in settings.custom_tasks:  # columns, labels and rows of the user's own files
             custom = settings.custom_tasks[task]
             n_train = check_custom_task(custom, settings.cache_dir / "datasets")
-            check_enough_examples(task, custom.where("train"), n_train, settings.fed.clients_per_task)
+            check_enough_examples(task, custom.where("train"), n_train, clients, per_client)
             continue
         files = {split: glue_file(d.glue_dir, task, split) for split in SPLITS} if d.glue_dir else {}
         if d.source == "hub" or not all(path.is_file() for path in files.values()):
             continue  # hub data: loaded (and checked) by the data layer
         train = read_glue_tsv(files["train"], task_spec(task))
         read_glue_tsv(files["validation"], task_spec(task))
-        check_enough_examples(task, str(files["train"]), len(train), settings.fed.clients_per_task)
+        check_enough_examples(task, str(files["train"]), len(train), clients, per_client)
 
 
-def check_enough_examples(task: str, where: str, n_train: int, clients_per_task: int) -> None:
-    """Every client needs at least one example; the partitioner would otherwise fail deep inside."""
-    if n_train < clients_per_task:
+def check_enough_examples(
+    task: str, where: str, n_train: int, clients_per_task: int, per_client: int = 1
+) -> None:
+    """Every client needs at least `per_client` examples (one; MIN_PER_CLIENT under quantity skew); the
+    partitioner would otherwise fail deep inside, after the model has loaded."""
+    if n_train < clients_per_task * per_client:
+        each = "" if per_client == 1 else f" x {per_client} rows each (data.partition=quantity)"
         raise DataError(
             f"task {task} has {n_train} training examples ({where}), fewer than "
-            f"fed.clients_per_task={clients_per_task}; valid: fed.clients_per_task <= {n_train}"
+            f"fed.clients_per_task={clients_per_task}{each}; valid: fed.clients_per_task <= "
+            f"{n_train // per_client}"
         )
 
 
