@@ -11,7 +11,7 @@ from atlas_pl.parties.messages import AdapterUpdate
 flwr = pytest.importorskip("flwr")  # make test installs the extra (make install-flower)
 
 from atlas_pl.engines.flower.codec import get_tensors, get_updates, put_tensors, put_updates  # noqa: E402
-from atlas_pl.engines.flower.nodes import covered_seconds  # noqa: E402
+from atlas_pl.engines.flower.nodes import covered_seconds, data_shape  # noqa: E402
 
 
 def test_bf16_and_fp16_tensors_cross_as_fp32_and_come_back_exactly() -> None:
@@ -66,3 +66,16 @@ def test_a_clients_ledger_adds_into_the_coordinators() -> None:
     client.send("client/0", "server", "activations", [torch.zeros(8)])
     server.merge(client.to_json())
     assert server.by_kind(1, 0)["upload"] == {"fingerprint": 16, "activations": 64}
+
+
+def test_a_node_with_other_personal_rows_reports_another_data_shape() -> None:
+    """The server compares each node's report with its own copy of the data before round 1: a node
+    that held out another personal set (another data.personal_share) must not look the same."""
+    from atlas_pl.data.federated import ClientData
+
+    def client(personal: list[int] | None) -> ClientData:
+        return ClientData(3, "sst2", train=[0] * 8, num_samples=8, personal=personal)  # type: ignore[arg-type]
+
+    assert data_shape(client([0, 0])) == {"client_id": 3, "task": "sst2", "train": 8, "personal": 2}
+    assert data_shape(client(None))["personal"] == 0
+    assert data_shape(client([0])) != data_shape(client([0, 0]))

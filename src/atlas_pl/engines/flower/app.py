@@ -30,7 +30,7 @@ from atlas_pl.engines.flower.client import (  # noqa: E402
     node_config_paths,
 )
 from atlas_pl.engines.flower.codec import get_updates, json_record, put_tensors, read_json  # noqa: E402
-from atlas_pl.engines.flower.nodes import ASK, REPORT  # noqa: E402
+from atlas_pl.engines.flower.nodes import ASK, REPORT, data_shape  # noqa: E402
 from atlas_pl.errors import EngineError  # noqa: E402
 
 client_app = ClientApp()
@@ -76,7 +76,7 @@ def setup(message: Message, context: Context) -> Message:
     node = ClientNode(context.state, _partition(context))
     node.save()
     data = node.data
-    report = {"index": node.index, "client_id": data.client_id, "task": data.task, "train": len(data.train)}
+    report = {"index": node.index, **data_shape(data)}
     return _reply(message, started, report)
 
 

@@ -16,10 +16,18 @@ from typing import Any
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
+from atlas_pl.data.federated import ClientData
 from atlas_pl.engines.flower.codec import read_json
 from atlas_pl.errors import EngineError
 
 ASK, REPORT = "ask", "report"
+
+
+def data_shape(data: ClientData) -> dict[str, Any]:
+    """What a node reports of the data it built, for the server to compare with its own copy: a node
+    whose rows differ (other files, other config) would train, and score its personal set, on other data."""
+    personal = 0 if data.personal is None else len(data.personal)
+    return {"client_id": data.client_id, "task": data.task, "train": len(data.train), "personal": personal}
 
 
 def covered_seconds(intervals: Sequence[Sequence[float]], start: float, end: float) -> float:

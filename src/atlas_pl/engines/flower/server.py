@@ -24,7 +24,7 @@ from flwr.app import RecordDict
 from flwr.serverapp import Grid
 
 from atlas_pl.engines.flower.codec import get_tensors, json_record, put_updates, read_json
-from atlas_pl.engines.flower.nodes import ASK, REPORT, FlowerClients
+from atlas_pl.engines.flower.nodes import ASK, REPORT, FlowerClients, data_shape
 from atlas_pl.engines.inprocess import InProcessEngine
 from atlas_pl.engines.records import ClientRound, FederationResult
 from atlas_pl.engines.setup import Federation
@@ -137,7 +137,7 @@ class FlowerEngine(InProcessEngine):
         answers = self.clients.connect(lambda node: RecordDict({"job": json_record(config)}))
         for k, party in enumerate(self.parties):
             got = answers[k]
-            expected = {"client_id": party.data.client_id, "task": party.task, "train": len(party.data.train)}
+            expected = data_shape(party.data)
             mismatch = {key: got.get(key) for key, value in expected.items() if got.get(key) != value}
             if mismatch:
                 raise EngineError(
