@@ -71,6 +71,21 @@ def _accuracy(group: Group, task: str) -> dict[str, dict[str, float]]:
     return {"mean": mean_std(means).as_dict(), "worst": mean_std(worsts).as_dict()}
 
 
+def _pooled(group: Group, task: str) -> dict[str, dict[str, float]]:
+    """The task's last-round pooled personal score (all its clients' personal rows scored together,
+    engines.records), mean ± std over the seeds whose records have it; {} for jobs run before it existed
+    or on the global set."""
+    from atlas_pl.reporting.tables import mean_std
+
+    found = {"primary": [], "accuracy": []}
+    for job in group.jobs:
+        task_scores = job.records[-1].get("per_task", {}).get(task, {})
+        if "pooled_primary" in task_scores:
+            found["primary"].append(float(task_scores["pooled_primary"]))
+            found["accuracy"].append(float(task_scores["pooled_accuracy"]))
+    return {k: mean_std(v).as_dict() for k, v in found.items() if v}
+
+
 def _purity(job: Any) -> dict[str, Any] | None:
     """Phase 1's clusters against the clients' tasks: purity (share of clients in their cluster's majority
     task) and the number of clusters, from clustering.json's last entry; None without clustering."""
@@ -112,6 +127,7 @@ def group_row(group: Group, speed: dict[str, dict[str, Speed]]) -> dict[str, Any
                 "mean": ts.mean.as_dict(),
                 "worst": ts.worst.as_dict(),
                 "accuracy": _accuracy(group, t),
+                "pooled": _pooled(group, t),
                 "to_target": _speed(speed[t][group.label]) if group.label in speed.get(t, {}) else None,
             }
             for t, ts in group.per_task.items()
@@ -218,7 +234,9 @@ def markdown(table: dict[str, Any], *, accuracy: bool = False) -> str:
     tasks = list(next(iter(table.values()))["per_task"])
     columns = [f"{t} mean / worst" for t in tasks]
     if accuracy:
-        columns = [c for t in tasks for c in (f"{t} mean / worst", f"{t} accuracy mean / worst")]
+        columns = [
+            c for t in tasks for c in (f"{t} mean / worst", f"{t} accuracy mean / worst", f"{t} pooled")
+        ]
     head = ["method", "seeds", *columns, "mean over clients"]
     head += ["accuracy over clients", "GB"] if accuracy else ["GB"]
     head.append("rounds / sim s to target")
@@ -232,6 +250,8 @@ def markdown(table: dict[str, Any], *, accuracy: bool = False) -> str:
             if accuracy:
                 acc = (task or {}).get("accuracy")
                 cells.append(f"{_cell(acc['mean'])} / {_cell(acc['worst'])}" if acc else "–")
+                pooled = (task or {}).get("pooled", {}).get("primary")
+                cells.append(_cell(pooled) if pooled else "–")
         cells.append(_cell(row["mean_primary"]))
         if accuracy:
             cells.append(_cell(row["mean_accuracy"]))

@@ -86,3 +86,29 @@ def test_degenerate_cases():
         compute_metrics("sst2", np.zeros(0), np.zeros(0))
     with pytest.raises(DataError, match="unknown task"):
         compute_metrics("nope", zeros, zeros)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_pooled_personal_scores_equal_scoring_all_the_rows_together(seed):
+    """A task's pooled score from its clients' confusion counts is the metric of their rows concatenated,
+    also when a client holds one class only (its own MCC is 0 whatever it predicts)."""
+    from atlas_pl.data.metrics import confusion_counts, confusion_matrix, pooled_metrics
+
+    rng = np.random.default_rng(seed)
+    clients = [(rng.integers(0, 2, n), rng.integers(0, 2, n)) for n in rng.integers(3, 40, 4)]
+    clients.append((rng.integers(0, 2, 9), np.ones(9, dtype=np.int64)))  # one class only
+    for task in ("cola", "mrpc", "sst2"):
+        matrices = [confusion_matrix(confusion_counts(p, y, 2)) for p, y in clients]
+        together = compute_metrics(
+            task, np.concatenate([p for p, _ in clients]), np.concatenate([y for _, y in clients])
+        )
+        assert pooled_metrics(task, matrices) == pytest.approx(together, abs=1e-12)
+    assert compute_metrics("cola", *clients[-1])["mcc"] == 0.0
+
+
+def test_confusion_counts_are_rows_by_true_label():
+    from atlas_pl.data.metrics import confusion_counts, confusion_matrix
+
+    counts = confusion_counts(np.array([1, 1, 0, 2]), np.array([1, 0, 0, 1]), 3)
+    assert confusion_matrix(counts) == [[1, 1, 0], [0, 1, 1], [0, 0, 0]]
+    assert confusion_matrix({"accuracy": 1.0}) is None

@@ -7,6 +7,7 @@ import statistics
 import pytest
 import torch
 
+from atlas_pl.data.metrics import confusion_matrix, pooled_metrics
 from atlas_pl.engines.records import ClientRound, round_record
 from atlas_pl.parties.link import TrafficLedger
 
@@ -52,6 +53,7 @@ def test_each_client_is_scored_on_its_own_personal_set(smoke_run, ablation) -> N
     record = run.records()[-1]
     from atlas_pl.parties.evaluation import evaluate
 
+    matrices: dict[str, list[list[list[int]]]] = {}
     for client in run.fed.data.clients:
         entry = record["clients"][str(client.client_id)]
         assert entry["global"]["primary"] == entry["primary"]
@@ -66,7 +68,14 @@ def test_each_client_is_scored_on_its_own_personal_set(smoke_run, ablation) -> N
         )
         assert entry["personal"]["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-6)
         assert entry["personal"]["loss"] == pytest.approx(expected["loss"], rel=1e-4)
+        assert entry["personal"]["confusion"] == confusion_matrix(expected)
+        assert sum(map(sum, entry["personal"]["confusion"])) == len(client.personal)
+        matrices.setdefault(client.task, []).append(entry["personal"]["confusion"])
     assert set(record["personal"]["per_task"]) == set(record["per_task"])
+    for task, pooled in matrices.items():  # each task's clients' rows scored together
+        scores = record["personal"]["per_task"][task]
+        assert scores["pooled_primary"] == pooled_metrics(task, pooled)["primary"]
+        assert "pooled_primary" not in record["per_task"][task]  # the global set is one set: nothing to pool
 
 
 @pytest.mark.integration

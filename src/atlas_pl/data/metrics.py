@@ -9,6 +9,9 @@ whose validation split holds one class would reward predicting that class.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
@@ -50,3 +53,40 @@ def compute_metrics(task: str, preds: np.ndarray, labels: np.ndarray) -> dict[st
         out["mcc"] = mcc(preds, labels)
     out["primary"] = out[spec.primary_metric]
     return out
+
+
+CONFUSION_PREFIX = "confusion_"  # evaluate()'s flat counts: confusion_<true label>_<predicted label>
+
+
+def confusion_counts(preds: np.ndarray, labels: np.ndarray, num_labels: int) -> dict[str, float]:
+    """How many rows of each true label got each predicted label, as flat `confusion_<t>_<p>` numbers.
+
+    Kept for the personal test sets: a client's own set can hold a single class, where its F1 or MCC is 0
+    whatever it predicts; summing the counts over a task's clients gives the task's pooled score
+    (`pooled_metrics`), which stays defined."""
+    counts = np.zeros((num_labels, num_labels), dtype=np.int64)
+    np.add.at(counts, (np.asarray(labels).reshape(-1), np.asarray(preds).reshape(-1)), 1)
+    return {
+        f"{CONFUSION_PREFIX}{t}_{p}": float(counts[t, p])
+        for t in range(num_labels)
+        for p in range(num_labels)
+    }
+
+
+def confusion_matrix(scores: Mapping[str, float]) -> list[list[int]] | None:
+    """The counts `confusion_counts` flattened into `scores`, as rows by true label; None if absent."""
+    flat = {k for k in scores if k.startswith(CONFUSION_PREFIX)}
+    size = math.isqrt(len(flat))
+    keys = [[f"{CONFUSION_PREFIX}{t}_{p}" for p in range(size)] for t in range(size)]
+    if not flat or flat != {k for row in keys for k in row}:
+        return None
+    return [[int(scores[k]) for k in row] for row in keys]
+
+
+def pooled_metrics(task: str, matrices: list[list[list[int]]]) -> dict[str, float]:
+    """`compute_metrics` of all the rows behind `matrices` together (each rows by true label, columns by
+    prediction): one score of the task over its clients' personal sets, by the same definition."""
+    total = np.sum(np.asarray(matrices, dtype=np.int64), axis=0)
+    labels, preds = np.nonzero(np.ones_like(total))
+    counts = total[labels, preds]
+    return compute_metrics(task, np.repeat(preds, counts), np.repeat(labels, counts))

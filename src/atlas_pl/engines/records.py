@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from atlas_pl.data.metrics import confusion_matrix, pooled_metrics
 from atlas_pl.errors import DivergedError
 from atlas_pl.parties.link import TrafficLedger
 from atlas_pl.phases.allocation import ClientAllocation
@@ -75,6 +76,9 @@ def client_entry(c: ClientRound, index: int, round_index: int, ledger: TrafficLe
         entry["global"] = _scores(m)
         if c.personal is not None:
             entry["personal"] = _scores(c.personal)
+            matrix = confusion_matrix(c.personal)
+            if matrix is not None:  # rows by true label: the task's pooled personal score adds these
+                entry["personal"]["confusion"] = matrix
     entry.update(
         {
             "split": c.split,
@@ -118,6 +122,10 @@ def _summary(scored: Sequence[Mapping[str, Any]], tasks: Sequence[str]) -> dict[
             "primary": statistics.fmean(c["primary"] for c in members),
             "worst_primary": min(c["primary"] for c in members),
         }
+        matrices = [c["confusion"] for c in members if c.get("confusion") is not None]
+        if len(matrices) == len(members):  # personal sets: the task's rows scored together
+            pooled = pooled_metrics(task, matrices)
+            per_task[task].update(pooled_accuracy=pooled["accuracy"], pooled_primary=pooled["primary"])
     return {
         "mean_accuracy": statistics.fmean(accuracies),
         "worst_accuracy": min(accuracies),

@@ -19,6 +19,8 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from atlas_pl.data import TokenizedExamples, compute_metrics, take_rows
+from atlas_pl.data.metrics import confusion_counts
+from atlas_pl.data.tasks import task_spec
 from atlas_pl.models.split import SplitClientModel
 
 Forward = Callable[[dict[str, Tensor]], Tensor]  # a batch -> logits
@@ -69,6 +71,7 @@ def evaluate(
     y_true = data.labels.numpy()
     metrics = compute_metrics(task, preds, y_true)
     metrics["loss"] = loss_sum / max(1, len(y_true))
+    metrics.update(confusion_counts(preds, y_true, task_spec(task).num_labels))
     return metrics
 
 
