@@ -65,3 +65,32 @@ def test_notebook_runs_without_a_completed_job(
         assert any("partial" in o.get("data", {}).get("text/html", "") for o in outputs)
     else:
         assert "Nothing to analyse" in printed and "No job found" in printed
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("eval_set", ["global", "personal"])
+def test_notebook_shows_the_evaluation_set_it_is_asked_for(
+    eval_set: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ATLAS_EVAL_SET=personal: every table and figure on the clients' personal test sets."""
+    from atlas_pl.reporting import aggregate, load_jobs, tables
+
+    from .test_eval_sets import _tree
+
+    root = _tree(tmp_path / "runs")
+    monkeypatch.setenv("ATLAS_RUN_DIR", str(root))
+    monkeypatch.setenv("ATLAS_EVAL_SET", eval_set)
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    final = 'print("FINAL", [r["final_mean_primary_mean"] for r in tables.csv_rows(groups)])'
+    nb.cells.append(nbformat.v4.new_code_cell(final))
+    NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}
+    ).execute()
+    printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+
+    def finals(view: str) -> list[float]:
+        rows = tables.csv_rows(aggregate(load_jobs(root, eval_set=view)))
+        return [r["final_mean_primary_mean"] for r in rows]
+
+    assert f"FINAL {finals(eval_set)}" in printed
+    assert finals(eval_set) != finals("global" if eval_set == "personal" else "personal")
