@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -138,22 +139,42 @@ def group_row(group: Group, speed: dict[str, dict[str, Speed]]) -> dict[str, Any
     }
 
 
-def setting_table(root: Path, eval_set: str) -> dict[str, Any]:
-    jobs = load_jobs(root, eval_set=eval_set)
-    groups = aggregate(jobs)
-    speed = speeds(groups)
-    return {group.label: group_row(group, speed) for group in groups}
+def setting_table(root: Path, eval_set: str, setting: str, legacy: Path) -> dict[str, Any]:
+    """One row per group of kept records, plus the rows carried from `legacy` that no kept group
+    replaces; one convergence target per task over all of them."""
+    groups = aggregate(load_jobs(root, eval_set=eval_set))
+    rows = carried_rows(setting, eval_set, legacy)
+    kept_seeds = {g.label: g.seeds for g in groups}
+    rows = {label: row for label, row in rows.items() if not covers(kept_seeds.get(label), row["seeds"])}
+    shown = [g for g in groups if g.label not in rows]  # a partial rerun stays out until it covers the row
+    finals: dict[str, list[float]] = {}
+    for row in rows.values():
+        for task, cell in row["per_task"].items():
+            finals.setdefault(task, []).append(cell["mean"]["mean"])
+    speed = speeds(shown, finals)
+    return {**{g.label: group_row(g, speed) for g in shown}, **rows}
 
 
-def with_legacy(table: dict[str, Any], setting: str, eval_set: str, legacy: Path) -> dict[str, Any]:
-    """The table with evidence_legacy.json's rows for the groups it has no kept records of, each marked
-    with the commit it was collected at (`legacy`); a group with kept records always wins."""
+def covers(kept: Sequence[int] | None, carried: Sequence[int]) -> bool:
+    """Kept records replace a carried row only when they hold every seed it had."""
+    return kept is not None and set(carried) <= set(kept)
+
+
+def carried_rows(setting: str, eval_set: str, legacy: Path) -> dict[str, dict[str, Any]]:
+    """evidence_legacy.json's rows for `setting` on `eval_set`, marked with the commit they were collected
+    at (`legacy`). Their curves were not kept, so their rounds to target cannot be measured against this
+    table's target: `to_target` is emptied and the figures as collected are kept as `to_target_then`."""
     if not legacy.is_file():
-        return table
+        return {}
     carried = json.loads(legacy.read_text())
-    rows = carried["rows"].get(setting, {}).get(eval_set, {})
-    extra = {label: {**row, "legacy": carried["code"]} for label, row in rows.items() if label not in table}
-    return {**table, **extra}
+    rows = {}
+    for label, row in carried["rows"].get(setting, {}).get(eval_set, {}).items():
+        per_task = {
+            task: {**cell, "to_target": None, "to_target_then": cell.get("to_target")}
+            for task, cell in row["per_task"].items()
+        }
+        rows[label] = {**row, "per_task": per_task, "legacy": carried["code"]}
+    return rows
 
 
 def _commit() -> str:
@@ -177,7 +198,7 @@ def collect(root: Path, out: Path, reports: Path | None = None) -> dict[str, Any
         if not where.is_dir():
             continue
         try:
-            tables = {e: with_legacy(setting_table(where, e), setting, e, LEGACY) for e in eval_sets}
+            tables = {e: setting_table(where, e, setting, LEGACY) for e in eval_sets}
         except ReportError as exc:
             print(f"{setting}: {exc}")
             continue
@@ -217,6 +238,8 @@ def _cell(stat: dict[str, float]) -> str:
 def _target_cell(row: dict[str, Any]) -> str:
     """Rounds to target per task (mean over the seeds that reach it, n/N) and simulated seconds."""
     parts = []
+    if row.get("legacy"):
+        return "not measured (curves not kept)"
     for task, cell in row["per_task"].items():
         speed = cell["to_target"]
         if speed is None:

@@ -169,12 +169,14 @@ def legacy_seeds(stage: Stage, legacy: Path = LEGACY) -> list[int]:
     return sorted(json.loads(legacy.read_text())["stages"].get(stage.name, []))
 
 
-def done_seeds(stage: Stage, root: Path, archive: Path = ARCHIVE, *, with_legacy: bool = True) -> list[int]:
+def done_seeds(
+    stage: Stage, root: Path, archive: Path = ARCHIVE, *, legacy: Path = LEGACY, with_legacy: bool = True
+) -> list[int]:
     """Seeds whose job finished, in the multirun directory or kept in the archive, or (`with_legacy`) whose
-    collected rows are carried from evidence_legacy.json."""
+    collected rows are carried from `legacy`."""
     finished = set(_finished_jobs(stage.directory(root))) | set(_finished_jobs(stage.directory(archive)))
     if with_legacy:
-        finished |= set(legacy_seeds(stage))
+        finished |= set(legacy_seeds(stage, legacy))
     return sorted(finished)
 
 
@@ -184,10 +186,16 @@ def archive_job(job: Path, stage: Stage, seed: int, archive: Path = ARCHIVE) -> 
     import shutil
 
     into = stage.directory(archive) / f"seed_{seed}"
-    into.mkdir(parents=True, exist_ok=True)
+    # copied beside the archive's settings first: a copy cut short is never taken for a kept job
+    staging = archive / ".partial" / stage.setting / stage.method / into.name
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
     for name in KEPT_FILES:
         if (job / name).is_file():
-            shutil.copyfile(job / name, into / name)
+            shutil.copyfile(job / name, staging / name)
+    shutil.rmtree(into, ignore_errors=True)
+    into.parent.mkdir(parents=True, exist_ok=True)
+    staging.rename(into)
     return into
 
 

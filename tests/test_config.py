@@ -132,6 +132,16 @@ def test_bad_values_are_named_with_their_valid_values(overrides, key, valid, mon
     assert key in message and valid in message, message
 
 
+def test_quantity_skew_with_personal_sets_keeps_two_rows_from_a_cap_of_one(monkeypatch) -> None:
+    """With data.personal_share > 0 a client keeps ceil(cap / (1 - share)) rows: 2 from a cap of 1, which
+    quantity skew's minimum allows (the partitioner gives each client 1 to train on and 1 to test on)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ok = ("data.partition=quantity", "data.samples_per_client=1")
+    validate_config(_compose(*ok, "data.personal_share=0.2"))
+    with pytest.raises(ConfigError):
+        validate_config(_compose(*ok))
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     return subprocess.run(

@@ -16,7 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from atlas_pl.data.partition import MIN_PER_CLIENT
+from atlas_pl.data.partition import MIN_PER_CLIENT, kept_rows
 from atlas_pl.errors import AtlasError
 from atlas_pl.models.catalog import ModelNotFound, known_models, resolve_model_spec
 from atlas_pl.phases.availability import parse_deadline
@@ -304,10 +304,17 @@ def validate_config(cfg: DictConfig) -> None:
         # beyond half, a client would hold out more rows than it trains on (and up to cap/(1-share) rows)
         c.fail("data.personal_share", share, "a number >= 0 and <= 0.5 (0 = no personal test sets, e.g. 0.2)")
     c.number("data.samples_per_client", low=1, integer=True, optional=True)
-    cap = c.get("data.samples_per_client")
-    if c.get("data.partition") == "quantity" and isinstance(cap, int) and 0 < cap < MIN_PER_CLIENT:
-        # quantity skew gives every client MIN_PER_CLIENT rows before sharing out the rest by size
-        c.fail("data.samples_per_client", cap, f"an integer >= {MIN_PER_CLIENT} with data.partition=quantity")
+    cap, share = c.get("data.samples_per_client"), c.get("data.personal_share")
+    if c.get("data.partition") == "quantity" and isinstance(cap, int) and isinstance(share, (int, float)):
+        # quantity skew gives every client MIN_PER_CLIENT rows before sharing out the rest by size; its
+        # mean size is the cap grown by the personal share (partition.kept_rows)
+        if 0 < cap and kept_rows(cap, share) < MIN_PER_CLIENT:
+            c.fail(
+                "data.samples_per_client",
+                cap,
+                f"an integer >= {MIN_PER_CLIENT} with data.partition=quantity (or a data.personal_share > 0, "
+                f"which makes each client keep {MIN_PER_CLIENT} rows from 1)",
+            )
     c.number("data.eval_samples", low=1, integer=True, optional=True)
     c.number("data.max_len", low=8, integer=True)
     c.number("data.synthetic_train_size", low=1, integer=True)

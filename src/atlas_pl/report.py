@@ -81,14 +81,15 @@ def build_report(run_dir: Path | str, out_dir: Path | str | None = None, *, eval
 
 def _remove_stale_personal(folder: Path) -> None:
     """An earlier report's personal/ beside a report that has no personal view any more (its jobs were
-    rerun or removed) would describe jobs that are gone: remove it, but only when it holds nothing
-    except what a report writes there (report.md, report.csv, figures/*.png); otherwise say why it stays."""
-    if not folder.is_dir():
-        return
+    rerun or removed) would describe jobs that are gone: remove it, but only when it is a report's (it has
+    report.md) and holds nothing else than what a report writes there (report.csv, the figures' PNGs);
+    otherwise say why it stays."""
+    if not (folder / "report.md").is_file():
+        return  # not a report's folder (or nothing left of one): not ours to touch
     entries = {e.name for e in folder.iterdir()}
-    figures = folder / "figures"
+    figures, drawn = folder / "figures", {f"{name}.png" for name in figs.CAPTIONS}
     ours = entries <= {"report.md", "report.csv", "figures"} and (
-        not figures.exists() or (figures.is_dir() and all(f.suffix == ".png" for f in figures.iterdir()))
+        not figures.exists() or (figures.is_dir() and {f.name for f in figures.iterdir()} <= drawn)
     )
     if ours:
         shutil.rmtree(folder)

@@ -104,6 +104,12 @@ def test_pooled_personal_scores_equal_scoring_all_the_rows_together(seed):
         )
         assert pooled_metrics(task, matrices) == pytest.approx(together, abs=1e-12)
     assert compute_metrics("cola", *clients[-1])["mcc"] == 0.0
+    three = [(rng.integers(0, 3, n), rng.integers(0, 3, n)) for n in (5, 17, 30)]  # MNLI's 3 labels
+    matrices = [confusion_matrix(confusion_counts(p, y, 3)) for p, y in three]
+    together = compute_metrics(
+        "mnli", np.concatenate([p for p, _ in three]), np.concatenate([y for _, y in three])
+    )
+    assert pooled_metrics("mnli", matrices) == pytest.approx(together, abs=1e-12)
 
 
 def test_confusion_counts_are_rows_by_true_label():

@@ -284,3 +284,8 @@ def test_a_stale_personal_report_is_removed_when_the_jobs_no_longer_have_persona
     build_report(without_sets, out)
     assert (out / "personal" / "my_notes.txt").read_text() == "mine"  # a user's file is never removed
     assert "holds files a report does not write" in capsys.readouterr().err
+    mine = tmp_path / "mine"
+    (mine / "personal" / "figures").mkdir(parents=True)
+    (mine / "personal" / "figures" / "plot.png").write_bytes(b"png")  # no report.md: not a report's
+    build_report(without_sets, mine)
+    assert (mine / "personal" / "figures" / "plot.png").is_file() and not capsys.readouterr().err

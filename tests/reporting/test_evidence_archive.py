@@ -9,8 +9,10 @@ import shutil
 import sys
 from pathlib import Path
 
+import pytest
+
 from atlas_pl.reporting import load_jobs
-from atlas_pl.reporting.views import PERSONAL
+from atlas_pl.reporting.views import GLOBAL
 
 from ..conftest import REPO_ROOT
 
@@ -59,25 +61,47 @@ def test_an_unfinished_job_is_not_kept(smoke_multirun: Path, tmp_path: Path) -> 
     assert [p.name for p in kept] == [f"seed_{1 - seed}"]
 
 
-def test_carried_rows_fill_only_groups_without_kept_records(tmp_path: Path) -> None:
-    legacy = tmp_path / "legacy.json"
-    carried = {"fedavg_cluster": {"seeds": [0, 1, 2]}, "local_only": {"seeds": [0]}}
-    legacy.write_text(
-        json.dumps(
-            {
-                "code": "abc1234",
-                "stages": {"b:fedavg_cluster": [0, 1, 2]},
-                "rows": {"b": {PERSONAL: carried}},
-            }
-        )
+def _legacy(path: Path, rows: dict, stages: dict | None = None) -> Path:
+    path.write_text(json.dumps({"code": "abc1234", "stages": stages or {}, "rows": {"b": {GLOBAL: rows}}}))
+    return path
+
+
+def _carried(seeds: list[int], tasks: list[str], final: float) -> dict:
+    then = {"target": 0.5, "rounds": {"mean": 2.0, "std": 0.0, "n": 1}, "reached": 1, "n": 1}
+    cell = {"mean": {"mean": final, "std": 0.0, "n": len(seeds)}, "to_target": then}
+    return {"seeds": seeds, "per_task": {t: dict(cell) for t in tasks}}
+
+
+def test_carried_rows_fill_only_groups_without_kept_records(smoke_multirun: Path, tmp_path: Path) -> None:
+    root, archive = tmp_path / "multirun", tmp_path / "kept"
+    _study_tree(smoke_multirun, root)
+    evidence_study.archive_finished(root, archive)
+    tasks = sorted({c["task"] for j in load_jobs(archive / "b") for c in j.records[-1]["clients"].values()})
+    label = "atlas (eta=0.5)"
+    legacy = _legacy(tmp_path / "legacy.json", {"fedavg_cluster": _carried([0, 1, 2], tasks, 2.0)})
+
+    table = evidence_collect.setting_table(archive / "b", GLOBAL, "b", legacy)
+
+    carried = table["fedavg_cluster"]
+    assert carried["legacy"] == "abc1234" and carried["seeds"] == [0, 1, 2]
+    assert all(
+        c["to_target"] is None and c["to_target_then"]["target"] == 0.5 for c in carried["per_task"].values()
     )
-    kept = {"local_only": {"seeds": [0, 1, 2]}}
+    # the carried row's final 2.0 sets every task's target: 0.95 x 2.0, which no kept curve reaches
+    kept = table[label]
+    assert "legacy" not in kept and kept["seeds"] == [0, 1]
+    assert all(c["to_target"]["target"] == pytest.approx(1.9) for c in kept["per_task"].values())
+    assert all(c["to_target"]["reached"] == 0 for c in kept["per_task"].values())
 
-    table = evidence_collect.with_legacy(kept, "b", PERSONAL, legacy)
+    # a rerun of seeds 0-1 does not replace a carried row of seeds 0-2; one of seeds 0-1 it does
+    partial = _legacy(tmp_path / "partial.json", {label: _carried([0, 1, 2], tasks, 0.1)})
+    assert evidence_collect.setting_table(archive / "b", GLOBAL, "b", partial)[label]["legacy"] == "abc1234"
+    covered = _legacy(tmp_path / "covered.json", {label: _carried([0, 1], tasks, 0.1)})
+    assert "legacy" not in evidence_collect.setting_table(archive / "b", GLOBAL, "b", covered)[label]
 
-    assert table["local_only"] == {"seeds": [0, 1, 2]}  # kept records win over a carried row
-    assert table["fedavg_cluster"] == {"seeds": [0, 1, 2], "legacy": "abc1234"}
-    assert evidence_collect.with_legacy(kept, "a", PERSONAL, legacy) == kept
-    assert evidence_study.legacy_seeds(STAGE, legacy) == []
-    fedavg_cluster = next(s for s in evidence_study.stages() if s.name == "b:fedavg_cluster")
-    assert evidence_study.legacy_seeds(fedavg_cluster, legacy) == [0, 1, 2]
+
+def test_a_carried_stage_counts_as_done_unless_it_is_rerun(tmp_path: Path) -> None:
+    legacy = _legacy(tmp_path / "legacy.json", {}, {"b:atlas_0.5": [0, 1, 2]})
+    assert evidence_study.legacy_seeds(STAGE, legacy) == [0, 1, 2]
+    assert evidence_study.done_seeds(STAGE, tmp_path, tmp_path, legacy=legacy) == [0, 1, 2]
+    assert evidence_study.done_seeds(STAGE, tmp_path, tmp_path, legacy=legacy, with_legacy=False) == []

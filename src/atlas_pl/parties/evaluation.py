@@ -56,7 +56,8 @@ def length_sorted_batches(
 def evaluate(
     forward: Forward, task: str, data: TokenizedExamples, *, batch_size: int, device: torch.device
 ) -> dict[str, float]:
-    """Metrics (accuracy, primary, f1/mcc where defined) and mean loss of `forward` on `data`.
+    """Metrics (accuracy, primary, f1/mcc where defined), mean loss and the confusion counts
+    (`confusion_<true>_<predicted>`, which a task's pooled personal score sums) of `forward` on `data`.
 
     The caller puts its modules in eval mode (dropout off) for the duration. `batch_size` caps the
     sequences per batch; the token budget usually binds first.
