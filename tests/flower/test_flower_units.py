@@ -79,3 +79,27 @@ def test_a_node_with_other_personal_rows_reports_another_data_shape() -> None:
     assert data_shape(client([0, 0])) == {"client_id": 3, "task": "sst2", "train": 8, "personal": 2}
     assert data_shape(client(None))["personal"] == 0
     assert data_shape(client([0])) != data_shape(client([0, 0]))
+
+
+def test_the_server_refuses_a_node_whose_personal_set_differs_from_its_own() -> None:
+    """FlowerEngine._connect compares every node's data_shape with the server's copy of that client."""
+    from types import SimpleNamespace
+
+    from atlas_pl.data.federated import ClientData
+    from atlas_pl.engines.flower.server import FlowerEngine
+    from atlas_pl.errors import EngineError
+
+    def client(personal: int) -> ClientData:
+        return ClientData(0, "sst2", train=[0] * 8, num_samples=8, personal=[0] * personal)  # type: ignore[arg-type]
+
+    def engine(node_personal: int) -> SimpleNamespace:
+        answers = {0: data_shape(client(node_personal))}
+        return SimpleNamespace(
+            settings=SimpleNamespace(config={}),
+            clients=SimpleNamespace(connect=lambda build: answers),
+            parties=[SimpleNamespace(data=client(2), task="sst2")],
+        )
+
+    FlowerEngine._connect(engine(2))  # type: ignore[arg-type]  # the same rows: accepted
+    with pytest.raises(EngineError, match="'personal': 1"):
+        FlowerEngine._connect(engine(1))  # type: ignore[arg-type]
