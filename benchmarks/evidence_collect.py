@@ -17,7 +17,7 @@ from typing import Any
 from atlas_pl.report import build_report
 from atlas_pl.reporting import Group, aggregate, load_jobs
 from atlas_pl.reporting.reader import ReportError
-from atlas_pl.reporting.tables import Speed, speeds
+from atlas_pl.reporting.tables import Speed, mean_std, speeds
 from atlas_pl.reporting.views import GLOBAL, PERSONAL
 
 EVAL_SETS = {
@@ -46,8 +46,6 @@ def _speed(speed: Speed) -> dict[str, Any]:
 
 def _sim_seconds(group: Group) -> dict[str, float] | None:
     """The jobs' total simulated seconds (the last record's cumulative figure), mean ± std."""
-    from atlas_pl.reporting.tables import mean_std
-
     totals = [j.records[-1].get("cumulative_sim_seconds") for j in group.jobs]
     values = [float(t) for t in totals if t is not None]
     return mean_std(values).as_dict() if values else None
@@ -58,8 +56,6 @@ def _accuracy(group: Group, task: str) -> dict[str, dict[str, float]]:
 
     Accuracy is reported beside the primary metric because it stays defined on a personal set that holds
     a single class, where F1 and MCC are 0 whatever the model predicts (README, Evaluation protocol)."""
-    from atlas_pl.reporting.tables import mean_std
-
     means, worsts = [], []
     for job in group.jobs:
         scores = [c["accuracy"] for c in job.records[-1]["clients"].values() if c.get("task") == task]
@@ -76,8 +72,6 @@ def _pooled(group: Group, task: str) -> dict[str, dict[str, float]]:
     """The task's last-round pooled personal score (all its clients' personal rows scored together,
     engines.records), mean ± std over the seeds whose records have it; {} for jobs run before it existed
     or on the global set."""
-    from atlas_pl.reporting.tables import mean_std
-
     found = {"primary": [], "accuracy": []}
     for job in group.jobs:
         task_scores = job.records[-1].get("per_task", {}).get(task, {})
@@ -104,8 +98,6 @@ def _purity(job: Any) -> dict[str, Any] | None:
 
 def _mean_accuracy(group: Group) -> dict[str, float]:
     """The last round's accuracy averaged over all clients, mean ± std over seeds."""
-    from atlas_pl.reporting.tables import mean_std
-
     return mean_std([float(j.records[-1]["mean_accuracy"]) for j in group.jobs]).as_dict()
 
 
