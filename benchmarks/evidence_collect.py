@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -131,42 +130,11 @@ def group_row(group: Group, speed: dict[str, dict[str, Speed]]) -> dict[str, Any
     }
 
 
-def setting_table(root: Path, eval_set: str, setting: str, legacy: Path) -> dict[str, Any]:
-    """One row per group of kept records, plus the rows carried from `legacy` that no kept group
-    replaces; one convergence target per task over all of them."""
+def setting_table(root: Path, eval_set: str) -> dict[str, Any]:
+    """One row per group of kept records, with one convergence target per task over all of them."""
     groups = aggregate(load_jobs(root, eval_set=eval_set))
-    rows = carried_rows(setting, eval_set, legacy)
-    kept_seeds = {g.label: g.seeds for g in groups}
-    rows = {label: row for label, row in rows.items() if not covers(kept_seeds.get(label), row["seeds"])}
-    shown = [g for g in groups if g.label not in rows]  # a partial rerun stays out until it covers the row
-    finals: dict[str, list[float]] = {}
-    for row in rows.values():
-        for task, cell in row["per_task"].items():
-            finals.setdefault(task, []).append(cell["mean"]["mean"])
-    speed = speeds(shown, finals)
-    return {**{g.label: group_row(g, speed) for g in shown}, **rows}
-
-
-def covers(kept: Sequence[int] | None, carried: Sequence[int]) -> bool:
-    """Kept records replace a carried row only when they hold every seed it had."""
-    return kept is not None and set(carried) <= set(kept)
-
-
-def carried_rows(setting: str, eval_set: str, legacy: Path) -> dict[str, dict[str, Any]]:
-    """evidence_legacy.json's rows for `setting` on `eval_set`, marked with the commit they were collected
-    at (`legacy`). Their curves were not kept, so their rounds to target cannot be measured against this
-    table's target: `to_target` is emptied and the figures as collected are kept as `to_target_then`."""
-    if not legacy.is_file():
-        return {}
-    carried = json.loads(legacy.read_text())
-    rows = {}
-    for label, row in carried["rows"].get(setting, {}).get(eval_set, {}).items():
-        per_task = {
-            task: {**cell, "to_target": None, "to_target_then": cell.get("to_target")}
-            for task, cell in row["per_task"].items()
-        }
-        rows[label] = {**row, "per_task": per_task, "legacy": carried["code"]}
-    return rows
+    speed = speeds(groups)
+    return {g.label: group_row(g, speed) for g in groups}
 
 
 def _commit() -> str:
@@ -177,7 +145,7 @@ def _commit() -> str:
 def collect(root: Path, out: Path, reports: Path | None = None) -> dict[str, Any]:
     """Results of every setting found under `root` (JSON to `out`), a report per setting under
     <reports or root>/<setting>/report, and markdown tables printed."""
-    from evidence_study import LEGACY, SEEDS, status
+    from evidence_study import SEEDS, status
 
     result: dict[str, Any] = {
         "experiment": "quick, fed.rounds=20, fed.eval_every=2, seeds 0-2",
@@ -190,7 +158,7 @@ def collect(root: Path, out: Path, reports: Path | None = None) -> dict[str, Any
         if not where.is_dir():
             continue
         try:
-            tables = {e: setting_table(where, e, setting, LEGACY) for e in eval_sets}
+            tables = {e: setting_table(where, e) for e in eval_sets}
         except ReportError as exc:
             print(f"{setting}: {exc}")
             continue
@@ -230,8 +198,6 @@ def _cell(stat: dict[str, float]) -> str:
 def _target_cell(row: dict[str, Any]) -> str:
     """Rounds to target per task (mean over the seeds that reach it, n/N) and simulated seconds."""
     parts = []
-    if row.get("legacy"):
-        return "not measured (curves not kept)"
     for task, cell in row["per_task"].items():
         speed = cell["to_target"]
         if speed is None:
@@ -257,8 +223,7 @@ def markdown(table: dict[str, Any], *, accuracy: bool = False) -> str:
     head.append("rounds / sim s to target")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, row in table.items():
-        mark = " †" if row.get("legacy") else ""  # collected earlier, records not kept (evidence_legacy.json)
-        cells = [label + mark, ",".join(map(str, row["seeds"]))]
+        cells = [label, ",".join(map(str, row["seeds"]))]
         for t in tasks:
             task = row["per_task"].get(t)
             cells.append(f"{_cell(task['mean'])} / {_cell(task['worst'])}" if task else "–")

@@ -18,9 +18,9 @@ Stages run in the order the issue asks for, setting (b) first:
 All on the quick experiment (MiniLM, SST-2 / MRPC / CoLA, 3 clients per task, 400 training rows each) with
 20 rounds, scored every second round (fed.eval_every=2; round 20 is always scored).
 
-Two stages finished before records were kept (b:fedavg_cluster and b:atlas_0.5, seeds 0-2): their rows as
-collected then are in benchmarks/results/evidence_legacy.json, count as done, and are carried into the
-results marked with the commit they were collected at; --rerun-legacy runs them again to keep records.
+Two stages finished before records were kept (b:fedavg_cluster and b:atlas_0.5, seeds 0-2, stop 32) and
+were run again to keep them; the rows as first collected stay in benchmarks/results/evidence_legacy.json as
+a record of that comparison (README), which nothing here reads.
 
     .venv/bin/python benchmarks/evidence_study.py --run            # run (or continue) every stage in order
     .venv/bin/python benchmarks/evidence_study.py --run --worker 0 --workers 2 &   # two runners on
@@ -61,8 +61,6 @@ KEPT_FILES = (
     "allocation.json",
     "done",
 )
-# stages collected before their records were kept (evidence_legacy.json says which, and how they are used)
-LEGACY = ROOT / "benchmarks" / "results" / "evidence_legacy.json"
 SEEDS = (0, 1, 2)
 # one thread per job: two jobs side by side on the two cores get through the study faster than one job on
 # both (small matmuls scale poorly across threads); every job of the study runs the same way
@@ -162,22 +160,9 @@ def _finished_jobs(directory: Path) -> dict[int, Path]:
     return found
 
 
-def legacy_seeds(stage: Stage, legacy: Path = LEGACY) -> list[int]:
-    """Seeds of `stage` whose results survive only as collected rows (evidence_legacy.json)."""
-    if not legacy.is_file():
-        return []
-    return sorted(json.loads(legacy.read_text())["stages"].get(stage.name, []))
-
-
-def done_seeds(
-    stage: Stage, root: Path, archive: Path = ARCHIVE, *, legacy: Path = LEGACY, with_legacy: bool = True
-) -> list[int]:
-    """Seeds whose job finished, in the multirun directory or kept in the archive, or (`with_legacy`) whose
-    collected rows are carried from `legacy`."""
-    finished = set(_finished_jobs(stage.directory(root))) | set(_finished_jobs(stage.directory(archive)))
-    if with_legacy:
-        finished |= set(legacy_seeds(stage, legacy))
-    return sorted(finished)
+def done_seeds(stage: Stage, root: Path, archive: Path = ARCHIVE) -> list[int]:
+    """Seeds whose job finished, in the multirun directory or kept in the archive."""
+    return sorted(set(_finished_jobs(stage.directory(root))) | set(_finished_jobs(stage.directory(archive))))
 
 
 def archive_job(job: Path, stage: Stage, seed: int, archive: Path = ARCHIVE) -> Path:
@@ -224,18 +209,17 @@ def run(
     only: Sequence[str],
     worker: int = 0,
     workers: int = 1,
-    rerun_legacy: bool = False,
+    archive: Path = ARCHIVE,
 ) -> None:
     """Run the jobs not done yet, stage by stage in order, one seed at a time; worker `worker` of `workers`
-    takes every `workers`-th job, and each finished job goes to the archive at once. `rerun_legacy`: run
-    the stages carried as collected rows too, so that their records are kept."""
-    for kept in archive_finished(root):  # a job that finished after its runner was stopped
+    takes every `workers`-th job, and each finished job goes to the archive at once."""
+    for kept in archive_finished(root, archive):  # a job that finished after its runner was stopped
         print(f"kept {kept}", flush=True)
     units = [(s, seed) for s in stages() if not only or s.name in only for seed in seeds]
     for index, (stage, seed) in enumerate(units):
         if index % workers != worker:
             continue
-        if seed in done_seeds(stage, root, with_legacy=not rerun_legacy):
+        if seed in done_seeds(stage, root, archive):
             print(f"{stage.name} seed {seed}: done", flush=True)
             continue
         print(f"{stage.name} seed {seed}: running", flush=True)
@@ -243,7 +227,7 @@ def run(
         job = _finished_jobs(stage.directory(root)).get(seed)
         if job is None:  # a job stopped by a signal can exit 0: do not go on as if it had finished
             raise SystemExit(f"{stage.name}: seed {seed} did not finish; run --run again to continue")
-        print(f"{stage.name} seed {seed}: kept in {archive_job(job, stage, seed)}", flush=True)
+        print(f"{stage.name} seed {seed}: kept in {archive_job(job, stage, seed, archive)}", flush=True)
 
 
 def main() -> None:
@@ -253,9 +237,6 @@ def main() -> None:
     parser.add_argument("--run", action="store_true", help="run the stages that are not done, in order")
     parser.add_argument("--status", action="store_true", help="print which stages are complete")
     parser.add_argument("--collect", action="store_true", help="results JSON and reports of what is done")
-    parser.add_argument(
-        "--rerun-legacy", action="store_true", help="also run the stages evidence_legacy.json carries"
-    )
     parser.add_argument("--stages", nargs="*", default=[], help="only these stages (e.g. b:fedavg)")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR)
@@ -270,7 +251,7 @@ def main() -> None:
     if not 0 <= args.worker < args.workers:
         parser.error(f"--worker {args.worker} of --workers {args.workers}: valid: 0 <= worker < workers")
     if args.run:
-        run(args.dir, args.seeds, args.stages, args.worker, args.workers, args.rerun_legacy)
+        run(args.dir, args.seeds, args.stages, args.worker, args.workers)
     if args.status or not (args.run or args.collect):
         for row in status(args.dir, args.seeds):
             print(f"{row['stage']:28s} {'complete' if row['complete'] else 'incomplete'} {row['done_seeds']}")

@@ -1,6 +1,6 @@
 """The evidence study keeps each finished job's records in git (benchmarks/evidence_study.py), because a
 session's machine, multirun directory included, does not outlive the session: what is kept must report
-exactly as the job directory did, and rows carried from an earlier collection must never hide kept ones."""
+exactly as the job directory did, and only a finished job may be kept."""
 
 from __future__ import annotations
 
@@ -41,13 +41,16 @@ def test_kept_records_report_as_the_job_directories_did(smoke_multirun: Path, tm
 
     assert sorted(p.name for p in kept) == ["seed_0", "seed_1"]
     assert all(not (p / "checkpoints").exists() and (p / "done").is_file() for p in kept)
-    assert evidence_study.done_seeds(STAGE, tmp_path / "empty", archive, with_legacy=False) == [0, 1]
+    assert evidence_study.done_seeds(STAGE, tmp_path / "empty", archive) == [0, 1]
     assert evidence_study.archive_finished(root, archive) == []  # nothing is copied twice
     original, copied = load_jobs(root / "b"), load_jobs(archive / "b")
     assert [(j.seed, j.records, j.clustering) for j in copied] == [
         (j.seed, j.records, j.clustering) for j in original
     ]
     assert all(j.status == "completed" for j in copied)
+    # the study's table from the kept records is the one from the job directories
+    table = evidence_collect.setting_table(archive / "b", GLOBAL)
+    assert table == evidence_collect.setting_table(root / "b", GLOBAL) and list(table) == ["atlas (eta=0.5)"]
 
 
 def test_an_unfinished_job_is_not_kept(smoke_multirun: Path, tmp_path: Path) -> None:
@@ -61,47 +64,59 @@ def test_an_unfinished_job_is_not_kept(smoke_multirun: Path, tmp_path: Path) -> 
     assert [p.name for p in kept] == [f"seed_{1 - seed}"]
 
 
-def _legacy(path: Path, rows: dict, stages: dict | None = None) -> Path:
-    path.write_text(json.dumps({"code": "abc1234", "stages": stages or {}, "rows": {"b": {GLOBAL: rows}}}))
-    return path
+def _fake_job(calls: list[tuple[str, int]], finish: bool = True):
+    """Stands in for one job of the CLI: writes the job directory a finished (or killed) run leaves."""
+
+    def fake_run(command: list[str], **_: object) -> None:
+        args = dict(a.split("=", 1) for a in command if "=" in a)
+        seed, sweep = int(args["seed"]), Path(args["hydra.sweep.dir"])
+        calls.append((f"{sweep.parent.name}:{sweep.name}", seed))
+        job = sweep / f"0_seed={seed}"
+        job.mkdir(parents=True)
+        (job / "job_config.json").write_text(json.dumps({"seed": seed}))
+        if finish:
+            (job / "done").write_text("")
+
+    return fake_run
 
 
-def _carried(seeds: list[int], tasks: list[str], final: float) -> dict:
-    then = {"target": 0.5, "rounds": {"mean": 2.0, "std": 0.0, "n": 1}, "reached": 1, "n": 1}
-    cell = {"mean": {"mean": final, "std": 0.0, "n": len(seeds)}, "to_target": then}
-    return {"seeds": seeds, "per_task": {t: dict(cell) for t in tasks}}
-
-
-def test_carried_rows_fill_only_groups_without_kept_records(smoke_multirun: Path, tmp_path: Path) -> None:
+def test_two_runners_share_the_jobs_and_keep_each_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     root, archive = tmp_path / "multirun", tmp_path / "kept"
-    _study_tree(smoke_multirun, root)
-    evidence_study.archive_finished(root, archive)
-    tasks = sorted({c["task"] for j in load_jobs(archive / "b") for c in j.records[-1]["clients"].values()})
-    label = "atlas (eta=0.5)"
-    legacy = _legacy(tmp_path / "legacy.json", {"fedavg_cluster": _carried([0, 1, 2], tasks, 2.0)})
+    only = ["b:atlas_1.0", "b:atlas_0.01"]
+    kept_before = _study_tree_seed(root, "b", "atlas_0.01", 1)
+    evidence_study.archive_job(kept_before, _stage("b:atlas_0.01"), 1, archive)
+    calls: dict[int, list[tuple[str, int]]] = {0: [], 1: []}
+    for worker in (0, 1):
+        monkeypatch.setattr(evidence_study.subprocess, "run", _fake_job(calls[worker]))
+        evidence_study.run(root, [0, 1, 2], only, worker, 2, archive)
 
-    table = evidence_collect.setting_table(archive / "b", GLOBAL, "b", legacy)
-
-    carried = table["fedavg_cluster"]
-    assert carried["legacy"] == "abc1234" and carried["seeds"] == [0, 1, 2]
-    assert all(
-        c["to_target"] is None and c["to_target_then"]["target"] == 0.5 for c in carried["per_task"].values()
-    )
-    # the carried row's final 2.0 sets every task's target: 0.95 x 2.0, which no kept curve reaches
-    kept = table[label]
-    assert "legacy" not in kept and kept["seeds"] == [0, 1]
-    assert all(c["to_target"]["target"] == pytest.approx(1.9) for c in kept["per_task"].values())
-    assert all(c["to_target"]["reached"] == 0 for c in kept["per_task"].values())
-
-    # a rerun of seeds 0-1 does not replace a carried row of seeds 0-2; one of seeds 0-1 it does
-    partial = _legacy(tmp_path / "partial.json", {label: _carried([0, 1, 2], tasks, 0.1)})
-    assert evidence_collect.setting_table(archive / "b", GLOBAL, "b", partial)[label]["legacy"] == "abc1234"
-    covered = _legacy(tmp_path / "covered.json", {label: _carried([0, 1], tasks, 0.1)})
-    assert "legacy" not in evidence_collect.setting_table(archive / "b", GLOBAL, "b", covered)[label]
+    # units in order: (1.0, 0) (1.0, 1) (1.0, 2) (0.01, 0) (0.01, 1) (0.01, 2), every second to each runner
+    assert calls[0] == [("b:atlas_1.0", 0), ("b:atlas_1.0", 2)]
+    assert calls[1] == [("b:atlas_1.0", 1), ("b:atlas_0.01", 0), ("b:atlas_0.01", 2)]  # (0.01, 1) was kept
+    for name in only:
+        assert evidence_study.done_seeds(_stage(name), tmp_path / "empty", archive) == [0, 1, 2]
 
 
-def test_a_carried_stage_counts_as_done_unless_it_is_rerun(tmp_path: Path) -> None:
-    legacy = _legacy(tmp_path / "legacy.json", {}, {"b:atlas_0.5": [0, 1, 2]})
-    assert evidence_study.legacy_seeds(STAGE, legacy) == [0, 1, 2]
-    assert evidence_study.done_seeds(STAGE, tmp_path, tmp_path, legacy=legacy) == [0, 1, 2]
-    assert evidence_study.done_seeds(STAGE, tmp_path, tmp_path, legacy=legacy, with_legacy=False) == []
+def test_a_job_that_stops_unfinished_stops_its_runner(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, archive = tmp_path / "multirun", tmp_path / "kept"
+    calls: list[tuple[str, int]] = []
+    monkeypatch.setattr(evidence_study.subprocess, "run", _fake_job(calls, finish=False))
+    with pytest.raises(SystemExit, match="b:hetlora: seed 0 did not finish"):
+        evidence_study.run(root, [0, 1], ["b:hetlora"], 0, 1, archive)
+    assert calls == [("b:hetlora", 0)] and not archive.exists()
+
+
+def _stage(name: str) -> evidence_study.Stage:
+    return next(s for s in evidence_study.stages() if s.name == name)
+
+
+def _study_tree_seed(root: Path, setting: str, method: str, seed: int) -> Path:
+    job = root / setting / method / f"0_seed={seed}"
+    job.mkdir(parents=True)
+    (job / "job_config.json").write_text(json.dumps({"seed": seed}))
+    (job / "done").write_text("")
+    return job

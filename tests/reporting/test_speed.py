@@ -100,15 +100,3 @@ def test_the_speed_section_says_what_it_counts() -> None:
         "seeds do, never (0/n) when none does. Simulated seconds price every step on the device profiles "
         "(phases/simtime.py); – where no seed that reaches the target has them."
     )
-
-
-def test_rows_collected_elsewhere_raise_the_target_they_beat() -> None:
-    """A final mean of 0.84 from a row shown beside these groups (results collected earlier, no curves)
-    sets the target 0.95 x 0.84 = 0.798: fedavg's seed 1 now needs round 4 and seed 0 still round 4."""
-    groups = aggregate(_jobs())
-    table = speeds(groups, {"sst2": [0.84], "mrpc": [0.9]})
-    fedavg = table["sst2"]["fedavg"]
-    assert fedavg.target == pytest.approx(0.798)
-    assert fedavg.rounds is not None and (fedavg.rounds.mean, fedavg.reached) == (4.0, 2)
-    assert set(table) == {"sst2"}  # a task none of the groups has gets no target
-    assert speeds(groups, {"sst2": [0.1]})["sst2"]["fedavg"].target == pytest.approx(0.76)

@@ -232,21 +232,16 @@ class Speed:
         return "–" if self.sim_seconds is None else self.sim_seconds.fmt(1)
 
 
-def speeds(
-    groups: Sequence[Group], other_finals: Mapping[str, Sequence[float]] | None = None
-) -> dict[str, dict[str, Speed]]:
+def speeds(groups: Sequence[Group]) -> dict[str, dict[str, Speed]]:
     """Per task and group: rounds and simulated seconds to TARGET_SHARE of the best final mean metric
     of any group (one target per task, so the rows compare). The final mean of a group is its seeds' mean
     of the last round's per-task mean primary metric (`per_task[task]["primary"]`, the mean over the task's
     clients); a seed reaches the target at the first scored round at or above it (`convergence.reached`),
     with that round's `cumulative_sim_seconds`. Rounds and seconds are mean ± population std over the
-    seeds that reach it (seconds: those of them with simulated time); `reached` of `n` seeds do.
-    `other_finals`: per task, the final means of rows shown beside these groups whose curves are not at
-    hand (results collected earlier); they count toward the best, so one target serves the whole table."""
+    seeds that reach it (seconds: those of them with simulated time); `reached` of `n` seeds do."""
     out: dict[str, dict[str, Speed]] = {}
     for task in all_tasks(groups):
         finals = [g.per_task[task].mean.mean for g in groups if task in g.per_task]
-        finals += list((other_finals or {}).get(task, ()))
         if not finals:
             continue
         target = target_of(max(finals))
