@@ -238,3 +238,46 @@ def markdown(table: dict[str, Any], *, accuracy: bool = False) -> str:
         cells += [f"{row['bytes']['mean'] / 1e9:.2f}", _target_cell(row)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def seed_table(setting: dict[str, Any]) -> str:
+    """Seed by seed, each row's personal accuracy and global primary metric over clients: the table that
+    shows whether an ordering of the means holds on every seed."""
+    personal, global_ = setting["eval_sets"][PERSONAL], setting["eval_sets"][GLOBAL]
+    seeds = sorted({s for row in personal.values() for s in row["by_seed"]}, key=int)
+    lines = ["| seed | " + " | ".join(personal) + " |", "|" + "---|" * (len(personal) + 1)]
+    for seed in seeds:
+        cells = []
+        for label, row in personal.items():
+            p, g = row["by_seed"].get(seed), global_.get(label, {}).get("by_seed", {}).get(seed)
+            cells.append(f"{p['mean_accuracy']:.3f} / {g['mean_primary']:.3f}" if p and g else "–")
+        lines.append(f"| {seed} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def readme_tables(result: dict[str, Any]) -> dict[str, str]:
+    """{marker: markdown} for README's evidence section: `<setting>:<eval set>` per table, and
+    `<setting>:seeds` for each setting with personal sets."""
+    tables = {}
+    for setting, body in result["settings"].items():
+        for eval_set, table in body["eval_sets"].items():
+            tables[f"{setting}:{eval_set}"] = markdown(table, accuracy=eval_set == PERSONAL)
+        if PERSONAL in body["eval_sets"]:
+            tables[f"{setting}:seeds"] = seed_table(body)
+    return tables
+
+
+def fill_readme(text: str, tables: dict[str, str]) -> tuple[str, list[str]]:
+    """`text` with the body between each `<!-- evidence:KEY -->` and `<!-- /evidence:KEY -->` replaced by
+    tables[KEY], and the keys that have no markers (the README says where each table goes, and only
+    there); everything outside the markers is kept as written."""
+    missing = []
+    for key, table in tables.items():
+        start, end = f"<!-- evidence:{key} -->", f"<!-- /evidence:{key} -->"
+        before, found, rest = text.partition(start)
+        inside, closed, after = rest.partition(end)
+        if not (found and closed):
+            missing.append(key)
+            continue
+        text = f"{before}{start}\n{table}\n{end}{after}"
+    return text, missing

@@ -28,6 +28,7 @@ a record of that comparison (README), which nothing here reads.
     .venv/bin/python benchmarks/evidence_study.py --run --stages b:fedavg_cluster b:atlas_0.5
     .venv/bin/python benchmarks/evidence_study.py --status         # which stages are complete
     .venv/bin/python benchmarks/evidence_study.py --collect        # results JSON + report of what is done
+    .venv/bin/python benchmarks/evidence_study.py --collect --readme README.md   # and README's tables
 
 `--collect` keeps any finished job not kept yet, then writes benchmarks/results/evidence_quick.json from the
 kept records (per setting, per evaluation set, per group: the last round's mean and worst client per task,
@@ -243,6 +244,9 @@ def main() -> None:
     parser.add_argument("--worker", type=int, default=0, help="this runner's index (0-based)")
     parser.add_argument("--workers", type=int, default=1, help="runners side by side, each every n-th job")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "evidence_quick.json")
+    parser.add_argument(
+        "--readme", type=Path, help="with --collect: refill this README's marked evidence tables (README.md)"
+    )
     args = parser.parse_args()
     known = {s.name for s in stages()}
     unknown = [s for s in args.stages if s not in known]
@@ -260,7 +264,18 @@ def main() -> None:
 
         for kept in archive_finished(args.dir):
             print(f"kept {kept}")
-        collect(ARCHIVE, args.out, reports=args.dir)
+        result = collect(ARCHIVE, args.out, reports=args.dir)
+        if args.readme:
+            fill(args.readme, result)
+
+
+def fill(readme: Path, result: dict[str, Any]) -> None:
+    """README's tables between `<!-- evidence:... -->` markers, rewritten from `result`."""
+    from evidence_collect import fill_readme, readme_tables
+
+    text, missing = fill_readme(readme.read_text(), readme_tables(result))
+    readme.write_text(text)
+    print(f"refilled {readme}'s evidence tables" + (f"; no markers for {missing}" if missing else ""))
 
 
 if __name__ == "__main__":
