@@ -210,6 +210,7 @@ class ClusteringWeightsConf:
 
 @dataclass
 class ClusteringConf:
+    by_task: bool = MISSING
     k_min: int = MISSING
     k_max: int = MISSING
     singleton_penalty: float = MISSING

@@ -273,6 +273,7 @@ def validate_config(cfg: DictConfig) -> None:
         for name in sorted(expected):
             c.number(f"clustering.weights.{name}", low=0.0)
     for flag in (
+        "clustering.by_task",
         "fingerprint.class_balanced",
         "fingerprint.dp.enabled",
         "allocation.drop_infeasible",

@@ -116,6 +116,7 @@ class ClusteringSettings:
     k_max: int
     singleton_penalty: float
     weights: dict[str, float]
+    by_task: bool = False  # the known tasks as clusters: an oracle Phase 1 (ablation of discovery)
 
 
 @dataclass(frozen=True)
@@ -511,6 +512,7 @@ def settings_from_dict(c: dict[str, Any]) -> Settings:
             k_max=int(clustering["k_max"]),
             singleton_penalty=float(clustering["singleton_penalty"]),
             weights={str(k): float(v) for k, v in clustering["weights"].items()},
+            by_task=bool(clustering.get("by_task", False)),
         ),
         graph=GraphSettings(
             alpha=None if graph.get("alpha") is None else float(graph["alpha"]),

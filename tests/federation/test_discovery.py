@@ -132,3 +132,18 @@ def test_bad_dp_combinations_are_named(tmp_path, overrides, message) -> None:
 
 def test_balanced_tasks_outside_the_run_are_ignored(tmp_path) -> None:
     validate_config(_cfg(tmp_path, "fed.balanced_tasks=[cola]"))  # smoke runs synthetic tasks only
+
+
+def test_known_tasks_as_clusters_replace_a_discovery_that_failed(tmp_path) -> None:
+    """clustering.by_task (the oracle Phase 1) groups by task even where the fingerprints say nothing."""
+    noisy = ("ablation=fedavg_cluster", "fed.rounds=1", "fingerprint.dp.enabled=true")
+    noisy += ("fingerprint.dp.noise_multiplier=1000",)  # the sketches drown in noise
+    run_job(_cfg(tmp_path / "found", *noisy))
+    found = json.loads((tmp_path / "found" / "clustering.json").read_text())
+    assert found["purity"] < 1.0  # discovery fails here...
+
+    run_job(_cfg(tmp_path / "known", *noisy, "clustering.by_task=true"))
+    known = json.loads((tmp_path / "known" / "clustering.json").read_text())
+    assert known["labels"] == [0, 0, 0, 1, 1, 1, 2, 2, 2] and known["purity"] == 1.0  # ...the oracle does not
+    record = _records(tmp_path / "known")[0]
+    assert [c["cluster"] for c in record["clients"].values()] == known["labels"]

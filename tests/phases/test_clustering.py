@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from atlas_pl.phases.clustering import ClusterResult, cluster_quality, reduce, select_k
+from atlas_pl.phases.clustering import ClusterResult, by_task, cluster_quality, reduce, select_k
 
 TABLE_KEYS = ["k", "silhouette", "davies_bouldin", "calinski_harabasz", "singletons", "combined"]
 
@@ -157,3 +157,9 @@ def test_cluster_quality() -> None:
     assert 0 < mixed["ari"] < 1 and 0 < mixed["nmi"] < 1
     with pytest.raises(ValueError, match="one true task per client"):
         cluster_quality([0, 1], truth)
+
+
+def test_known_tasks_as_clusters_number_them_in_order_of_first_appearance() -> None:
+    result = by_task(["mrpc", "sst2", "mrpc", "cola", "sst2"])
+    assert (result.k, result.labels, result.table) == (3, [0, 1, 0, 2, 1], [])
+    assert result.groups() == [[0, 2], [1, 4], [3]]

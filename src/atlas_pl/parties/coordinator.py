@@ -20,7 +20,7 @@ from atlas_pl.parties.discovery import Discovery, cluster_fingerprints
 from atlas_pl.parties.messages import AdapterUpload, Fingerprint
 from atlas_pl.parties.planning import plan
 from atlas_pl.phases.allocation import ClientAllocation
-from atlas_pl.phases.clustering import cluster_quality
+from atlas_pl.phases.clustering import by_task, cluster_quality
 from atlas_pl.phases.fingerprint import cluster_importance
 from atlas_pl.phases.memory import ModelArch
 from atlas_pl.phases.personalization import mixing_matrix, rbf_adjacency
@@ -74,6 +74,8 @@ class Coordinator:
         """Cluster the clients' fingerprints; the groups (and the Laplacian graph) follow the clusters."""
         s = self.settings
         clusters, coords = cluster_fingerprints(fingerprints, s.clustering, s.fingerprint.dim, s.seed)
+        if s.clustering.by_task:  # an oracle Phase 1; the coordinates still place clients in the graph
+            clusters = by_task(true_tasks)
         n_blocks = len(fingerprints[0].importance) if fingerprints else 0
         imp = np.stack([f.importance for f in fingerprints]) if fingerprints else np.zeros((0, n_blocks))
         discovery = Discovery(

@@ -50,6 +50,14 @@ class ClusterResult:
         return [[i for i, lab in enumerate(self.labels) if lab == c] for c in range(max(self.labels) + 1)]
 
 
+def by_task(tasks: Sequence[Hashable]) -> ClusterResult:
+    """The clients' known tasks as clusters (`clustering.by_task`): what a perfect Phase 1 would find,
+    so that a run with it measures how much discovery's mistakes cost; no k is searched."""
+    index: dict[Hashable, int] = {}
+    labels = [index.setdefault(t, len(index)) for t in tasks]
+    return ClusterResult(k=len(index), labels=labels)
+
+
 def reduce(sketches: np.ndarray, max_dim: int) -> np.ndarray:
     """Standardize each sketch coordinate, then PCA to min(max_dim, n - 1, sketch_dim) components.
 
