@@ -24,12 +24,14 @@ EVAL_SETS = {
     "a": (GLOBAL,),
     "p2p": (PERSONAL, GLOBAL),
     "p2p_ref": (PERSONAL, GLOBAL),
+    "b_by_task": (PERSONAL, GLOBAL),
 }
 DESCRIPTION = {
     "b": "Dirichlet label skew alpha=0.3, personal test sets (data.personal_share=0.2)",
     "a": "iid partitions, the task's global validation set",
     "p2p": "setting (b) under topology=p2p with faults.drop=0.2 (devices at 2x quick's memory)",
     "p2p_ref": "setting (b), server hosting, no faults, the allocation p2p implies (reference for p2p)",
+    "b_by_task": "setting (b) with the known tasks as Phase 1's clusters (clustering.by_task, an oracle)",
 }
 
 

@@ -14,6 +14,8 @@ Stages run in the order the issue asks for, setting (b) first:
   (p2p) setting (b) with the servers' halves on peer devices (topology=p2p) and one client in five absent
       in each round (faults.drop=0.2), on devices at twice quick's memory (p2p's hosts keep a reserve);
   (p2p_ref) the same devices and allocation with the server hosting and no faults, to compare against.
+  (b_by_task) setting (b) with the clients' known tasks as Phase 1's clusters (clustering.by_task, an
+      oracle), for atlas and fedavg_cluster: how much of their result Phase 1's mistakes cost.
 
 All on the quick experiment (MiniLM, SST-2 / MRPC / CoLA, 3 clients per task, 400 training rows each) with
 20 rounds, scored every second round (fed.eval_every=2; round 20 is always scored).
@@ -92,6 +94,13 @@ SETTINGS = {
         "allocation.host_reserve=0.5",
         "allocation.max_split=4",
     ),
+    # setting (b) with the known tasks as Phase 1's clusters (an oracle): what discovery's mistakes cost
+    "b_by_task": (
+        "data.partition=dirichlet",
+        "data.dirichlet_alpha=0.3",
+        "data.personal_share=0.2",
+        "clustering.by_task=true",
+    ),
 }
 # the issue's order: what the study most needs first
 METHODS_B = (
@@ -148,6 +157,7 @@ def stages() -> list[Stage]:
     order += [Stage("a", m, o) for m, o in METHODS_B]
     order += [Stage("p2p", m, o) for m, o in METHODS_P2P]
     order += [Stage("p2p_ref", m, o) for m, o in METHODS_P2P]
+    order += [Stage("b_by_task", m, o) for m, o in METHODS_P2P]  # beyond the issue's list: last
     return order
 
 
