@@ -222,18 +222,21 @@ def test_settings_check_ignores_paths_and_keys_newer_than_the_checkpoint() -> No
 def test_a_setting_added_since_the_checkpoint_may_not_be_turned_on_when_resuming() -> None:
     """A checkpoint from before personal test sets trained on all of each client's rows: resuming it with
     data.personal_share > 0 would continue on other rows, so it is refused; the old value is accepted."""
-    saved = {"data": {"max_len": 32}, "ablation": {"name": "centralized"}}
+    saved = {"data": {"max_len": 32}, "ablation": {"name": "centralized"}, "clustering": {"k_min": 2}}
     same = {
         "data": {"max_len": 32, "personal_share": 0.0},
         "ablation": {"name": "centralized", "adapters": "shared"},
+        "clustering": {"k_min": 2, "by_task": False},
     }
     assert config_differences(saved, same) == []
     other = {
         "data": {"max_len": 32, "personal_share": 0.2},
         "ablation": {"name": "centralized", "adapters": "per_task"},
+        "clustering": {"k_min": 2, "by_task": True},
     }
     assert config_differences(saved, other) == [
         "ablation.adapters: 'shared' -> 'per_task'",
+        "clustering.by_task: False -> True",
         "data.personal_share: 0.0 -> 0.2",
     ]
 

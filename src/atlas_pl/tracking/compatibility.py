@@ -28,6 +28,7 @@ RESUMABLE_DIFFERENCES = (
 ADDED_SETTINGS = {
     "data.personal_share": 0.0,
     "ablation.adapters": "shared",
+    "clustering.by_task": False,
 }
 
 
