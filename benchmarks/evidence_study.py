@@ -221,12 +221,15 @@ def run(
     worker: int = 0,
     workers: int = 1,
     archive: Path = ARCHIVE,
-) -> None:
+) -> list[str]:
     """Run the jobs not done yet, stage by stage in order, one seed at a time; worker `worker` of `workers`
-    takes every `workers`-th job, and each finished job goes to the archive at once."""
+    takes every `workers`-th job, and each finished job goes to the archive at once. A job that fails or
+    stops unfinished is reported and skipped, so one bad stage does not hold up the ones after it (the
+    runner is left alone for hours); the next --run tries it again. Returns the jobs that did not finish."""
     for kept in archive_finished(root, archive):  # a job that finished after its runner was stopped
         print(f"kept {kept}", flush=True)
     units = [(s, seed) for s in stages() if not only or s.name in only for seed in seeds]
+    failed = []
     for index, (stage, seed) in enumerate(units):
         if index % workers != worker:
             continue
@@ -234,11 +237,14 @@ def run(
             print(f"{stage.name} seed {seed}: done", flush=True)
             continue
         print(f"{stage.name} seed {seed}: running", flush=True)
-        subprocess.run(stage.command(root, seed), cwd=ROOT, check=True)
+        code = subprocess.run(stage.command(root, seed), cwd=ROOT, check=False).returncode
         job = _finished_jobs(stage.directory(root)).get(seed)
-        if job is None:  # a job stopped by a signal can exit 0: do not go on as if it had finished
-            raise SystemExit(f"{stage.name}: seed {seed} did not finish; run --run again to continue")
+        if job is None:  # failed, or stopped by a signal (which can exit 0): not kept, not counted done
+            failed.append(f"{stage.name} seed {seed}")
+            print(f"{stage.name} seed {seed}: did not finish (exit {code}); skipped", flush=True)
+            continue
         print(f"{stage.name} seed {seed}: kept in {archive_job(job, stage, seed, archive)}", flush=True)
+    return failed
 
 
 def main() -> None:
@@ -264,8 +270,7 @@ def main() -> None:
         parser.error(f"unknown stage(s) {unknown}; valid: {sorted(known)}")
     if not 0 <= args.worker < args.workers:
         parser.error(f"--worker {args.worker} of --workers {args.workers}: valid: 0 <= worker < workers")
-    if args.run:
-        run(args.dir, args.seeds, args.stages, args.worker, args.workers)
+    failed = run(args.dir, args.seeds, args.stages, args.worker, args.workers) if args.run else []
     if args.status or not (args.run or args.collect):
         for row in status(args.dir, args.seeds):
             print(f"{row['stage']:28s} {'complete' if row['complete'] else 'incomplete'} {row['done_seeds']}")
@@ -277,6 +282,8 @@ def main() -> None:
         result = collect(ARCHIVE, args.out, reports=args.dir)
         if args.readme:
             fill(args.readme, result)
+    if failed:
+        raise SystemExit(f"did not finish: {', '.join(failed)}; --run again to retry (see each job's log)")
 
 
 def fill(readme: Path, result: dict[str, Any]) -> None:
