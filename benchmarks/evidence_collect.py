@@ -1,14 +1,15 @@
 """Collect the evidence study (benchmarks/evidence_study.py) into JSON, markdown tables and reports.
 
 Everything is read through atlas_pl.reporting, the reader, statistics and convergence-speed code of
-`python -m atlas_pl.report`, on each evaluation set a setting has (reporting.views): setting (b) and p2p on
-the personal test sets and on the global set, setting (a) on the global set. Only completed jobs count; the
+`python -m atlas_pl.report`, on each evaluation set a setting has (reporting.views, EVAL_SETS): setting (a)
+on the global set, every other setting on the personal test sets and on the global set. Only completed jobs count; the
 stages' completeness is recorded next to the numbers, so a partial study says exactly what it holds.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -269,17 +270,24 @@ def readme_tables(result: dict[str, Any]) -> dict[str, str]:
     return tables
 
 
-def fill_readme(text: str, tables: dict[str, str]) -> tuple[str, list[str]]:
-    """`text` with the body between each `<!-- evidence:KEY -->` and `<!-- /evidence:KEY -->` replaced by
-    tables[KEY], and the keys that have no markers (the README says where each table goes, and only
-    there); everything outside the markers is kept as written."""
+def fill_readme(text: str, tables: dict[str, str]) -> tuple[str, list[str], list[str]]:
+    """`text` with the body between each `<!-- evidence:KEY -->` and `<!-- /evidence:KEY -->` line replaced
+    by tables[KEY]; also the keys that have no markers, and the marked blocks no table fills (left stale).
+
+    Markers count only on lines of their own, so a marker quoted in prose or code is never taken for one,
+    and a key marked twice is refused: everything outside the markers is the author's text and is kept.
+    """
     missing = []
     for key, table in tables.items():
         start, end = f"<!-- evidence:{key} -->", f"<!-- /evidence:{key} -->"
-        before, found, rest = text.partition(start)
-        inside, closed, after = rest.partition(end)
-        if not (found and closed):
+        block = re.compile(rf"^{re.escape(start)}\n.*?^{re.escape(end)}$", re.M | re.S)
+        found = block.findall(text)
+        if len(found) > 1 or len(re.findall(rf"^{re.escape(start)}$", text, re.M)) > 1:
+            raise ValueError(f"README marks evidence:{key} more than once; valid: one block per table")
+        if not found:
             missing.append(key)
             continue
-        text = f"{before}{start}\n{table}\n{end}{after}"
-    return text, missing
+        filled = f"{start}\n{table}\n{end}"
+        text = block.sub(lambda _, filled=filled: filled, text)  # a function: no escapes read in the table
+    marked = re.findall(r"^<!-- evidence:(\S+) -->$", text, re.M)
+    return text, missing, [key for key in marked if key not in tables]

@@ -65,42 +65,32 @@ KEPT_FILES = (
     "done",
 )
 SEEDS = (0, 1, 2)
+SIGNAL_EXITS = (130, 143)  # a job's exit status after SIGINT / SIGTERM (128 + the signal)
 # one thread per job: two jobs side by side on the two cores get through the study faster than one job on
 # both (small matmuls scale poorly across threads); every job of the study runs the same way
 COMMON = ("+experiment=quick", "fed.rounds=20", "fed.eval_every=2", "logger=csv", "trainer.num_threads=1")
+# setting (b)'s data: label skew within each task, and every client's own test set
+SKEWED = ("data.partition=dirichlet", "data.dirichlet_alpha=0.3", "data.personal_share=0.2")
 SETTINGS = {
-    "b": (
-        "data.partition=dirichlet",
-        "data.dirichlet_alpha=0.3",
-        "data.personal_share=0.2",
-    ),
+    "b": SKEWED,
     "a": ("data.partition=iid",),
     # p2p's host reserve needs devices at twice quick's budgets (benchmarks/bench_p2p_faults.py); the
     # server reference runs the allocation p2p implies, so the two differ only in who hosts and the drops
     "p2p": (
-        "data.partition=dirichlet",
-        "data.dirichlet_alpha=0.3",
-        "data.personal_share=0.2",
+        *SKEWED,
         "devices.scale=0.07142857142857142",
         "topology=p2p",
         "faults.drop=0.2",
     ),
     "p2p_ref": (
-        "data.partition=dirichlet",
-        "data.dirichlet_alpha=0.3",
-        "data.personal_share=0.2",
+        *SKEWED,
         "devices.scale=0.07142857142857142",
         "topology=server",
         "allocation.host_reserve=0.5",
         "allocation.max_split=4",
     ),
     # setting (b) with the known tasks as Phase 1's clusters (an oracle): what discovery's mistakes cost
-    "b_by_task": (
-        "data.partition=dirichlet",
-        "data.dirichlet_alpha=0.3",
-        "data.personal_share=0.2",
-        "clustering.by_task=true",
-    ),
+    "b_by_task": (*SKEWED, "clustering.by_task=true"),
 }
 # the issue's order: what the study most needs first
 METHODS_B = (
@@ -117,7 +107,8 @@ METHODS_B = (
     ("splitlora", ("ablation=splitlora",)),
     ("hetlora", ("ablation=hetlora",)),
 )
-METHODS_P2P = (
+# the two clustering methods: under p2p (and its reference) and with the known tasks as clusters
+METHODS_CLUSTERED = (
     ("atlas_0.5", ("ablation=atlas", "fed.eta=0.5")),
     ("fedavg_cluster", ("ablation=fedavg_cluster",)),
 )
@@ -155,9 +146,9 @@ class Stage:
 def stages() -> list[Stage]:
     order = [Stage("b", m, o) for m, o in METHODS_B]
     order += [Stage("a", m, o) for m, o in METHODS_B]
-    order += [Stage("p2p", m, o) for m, o in METHODS_P2P]
-    order += [Stage("p2p_ref", m, o) for m, o in METHODS_P2P]
-    order += [Stage("b_by_task", m, o) for m, o in METHODS_P2P]  # beyond the issue's list: last
+    order += [Stage("p2p", m, o) for m, o in METHODS_CLUSTERED]
+    order += [Stage("p2p_ref", m, o) for m, o in METHODS_CLUSTERED]
+    order += [Stage("b_by_task", m, o) for m, o in METHODS_CLUSTERED]  # beyond the issue's list: last
     return order
 
 
@@ -223,9 +214,10 @@ def run(
     archive: Path = ARCHIVE,
 ) -> list[str]:
     """Run the jobs not done yet, stage by stage in order, one seed at a time; worker `worker` of `workers`
-    takes every `workers`-th job, and each finished job goes to the archive at once. A job that fails or
-    stops unfinished is reported and skipped, so one bad stage does not hold up the ones after it (the
-    runner is left alone for hours); the next --run tries it again. Returns the jobs that did not finish."""
+    takes every `workers`-th job, and each finished job goes to the archive at once. A job that fails is
+    reported and skipped, so one bad stage does not hold up the ones after it (the runner is left alone
+    for hours); the next --run tries it again. A job killed by a signal stops the runner too (someone is
+    stopping the study). Returns the jobs that did not finish."""
     for kept in archive_finished(root, archive):  # a job that finished after its runner was stopped
         print(f"kept {kept}", flush=True)
     units = [(s, seed) for s in stages() if not only or s.name in only for seed in seeds]
@@ -241,7 +233,13 @@ def run(
         job = _finished_jobs(stage.directory(root)).get(seed)
         if job is None:  # failed, or stopped by a signal (which can exit 0): not kept, not counted done
             failed.append(f"{stage.name} seed {seed}")
-            print(f"{stage.name} seed {seed}: did not finish (exit {code}); skipped", flush=True)
+            if code < 0 or code in SIGNAL_EXITS:
+                raise SystemExit(f"{stage.name} seed {seed} was stopped (exit {code}); --run continues it")
+            where = stage.directory(root)
+            print(
+                f"{stage.name} seed {seed}: failed (exit {code}; its log is under {where}); skipped",
+                flush=True,
+            )
             continue
         print(f"{stage.name} seed {seed}: kept in {archive_job(job, stage, seed, archive)}", flush=True)
     return failed
@@ -268,6 +266,8 @@ def main() -> None:
     unknown = [s for s in args.stages if s not in known]
     if unknown:
         parser.error(f"unknown stage(s) {unknown}; valid: {sorted(known)}")
+    if args.readme is not None and not (args.collect and args.readme.is_file()):
+        parser.error(f"--readme {args.readme}: valid with --collect and an existing README (e.g. README.md)")
     if not 0 <= args.worker < args.workers:
         parser.error(f"--worker {args.worker} of --workers {args.workers}: valid: 0 <= worker < workers")
     failed = run(args.dir, args.seeds, args.stages, args.worker, args.workers) if args.run else []
@@ -290,9 +290,13 @@ def fill(readme: Path, result: dict[str, Any]) -> None:
     """README's tables between `<!-- evidence:... -->` markers, rewritten from `result`."""
     from evidence_collect import fill_readme, readme_tables
 
-    text, missing = fill_readme(readme.read_text(), readme_tables(result))
+    text, missing, stale = fill_readme(readme.read_text(), readme_tables(result))
     readme.write_text(text)
-    print(f"refilled {readme}'s evidence tables" + (f"; no markers for {missing}" if missing else ""))
+    print(f"refilled {readme}'s evidence tables")
+    if missing:
+        print(f"  no markers for {missing} (add <!-- evidence:KEY --> ... <!-- /evidence:KEY --> lines)")
+    if stale:
+        print(f"  left as they were, no results for them: {stale}")
 
 
 if __name__ == "__main__":

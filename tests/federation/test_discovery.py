@@ -134,16 +134,35 @@ def test_balanced_tasks_outside_the_run_are_ignored(tmp_path) -> None:
     validate_config(_cfg(tmp_path, "fed.balanced_tasks=[cola]"))  # smoke runs synthetic tasks only
 
 
-def test_known_tasks_as_clusters_replace_a_discovery_that_failed(tmp_path) -> None:
-    """clustering.by_task (the oracle Phase 1) groups by task even where the fingerprints say nothing."""
-    noisy = ("ablation=fedavg_cluster", "fed.rounds=1", "fingerprint.dp.enabled=true")
+def test_known_tasks_as_clusters_replace_a_discovery_that_failed(tmp_path, capture_models) -> None:
+    """clustering.by_task (the oracle Phase 1) groups by task even where the fingerprints say nothing:
+    the record, the aggregation groups and Phase 4's graph all follow the tasks."""
+    noisy = ("fed.rounds=1", "allocation.mode=fixed", "fingerprint.dp.enabled=true")
     noisy += ("fingerprint.dp.noise_multiplier=1000",)  # the sketches drown in noise
-    run_job(_cfg(tmp_path / "found", *noisy))
+    run_job(_cfg(tmp_path / "found", "ablation=fedavg_cluster", *noisy))
     found = json.loads((tmp_path / "found" / "clustering.json").read_text())
     assert found["purity"] < 1.0  # discovery fails here...
 
-    run_job(_cfg(tmp_path / "known", *noisy, "clustering.by_task=true"))
+    run_job(_cfg(tmp_path / "known", "ablation=fedavg_cluster", *noisy, "clustering.by_task=true"))
     known = json.loads((tmp_path / "known" / "clustering.json").read_text())
     assert known["labels"] == [0, 0, 0, 1, 1, 1, 2, 2, 2] and known["purity"] == 1.0  # ...the oracle does not
+    assert known["k_search"] == []  # no k is searched
     record = _records(tmp_path / "known")[0]
     assert [c["cluster"] for c in record["clients"].values()] == known["labels"]
+    deltas = [m.deltas() for m in capture_models["fed"].models]
+    for first, *rest in ([0, 1, 2], [3, 4, 5], [6, 7, 8]):  # averaged within each task, apart across them
+        assert all(torch.equal(deltas[k][key], deltas[first][key]) for k in rest for key in deltas[k])
+    assert any(not torch.equal(deltas[0][key], deltas[3][key]) for key in deltas[0])
+
+    run_job(_cfg(tmp_path / "graph", "ablation=atlas", *noisy, "clustering.by_task=true"))
+    adjacency = json.loads((tmp_path / "graph" / "clustering.json").read_text())["adjacency"]
+    tasks = [k // 3 for k in range(9)]
+    assert all(w == 0 for i, row in enumerate(adjacency) for j, w in enumerate(row) if tasks[i] != tasks[j])
+    assert all(sum(row) > 0 for row in adjacency)  # each client has neighbours within its task
+
+
+@pytest.mark.parametrize("ablation", ["fedavg", "centralized", "hetlora"])
+def test_known_task_clusters_are_refused_where_no_phase1_runs(tmp_path, ablation) -> None:
+    with pytest.raises(ConfigError, match=r"clustering.by_task=True is invalid.*runs no Phase 1"):
+        _cfg(tmp_path, f"ablation={ablation}", "clustering.by_task=true")
+    _cfg(tmp_path, "ablation=local_only", "clustering.by_task=true")  # its ranks follow cluster importance

@@ -221,7 +221,8 @@ def test_settings_check_ignores_paths_and_keys_newer_than_the_checkpoint() -> No
 
 def test_a_setting_added_since_the_checkpoint_may_not_be_turned_on_when_resuming() -> None:
     """A checkpoint from before personal test sets trained on all of each client's rows: resuming it with
-    data.personal_share > 0 would continue on other rows, so it is refused; the old value is accepted."""
+    data.personal_share > 0 would continue on other rows, so it is refused; the old value is accepted.
+    The same for every setting added since (ablation.adapters, clustering.by_task)."""
     saved = {"data": {"max_len": 32}, "ablation": {"name": "centralized"}, "clustering": {"k_min": 2}}
     same = {
         "data": {"max_len": 32, "personal_share": 0.0},

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from atlas_pl.phases.clustering import ClusterResult, by_task, cluster_quality, reduce, select_k
+from atlas_pl.phases.clustering import ClusterResult, cluster_quality, clusters_by_task, reduce, select_k
 
 TABLE_KEYS = ["k", "silhouette", "davies_bouldin", "calinski_harabasz", "singletons", "combined"]
 
@@ -160,6 +160,6 @@ def test_cluster_quality() -> None:
 
 
 def test_known_tasks_as_clusters_number_them_in_order_of_first_appearance() -> None:
-    result = by_task(["mrpc", "sst2", "mrpc", "cola", "sst2"])
+    result = clusters_by_task(["mrpc", "sst2", "mrpc", "cola", "sst2"])
     assert (result.k, result.labels, result.table) == (3, [0, 1, 0, 2, 1], [])
     assert result.groups() == [[0, 2], [1, 4], [3]]

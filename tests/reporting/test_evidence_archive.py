@@ -95,8 +95,8 @@ def test_two_runners_share_the_jobs_and_keep_each_once(
         assert evidence_study.run(root, [0, 1, 2], only, worker, 2, archive) == []
 
     # units in order: (1.0, 0) (1.0, 1) (1.0, 2) (0.01, 0) (0.01, 1) (0.01, 2), every second to each runner
-    assert calls[0] == [("b:atlas_1.0", 0), ("b:atlas_1.0", 2)]
-    assert calls[1] == [("b:atlas_1.0", 1), ("b:atlas_0.01", 0), ("b:atlas_0.01", 2)]  # (0.01, 1) was kept
+    assert calls[0] == [("b:atlas_1.0", 0), ("b:atlas_1.0", 2)]  # and (0.01, 1), which was kept
+    assert calls[1] == [("b:atlas_1.0", 1), ("b:atlas_0.01", 0), ("b:atlas_0.01", 2)]
     for name in only:
         assert evidence_study.done_seeds(_stage(name), tmp_path / "empty", archive) == [0, 1, 2]
 
@@ -111,6 +111,27 @@ def test_a_job_that_does_not_finish_is_reported_and_the_runner_goes_on(
     assert calls == [("b:hetlora", 0), ("b:hetlora", 1), ("a:fedavg", 0), ("a:fedavg", 1)]
     assert failed == ["b:hetlora seed 0", "b:hetlora seed 1", "a:fedavg seed 0", "a:fedavg seed 1"]
     assert not archive.exists() and evidence_study.done_seeds(_stage("a:fedavg"), root, archive) == []
+
+
+def test_a_job_stopped_by_a_signal_stops_its_runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[str, int]] = []
+
+    def stopped(command: list[str], **kwargs: object) -> subprocess.CompletedProcess:
+        _fake_job(calls, finish=False)(command, **kwargs)
+        return subprocess.CompletedProcess(command, 143)  # SIGTERM
+
+    monkeypatch.setattr(evidence_study.subprocess, "run", stopped)
+    with pytest.raises(SystemExit, match="b:hetlora seed 0 was stopped"):
+        evidence_study.run(tmp_path / "multirun", [0, 1], ["b:hetlora"], 0, 1, tmp_path / "kept")
+    assert calls == [("b:hetlora", 0)]
+
+
+def test_every_setting_has_its_evaluation_sets_and_description() -> None:
+    """A setting the collector does not know would be run and then silently left out of the results."""
+    assert (
+        set(evidence_study.SETTINGS) == set(evidence_collect.EVAL_SETS) == set(evidence_collect.DESCRIPTION)
+    )
+    assert {s.setting for s in evidence_study.stages()} == set(evidence_study.SETTINGS)
 
 
 def _stage(name: str) -> evidence_study.Stage:

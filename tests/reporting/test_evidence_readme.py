@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import sys
 
+import pytest
+
 from ..conftest import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
@@ -45,7 +47,7 @@ RESULT = {
     }
 }
 README = """# title
-intro <!-- keep -->
+intro <!-- keep --> and a quoted `<!-- evidence:b:personal -->`, not a marker
 <!-- evidence:b:personal -->
 old table
 <!-- /evidence:b:personal -->
@@ -54,6 +56,9 @@ between
 | old |
 <!-- /evidence:b:seeds -->
 tail
+<!-- evidence:p2p:personal -->
+not run yet
+<!-- /evidence:p2p:personal -->
 """
 
 
@@ -61,18 +66,25 @@ def test_marked_tables_are_rewritten_and_the_text_around_them_kept() -> None:
     tables = evidence_collect.readme_tables(RESULT)
     assert set(tables) == {"b:personal", "b:global", "b:seeds", "a:global"}  # no seed table without personal
 
-    text, missing = evidence_collect.fill_readme(README, tables)
+    text, missing, stale = evidence_collect.fill_readme(README, tables)
 
-    assert sorted(missing) == ["a:global", "b:global"]
+    assert sorted(missing) == ["a:global", "b:global"] and stale == ["p2p:personal"]
     assert "old table" not in text and "| old |" not in text
-    assert text.startswith("# title\nintro <!-- keep -->\n<!-- evidence:b:personal -->\n| method |")
-    assert "\n<!-- /evidence:b:personal -->\nbetween\n" in text and text.endswith(
-        "<!-- /evidence:b:seeds -->\ntail\n"
+    assert text.startswith("# title\nintro <!-- keep --> and a quoted `<!-- evidence:b:personal -->`, not a")
+    assert "\n<!-- evidence:b:personal -->\n| method |" in text and "not run yet" in text
+    assert (
+        "\n<!-- /evidence:b:personal -->\nbetween\n" in text and "<!-- /evidence:b:seeds -->\ntail\n" in text
     )
-    assert evidence_collect.fill_readme(text, tables) == (text, missing)  # a second fill changes nothing
+    assert evidence_collect.fill_readme(text, tables) == (text, missing, stale)  # a second fill: no change
 
 
 def test_the_seed_table_pairs_personal_accuracy_with_global_primary_per_seed() -> None:
     lines = evidence_collect.seed_table(RESULT["settings"]["b"]).splitlines()
     assert lines[0] == "| seed | local_only | fedavg |"
     assert lines[2:] == ["| 0 | 0.810 / 0.410 | – |", "| 1 | 0.830 / 0.430 | 0.700 / 0.440 |"]
+
+
+def test_a_table_marked_twice_is_refused() -> None:
+    twice = README + "<!-- evidence:b:seeds -->\n<!-- /evidence:b:seeds -->\n"
+    with pytest.raises(ValueError, match="evidence:b:seeds more than once"):
+        evidence_collect.fill_readme(twice, evidence_collect.readme_tables(RESULT))

@@ -213,6 +213,19 @@ def test_settings_a_job_lacks_or_left_unresolved_do_not_split(tmp_path: Path) ->
     assert row["group"] == "fedavg" and ".hydra/config.yaml" in row["detail"]
 
 
+def test_a_setting_added_since_an_older_job_ran_takes_the_value_it_ran_under(tmp_path: Path) -> None:
+    """An older job (no clustering.by_task) ran with discovered clusters: grouped with new jobs that have
+    by_task false, split from the oracle's (compatibility.ADDED_SETTINGS)."""
+    _configured_job(tmp_path / "old", _config("atlas", 0, fed={"eta": 0.5}))
+    _configured_job(tmp_path / "new", _config("atlas", 1, fed={"eta": 0.5}, clustering={"by_task": False}))
+    assert _labels(load_jobs(tmp_path)) == [("atlas (eta=0.5)", [0, 1])]
+    _configured_job(tmp_path / "oracle", _config("atlas", 0, fed={"eta": 0.5}, clustering={"by_task": True}))
+    assert _labels(load_jobs(tmp_path)) == [
+        ("atlas (eta=0.5, clustering.by_task=false)", [0, 1]),
+        ("atlas (eta=0.5, clustering.by_task=true)", [0]),
+    ]
+
+
 def test_config_is_read_from_summary_then_job_config_then_checkpoint_then_hydra(tmp_path: Path) -> None:
     job = _job(tmp_path / "job", 2)  # .hydra/config.yaml: eta 0.1 (fedavg)
     for name, eta in (("round_001", 0.2), ("round_002", 0.3), (".round_003.tmp-7", 0.9)):

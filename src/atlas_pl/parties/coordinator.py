@@ -2,8 +2,9 @@
 
 It holds the federation's policy state (clusters, aggregation groups, the personalization graph, who
 Phase 2 dropped) and sees clients only through messages: `Fingerprint`s in Phase 1, importance in
-Phase 2, `AdapterUpload`s in Phase 4. It hosts no layers. `state_dict()` / `load_state_dict()` are plain
-JSON, so a checkpoint can carry it.
+Phase 2, `AdapterUpload`s in Phase 4 (the clients' true tasks reach it only to score Phase 1, and as
+the clusters under the `clustering.by_task` oracle). It hosts no layers. `state_dict()` /
+`load_state_dict()` are plain JSON, so a checkpoint can carry it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from atlas_pl.parties.discovery import Discovery, cluster_fingerprints
 from atlas_pl.parties.messages import AdapterUpload, Fingerprint
 from atlas_pl.parties.planning import plan
 from atlas_pl.phases.allocation import ClientAllocation
-from atlas_pl.phases.clustering import by_task, cluster_quality
+from atlas_pl.phases.clustering import cluster_quality
 from atlas_pl.phases.fingerprint import cluster_importance
 from atlas_pl.phases.memory import ModelArch
 from atlas_pl.phases.personalization import mixing_matrix, rbf_adjacency
@@ -71,11 +72,14 @@ class Coordinator:
         epsilon: float | None,
         started: float,
     ) -> Discovery:
-        """Cluster the clients' fingerprints; the groups (and the Laplacian graph) follow the clusters."""
+        """Cluster the clients' fingerprints; the groups (and the Laplacian graph) follow the clusters.
+
+        `true_tasks` score the clusters (purity, ARI, NMI) and, only under the `clustering.by_task` oracle,
+        are the clusters; a real federation's coordinator would not know them."""
         s = self.settings
-        clusters, coords = cluster_fingerprints(fingerprints, s.clustering, s.fingerprint.dim, s.seed)
-        if s.clustering.by_task:  # an oracle Phase 1; the coordinates still place clients in the graph
-            clusters = by_task(true_tasks)
+        clusters, coords = cluster_fingerprints(
+            fingerprints, s.clustering, s.fingerprint.dim, s.seed, tasks=true_tasks
+        )
         n_blocks = len(fingerprints[0].importance) if fingerprints else 0
         imp = np.stack([f.importance for f in fingerprints]) if fingerprints else np.zeros((0, n_blocks))
         discovery = Discovery(

@@ -9,6 +9,7 @@ the ablations that cluster.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import torch
 
 from atlas_pl.data.federated import derive_seed
 from atlas_pl.parties.messages import Fingerprint
-from atlas_pl.phases.clustering import ClusterResult, reduce, select_k
+from atlas_pl.phases.clustering import ClusterResult, clusters_by_task, reduce, select_k
 from atlas_pl.phases.fingerprint import (
     FingerprintGrads,
     dp_sketch,
@@ -93,11 +94,20 @@ def dp_epsilon(fp: FingerprintSettings) -> float | None:
 
 
 def cluster_fingerprints(
-    fingerprints: list[Fingerprint], clustering: ClusteringSettings, pca_dim: int, seed: int
+    fingerprints: list[Fingerprint],
+    clustering: ClusteringSettings,
+    pca_dim: int,
+    seed: int,
+    tasks: Sequence[str] = (),
 ) -> tuple[ClusterResult, np.ndarray]:
-    """The coordinator's side of Phase 1: standardize + PCA the sketches, choose k, cluster."""
+    """The coordinator's side of Phase 1: standardize + PCA the sketches, choose k, cluster.
+
+    With `clustering.by_task` the clients' `tasks` are the clusters and no k is searched (an oracle that
+    measures what discovery costs); the coordinates are still computed, for Phase 4's graph."""
     matrix = np.stack([f.vector.detach().cpu().double().numpy() for f in fingerprints])
     coords = reduce(matrix, pca_dim)
+    if clustering.by_task:
+        return clusters_by_task(tasks), coords
     n = len(fingerprints)
     k_max = min(clustering.k_max, n - 1)
     if n < 3 or k_max < clustering.k_min:

@@ -50,7 +50,7 @@ class ClusterResult:
         return [[i for i, lab in enumerate(self.labels) if lab == c] for c in range(max(self.labels) + 1)]
 
 
-def by_task(tasks: Sequence[Hashable]) -> ClusterResult:
+def clusters_by_task(tasks: Sequence[Hashable]) -> ClusterResult:
     """The clients' known tasks as clusters (`clustering.by_task`): what a perfect Phase 1 would find,
     so that a run with it measures how much discovery's mistakes cost; no k is searched."""
     index: dict[Hashable, int] = {}

@@ -14,7 +14,9 @@ Kept compact:
 - a config group's settings that follow from its `name` fold into it: a sweep over `model=tiny_bert,minilm`
   shows as `model=tiny_bert`, not as every model.* key the two model configs set differently;
 - a setting a job's config does not have (older code) or has only as an unresolved `${...}` interpolation
-  (`.hydra/config.yaml`) is unknown for that job: it neither splits nor is shown for it.
+  (`.hydra/config.yaml`) is unknown for that job: it neither splits nor is shown for it; except the
+  settings added with a value that reproduces older runs (compatibility.ADDED_SETTINGS), which such a job
+  ran under and which therefore do split it from a job that turns them on.
 
 When only ablation, eta and seed differ (the usual sweep), nothing splits and the labels are the plain
 `fedavg`, `atlas (eta=0.1)`.
@@ -28,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from atlas_pl.reporting.names import Settings
+from atlas_pl.tracking.compatibility import ADDED_SETTINGS
 
 if TYPE_CHECKING:
     from atlas_pl.reporting.reader import Job
@@ -58,8 +61,12 @@ def ignored(key: str) -> bool:
 
 
 def flat_settings(config: Mapping[str, Any]) -> dict[str, str]:
-    """The config's settings as {dotted key: compact value}, without IGNORED keys and unresolved values."""
-    out: dict[str, str] = {}
+    """The config's settings as {dotted key: compact value}, without IGNORED keys and unresolved values.
+
+    A setting added since the job ran (compatibility.ADDED_SETTINGS) takes the value the job ran under, so
+    a job from before `clustering.by_task` is grouped with the new jobs that have it false, never with
+    the oracle's."""
+    out: dict[str, str] = {key: format_value(value) for key, value in ADDED_SETTINGS.items()}
 
     def walk(node: Mapping[str, Any], prefix: str) -> None:
         for name, value in node.items():
