@@ -179,7 +179,7 @@ def collect(root: Path, out: Path, reports: Path | None = None) -> dict[str, Any
     return result
 
 
-KEPT_FIGURES = ("convergence.png", "ablations.png")
+KEPT_FIGURES = ("convergence.png", "ablations.png", "eta_sweep.png")
 
 
 def _keep_figures(report_dir: Path, setting: str, into: Path) -> None:
