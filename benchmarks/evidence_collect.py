@@ -2,8 +2,9 @@
 
 Everything is read through atlas_pl.reporting, the reader, statistics and convergence-speed code of
 `python -m atlas_pl.report`, on each evaluation set a setting has (reporting.views, EVAL_SETS): setting (a)
-on the global set, every other setting on the personal test sets and on the global set. Only completed jobs count; the
-stages' completeness is recorded next to the numbers, so a partial study says exactly what it holds.
+on the global set, every other setting on the personal test sets and on the global set. Only completed
+jobs count; the stages' completeness is recorded next to the numbers, so a partial study says exactly
+what it holds.
 """
 
 from __future__ import annotations
