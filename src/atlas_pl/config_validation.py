@@ -284,15 +284,6 @@ def validate_config(cfg: DictConfig) -> None:
     ):
         if not isinstance(c.get(flag), bool):
             c.fail(flag, c.get(flag), "true or false")
-    if c.get("clustering.by_task") is True and not _runs_phase1(c):
-        # the flag replaces Phase 1's clusters: accepted where none are made, it would silently do nothing
-        c.fail(
-            "clustering.by_task",
-            True,
-            f"false with ablation={c.get('ablation.name')}, which runs no Phase 1 (by_task replaces its "
-            "clusters: ablation=atlas or fedavg_cluster, or ranks from cluster importance under "
-            "allocation.mode=importance)",
-        )
     if c.get("fingerprint.dp.enabled") is True:
         if c.get("fingerprint.compression") == "raw_pca":
             c.fail(
@@ -529,18 +520,6 @@ def _check_faults(c: _Checker) -> None:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _runs_phase1(c: _Checker) -> bool:
-    """Whether the job clusters (planning.importance_source and Coordinator.clustered, on the raw config)."""
-    if c.get("ablation.pipeline") == "centralized":
-        return False
-    cluster_ranks = (
-        c.get("ablation.ranks") != "uniform"
-        and c.get("allocation.mode") == "importance"
-        and c.get("ablation.importance") == "cluster"
-    )
-    return c.get("ablation.clustering") is True or cluster_ranks
 
 
 def _require_speeds(c: _Checker, why: str) -> None:

@@ -25,7 +25,7 @@ from atlas_pl.jobdir import check_writable
 from atlas_pl.models.catalog import DEFAULT_TARGETS, ModelSpec, resolve_model_spec
 from atlas_pl.models.files import check_model_files, max_tokens, model_config
 from atlas_pl.parties.peers import peer_clients, plan_routes
-from atlas_pl.parties.planning import allocation_mode, plan
+from atlas_pl.parties.planning import allocation_mode, plan, runs_phase1
 from atlas_pl.phases.allocation import ClientAllocation
 from atlas_pl.phases.devices import assign_devices
 from atlas_pl.phases.memory import ModelArch, NoTargetsMatched
@@ -34,6 +34,7 @@ from atlas_pl.settings import Settings
 
 def preflight(settings: Settings) -> None:
     """Raise ConfigError (or InfeasibleClientError) for what the model's structure rules out."""
+    _check_oracle_clusters(settings)
     spec = resolve_model_spec(settings.model.name)
     problems = check_model_files(spec)
     if problems:
@@ -46,6 +47,18 @@ def preflight(settings: Settings) -> None:
         raise ConfigError(problems)
     if arch is not None:
         check_devices_fit(settings, arch)
+
+
+def _check_oracle_clusters(settings: Settings) -> None:
+    """clustering.by_task replaces Phase 1's clusters: where none are made it would silently do nothing."""
+    if settings.clustering.by_task and not runs_phase1(settings):
+        raise ConfigError(
+            [
+                f"clustering.by_task=True is invalid; valid: false with ablation={settings.ablation.name}, "
+                "which runs no Phase 1 (by_task replaces its clusters: ablation=atlas or fedavg_cluster, "
+                "or ranks from cluster importance under allocation.mode=importance)"
+            ]
+        )
 
 
 def _structure(

@@ -8,10 +8,13 @@ import re
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from atlas_pl.config_validation import ConfigError, validate_config
+from atlas_pl.parties.planning import runs_phase1
 from atlas_pl.phases.clustering import cluster_quality, select_k
 from atlas_pl.run import run_job
+from atlas_pl.settings import build_settings, settings_from_dict
 
 from .test_federation import _cfg, _records
 
@@ -164,6 +167,13 @@ def test_known_tasks_as_clusters_replace_a_discovery_that_failed(tmp_path, captu
 
 @pytest.mark.parametrize("ablation", ["fedavg", "centralized", "hetlora"])
 def test_known_task_clusters_are_refused_where_no_phase1_runs(tmp_path, ablation) -> None:
+    """The refusal and the orchestrator read one rule (planning.runs_phase1), so they cannot drift."""
+    cfg = _cfg(tmp_path, f"ablation={ablation}", "clustering.by_task=true")
     with pytest.raises(ConfigError, match=r"clustering.by_task=True is invalid.*runs no Phase 1"):
-        _cfg(tmp_path, f"ablation={ablation}", "clustering.by_task=true")
-    _cfg(tmp_path, "ablation=local_only", "clustering.by_task=true")  # its ranks follow cluster importance
+        build_settings(cfg)
+    assert not runs_phase1(settings_from_dict(OmegaConf.to_container(cfg, resolve=True)))
+
+
+def test_known_task_clusters_are_accepted_where_phase1_runs(tmp_path) -> None:
+    for ablation in ("atlas", "fedavg_cluster", "local_only"):  # local_only: ranks from cluster importance
+        assert runs_phase1(build_settings(_cfg(tmp_path, f"ablation={ablation}", "clustering.by_task=true")))

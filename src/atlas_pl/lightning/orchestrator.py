@@ -52,6 +52,7 @@ from atlas_pl.parties.planning import (
     allocation_record,
     importance_source,
     rank_rows,
+    runs_phase1,
     write_allocation,
 )
 from atlas_pl.phases.allocation import ClientAllocation
@@ -235,7 +236,7 @@ class FederatedOrchestrator(pl.Callback):
             self.coordinator.allocate(arch, ids, devices)
         source = importance_source(self.settings)
         importance, labels = None, None
-        if source == "cluster" or self.coordinator.clustered:
+        if runs_phase1(self.settings):
             discovery = self.phase1(1)
             importance, labels = discovery.importance, list(discovery.labels)
         elif source in ("global", "client"):

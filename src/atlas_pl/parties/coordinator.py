@@ -19,7 +19,7 @@ from atlas_pl.config_validation import ConfigError
 from atlas_pl.parties.aggregation import RoundAggregation, aggregate_round
 from atlas_pl.parties.discovery import Discovery, cluster_fingerprints
 from atlas_pl.parties.messages import AdapterUpload, Fingerprint
-from atlas_pl.parties.planning import plan
+from atlas_pl.parties.planning import aggregates_by_cluster, plan
 from atlas_pl.phases.allocation import ClientAllocation
 from atlas_pl.phases.clustering import cluster_quality
 from atlas_pl.phases.fingerprint import cluster_importance
@@ -48,7 +48,7 @@ class Coordinator:
         self.sample_counts = list(sample_counts)
         n = len(self.sample_counts)
         self.mode = "none" if settings.ablation.centralized else settings.ablation.mode
-        self.clustered = settings.ablation.clustering and not settings.ablation.centralized
+        self.clustered = aggregates_by_cluster(settings)
         # the "cluster" of metrics.jsonl: the Phase 1 label where Phase 1 ran, else the aggregation group
         one_group = self.mode != "none" and not self.clustered
         self.clusters: list[int] = [0] * n if one_group or settings.ablation.centralized else list(range(n))

@@ -44,6 +44,19 @@ def importance_source(settings: Settings) -> str | None:
     return settings.ablation.importance
 
 
+def aggregates_by_cluster(settings: Settings) -> bool:
+    """Whether Phase 1's clusters are the aggregation groups (ATLAS, fedavg_cluster; never centralized)."""
+    return settings.ablation.clustering and not settings.ablation.centralized
+
+
+def runs_phase1(settings: Settings) -> bool:
+    """Whether the job clusters before round 1: its groups or its ranks need Phase 1's clusters.
+
+    One rule for the orchestrator (which runs Phase 1) and preflight (which refuses `clustering.by_task`
+    where no Phase 1 runs, since the oracle would then silently change nothing)."""
+    return importance_source(settings) == "cluster" or aggregates_by_cluster(settings)
+
+
 def memory_settings(settings: Settings) -> MemorySettings:
     """What a client really runs: the training batch, padded to data.max_len, in the loaded dtypes."""
     return MemorySettings(
