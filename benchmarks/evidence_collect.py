@@ -27,6 +27,8 @@ EVAL_SETS = {
     "p2p": (PERSONAL, GLOBAL),
     "p2p_ref": (PERSONAL, GLOBAL),
     "b_by_task": (PERSONAL, GLOBAL),
+    "b_lr": (PERSONAL, GLOBAL),
+    "a_lr": (GLOBAL,),
 }
 DESCRIPTION = {
     "b": "Dirichlet label skew alpha=0.3, personal test sets (data.personal_share=0.2)",
@@ -34,6 +36,8 @@ DESCRIPTION = {
     "p2p": "setting (b) under topology=p2p with faults.drop=0.2 (devices at 2x quick's memory)",
     "p2p_ref": "setting (b), server hosting, no faults, the allocation p2p implies (reference for p2p)",
     "b_by_task": "setting (b) with the known tasks as Phase 1's clusters (clustering.by_task, an oracle)",
+    "b_lr": "setting (b), the centralized bounds at fed.lr=1e-3 (a third of quick's adapter lr)",
+    "a_lr": "setting (a), the centralized bounds at fed.lr=1e-3 (a third of quick's adapter lr)",
 }
 
 

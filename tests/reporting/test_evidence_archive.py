@@ -134,6 +134,23 @@ def test_every_setting_has_its_evaluation_sets_and_description() -> None:
     assert {s.setting for s in evidence_study.stages()} == set(evidence_study.SETTINGS)
 
 
+def test_the_bounds_lr_stages_differ_from_their_setting_only_in_the_lr() -> None:
+    """b_lr / a_lr rerun the two centralized bounds of (b) / (a) at another lr, nothing else, and come
+    before the rest of (a); every stage runs once."""
+    for lr_setting, base in (("b_lr", "b"), ("a_lr", "a")):
+        for method in ("centralized", "centralized_per_task"):
+            tuned, plain = _stage(f"{lr_setting}:{method}"), _stage(f"{base}:{method}")
+            assert set(tuned.command(Path("r"), 0)) ^ set(plain.command(Path("r"), 0)) == {
+                "fed.lr=1e-3",
+                f"hydra.sweep.dir={Path('r') / lr_setting / method}",
+                f"hydra.sweep.dir={Path('r') / base / method}",
+            }
+    names = [s.name for s in evidence_study.stages()]
+    assert len(names) == len(set(names))
+    assert names.index("a:centralized") < names.index("b_lr:centralized_per_task")
+    assert names.index("a_lr:centralized") < names.index("a:atlas_0.1")
+
+
 def _stage(name: str) -> evidence_study.Stage:
     return next(s for s in evidence_study.stages() if s.name == name)
 
